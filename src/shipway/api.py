@@ -1,0 +1,184 @@
+"""The FastAPI application: routers, the one error shape, health endpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shipway import __version__, errors
+from shipway.config import get_settings
+from shipway.db import get_engine
+from shipway.schemas import error_responses
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: list[tuple[type[errors.ShipwayError], int]] = [
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.InvalidInput, 422),
+    (errors.IdempotencyMismatch, 422),
+    (errors.BadRequest, 400),
+    (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
+    (errors.ServiceUnavailable, 503),
+]
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one error shape."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.ShipwayError)
+    status = next((s for cls, s in STATUS_OF if isinstance(exc, cls)), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), status, headers=headers)
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    if any(p["type"] == "json_invalid" for p in problems):
+        return JSONResponse(
+            error_body("malformed_json", "request body is not valid JSON", {"errors": problems}), 400
+        )
+    return JSONResponse(
+        error_body("validation_error", "request failed validation", {"errors": problems}), 422
+    )
+
+
+def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(
+        error_body("database_unavailable", "the database is unreachable; retry shortly"),
+        503,
+        headers={"Retry-After": "2"},
+    )
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over a limit with 413, before reading them."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()) -> None:
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_suffixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].endswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or {}).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            body = error_body(
+                "payload_too_large",
+                f"request body is larger than {self.max_bytes} bytes",
+                {"max_bytes": self.max_bytes},
+            )
+            await JSONResponse(body, 413)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok", "version": __version__}
+
+    @router.get("/readyz", responses=error_responses(503))
+    def readyz() -> JSONResponse:
+        """The database and the broker are reachable."""
+        checks = {"database": _check_database(), "broker": _check_broker()}
+        ready = all(v == "ok" for v in checks.values())
+        if ready:
+            return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse(
+            error_body("not_ready", "a dependency is unreachable", {"checks": checks}), 503
+        )
+
+    return router
+
+
+def _check_database() -> str:
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as error:
+        return f"unreachable: {type(error).__name__}"
+
+
+def _check_broker() -> str:
+    from workers.celery_app import celery_app
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=get_settings().dispatch_timeout_seconds)
+        return "ok"
+    except Exception as error:
+        return f"unreachable: {type(error).__name__}"
+
+
+def create_app() -> FastAPI:
+    """Build the API application."""
+    from shipway.deployments.routes import router as deployments
+    from shipway.events.routes import router as events
+    from shipway.jobs.routes import router as jobs
+    from shipway.versions.routes import router as versions
+
+    app = FastAPI(
+        title="shipway",
+        version=__version__,
+        description="Build-and-promote control plane. Errors: "
+        '`{"error": {"code", "message", "details"}}`.',
+    )
+    api = APIRouter(prefix="/api/v1")
+    for router in (deployments, versions, jobs, events):
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(_health_router())
+    app.add_exception_handler(errors.ShipwayError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
+    return app

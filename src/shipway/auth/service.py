@@ -1,0 +1,110 @@
+"""Workspaces, tokens and authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shipway.auth.models import ApiToken
+from shipway.errors import Forbidden, InvalidInput, Unauthenticated
+from shipway.ids import new_id, utcnow
+from shipway.workspaces.models import Project, Workspace
+
+SCOPES = ("deployments:read", "deployments:write", "admin")
+# What each scope also grants: write implies read; admin implies both.
+IMPLIED = {
+    "deployments:read": {"deployments:read"},
+    "deployments:write": {"deployments:read", "deployments:write"},
+    "admin": {"deployments:read", "deployments:write", "admin"},
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token, its workspace and its effective scopes."""
+
+    token_id: str
+    workspace_id: str
+    scopes: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        """How this caller appears in Events."""
+        return f"token:{self.token_id}"
+
+    def require(self, scope: str) -> None:
+        """Raise Forbidden unless this principal holds ``scope``."""
+        if scope not in self.scopes:
+            raise Forbidden(
+                f"this token lacks the '{scope}' scope",
+                required_scope=scope,
+                token_scopes=sorted(self.scopes),
+            )
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of a token secret (secrets are random, so no salt is needed)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def get_or_create_workspace(
+    session: Session, *, name: str, external_workspace_id: str | None = None
+) -> Workspace:
+    """The workspace called ``name`` (or with that external id), created if missing."""
+    query = select(Workspace).where(Workspace.name == name)
+    if external_workspace_id:
+        query = select(Workspace).where(Workspace.external_workspace_id == external_workspace_id)
+    workspace = session.scalars(query).first()
+    if workspace is None:
+        workspace = Workspace(name=name, external_workspace_id=external_workspace_id)
+        session.add(workspace)
+        session.flush()
+        session.add(Project(workspace_id=workspace.id, name="default"))
+        session.flush()
+    return workspace
+
+
+def create_token(
+    session: Session, *, workspace_id: str, scopes: list[str], name: str = ""
+) -> tuple[ApiToken, str]:
+    """Create a token; returns the row and the secret, shown only this once."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InvalidInput(
+            f"unknown or missing scopes: {unknown or 'none given'}", allowed_scopes=list(SCOPES)
+        )
+    token_id = new_id("tok", 16)
+    secret = f"shw_{secrets.token_urlsafe(32)}"
+    token = ApiToken(
+        id=token_id,
+        workspace_id=workspace_id,
+        name=name,
+        secret_sha256=hash_secret(secret),
+        scopes=sorted(set(scopes)),
+        created_at=utcnow(),
+    )
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def authenticate(session: Session, *, authorization: str | None) -> Principal:
+    """Resolve an ``Authorization: Bearer …`` header to a Principal."""
+    if not authorization:
+        raise Unauthenticated("missing Authorization header; send 'Authorization: Bearer <token>'")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated("Authorization must be 'Bearer <token>'")
+    token = session.scalars(
+        select(ApiToken).where(ApiToken.secret_sha256 == hash_secret(secret.strip()))
+    ).first()
+    if token is None or token.revoked_at is not None:
+        raise Unauthenticated("invalid or revoked token")
+    effective: set[str] = set()
+    for scope in token.scopes:
+        effective |= IMPLIED.get(scope, set())
+    return Principal(token_id=token.id, workspace_id=token.workspace_id, scopes=frozenset(effective))

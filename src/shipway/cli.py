@@ -1,0 +1,175 @@
+"""The ``shipway`` command: run the services and administer tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from shipway.config import get_settings
+
+app = typer.Typer(help="shipway: build-and-promote control plane.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("SHIPWAY_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (idempotent)."""
+    from shipway.migrate import upgrade
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    console.print(f"database at [bold]{_safe_url()}[/] is up to date")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    workspace: Annotated[str, typer.Option(help="Workspace name (created if missing)")],
+    scope: Annotated[list[str], typer.Option(help="deployments:read, deployments:write, admin")],
+    external_workspace_id: Annotated[str | None, typer.Option(help="Your own tenant id")] = None,
+    name: Annotated[str, typer.Option(help="A label for the token")] = "",
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Create a workspace (if missing) and a token; prints the secret once."""
+    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.db import transaction
+    from shipway.errors import ShipwayError
+    from shipway.migrate import upgrade
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    try:
+        with transaction() as session:
+            ws = get_or_create_workspace(
+                session, name=workspace, external_workspace_id=external_workspace_id
+            )
+            token, secret = create_token(session, workspace_id=ws.id, scopes=scope, name=name)
+            out = {
+                "token": secret,
+                "token_id": token.id,
+                "workspace_id": ws.id,
+                "scopes": token.scopes,
+            }
+    except ShipwayError as error:
+        console.print(f"[red]error:[/] {error.message}")
+        raise typer.Exit(2) from None
+    if json_output:
+        print(json.dumps(out))
+    else:
+        console.print(f"workspace [bold]{workspace}[/] ({out['workspace_id']})")
+        console.print(f"token {out['token_id']} with scopes {', '.join(out['scopes'])}:")
+        print(secret)
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from shipway.api import create_app
+
+    settings = get_settings()
+    uvicorn.run(
+        create_app(), host=host or settings.api_host, port=port or settings.api_port, log_level="info"
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues")] = "builds,rollouts",
+    concurrency: Annotated[int, typer.Option()] = 1,
+    hostname: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Run a Celery worker (thin: tasks call shipway's job runner)."""
+    from workers.celery_app import celery_app
+
+    args = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
+    if hostname:
+        args += ["-n", hostname]
+    celery_app.worker_main(args)
+
+
+@app.command()
+def relay() -> None:
+    """Run the outbox relay and lease reaper."""
+    from shipway.jobs.relay import run_forever
+
+    _logging()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_forever(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Embedded mode: migrate, then run API, relay and one worker from one command."""
+    import uvicorn
+
+    from shipway.api import create_app
+    from shipway.jobs.relay import run_forever
+    from shipway.migrate import upgrade
+
+    _logging()
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    env = {**os.environ, "SHIPWAY_DATA_DIR": str(settings.data_dir.resolve())}
+    worker_proc = subprocess.Popen([sys.executable, "-m", "shipway.cli", "worker"], env=env)
+    stop = threading.Event()
+    threading.Thread(target=run_forever, args=(stop,), name="relay", daemon=True).start()
+    console.print(
+        f"shipway up: API on http://{host or settings.api_host}:{port or settings.api_port}, "
+        f"database {_safe_url()}, broker {settings.resolved_broker_url}, worker pid {worker_proc.pid}"
+    )
+    try:
+        uvicorn.run(
+            create_app(),
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            log_level="warning",
+        )
+    finally:
+        stop.set()
+        worker_proc.terminate()
+        try:
+            worker_proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+def _safe_url() -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,70 @@
+"""Every knob of shipway, read from the environment with the ``SHIPWAY_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One settings object; each field is ``SHIPWAY_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SHIPWAY_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path(".shipway"), description="Where the embedded mode keeps state.")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means SQLite in data_dir (embedded mode).",
+    )
+    broker_url: str = Field(
+        default="",
+        description="Celery broker URL; empty means kombu's filesystem transport in data_dir.",
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    public_url: str = Field(default="", description="Base URL clients use; default from host/port.")
+
+    lease_seconds: float = Field(default=30.0, description="How long a claimed job stays leased.")
+    heartbeat_seconds: float = Field(default=5.0, description="How often a running job renews its lease.")
+    max_attempts: int = Field(default=3, description="Attempts before a lost job fails with worker_lost.")
+    relay_interval_seconds: float = Field(default=1.0, description="Relay/reaper loop period.")
+    redispatch_after_seconds: float = Field(
+        default=30.0, description="Re-send a queued job to the broker if unclaimed this long."
+    )
+    job_deadline_seconds: float = Field(default=3600.0, description="Default deadline of a job.")
+    idempotency_ttl_hours: float = Field(default=24.0, description="How long Idempotency-Key replays.")
+    dispatch_timeout_seconds: float = Field(
+        default=2.0, description="Broker connect/send timeout for one dispatch attempt."
+    )
+    max_request_bytes: int = Field(default=1_048_576, description="Largest JSON body accepted.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'shipway.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL, defaulting to the filesystem transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the filesystem transport (embedded mode)."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def base_url(self) -> str:
+        """Public base URL of the API."""
+        return self.public_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear with ``get_settings.cache_clear()``)."""
+    return Settings()

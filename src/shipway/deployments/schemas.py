@@ -1,0 +1,62 @@
+"""Deployment request and response models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shipway.schemas import ReadModel, Timestamp
+
+ENV_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class DeploymentCreate(BaseModel):
+    """Body of ``POST /deployments``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["static", "container"]
+    project_id: str | None = Field(default=None, description="Default: the workspace's project")
+    runtime_command: str | None = Field(default=None, max_length=2000)
+    runtime_port: int = Field(default=8080, ge=1, le=65535)
+    health_check_path: str = Field(default="/", max_length=500, pattern=r"^/")
+    replicas: int = Field(default=1, ge=1, le=50)
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description='For example {"memory_mb": 256, "cpus": 0.5}'
+    )
+    environments: list[str] = Field(
+        default_factory=lambda: ["production"], min_length=1, max_length=20
+    )
+
+
+class EnvironmentRead(BaseModel):
+    """One environment of a deployment with its active version and release."""
+
+    name: str
+    active_version_id: str | None
+    active_version_number: int | None
+    release_id: str | None
+    status: str | None
+    replicas: int
+    public_url: str | None = Field(description="Router address (null until a router serves it)")
+
+
+class DeploymentRead(ReadModel):
+    """A deployment and its settings."""
+
+    id: str
+    name: str
+    kind: str
+    workspace_id: str
+    project_id: str
+    runtime_command: str | None
+    runtime_port: int
+    health_check_path: str
+    replicas: int
+    resources: dict[str, Any]
+    latest_version_number: int
+    created_at: Timestamp
+    updated_at: Timestamp
+    environments: list[EnvironmentRead] = Field(default_factory=list)

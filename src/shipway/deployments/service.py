@@ -1,0 +1,157 @@
+"""Deployment use cases: create, list, show with environments."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shipway.deployments.models import Deployment, Environment
+from shipway.deployments.schemas import ENV_NAME_PATTERN, DeploymentCreate, EnvironmentRead
+from shipway.errors import Conflict, InvalidInput, NotFound
+from shipway.ids import new_id, utcnow
+from shipway.releases.models import Release
+from shipway.states import record_event
+from shipway.versions.models import Version
+from shipway.workspaces.models import Project
+
+
+def validate_environment_name(name: str) -> str:
+    """Refuse environment names that are not DNS-label-like."""
+    if not re.fullmatch(ENV_NAME_PATTERN, name):
+        raise InvalidInput(
+            f"invalid environment name {name!r}: lowercase letters, digits and '-', 1-63 chars",
+            field="environment",
+        )
+    return name
+
+
+def create_deployment(
+    session: Session, *, workspace_id: str, data: DeploymentCreate, actor: str
+) -> Deployment:
+    """Create a deployment and its environments."""
+    if data.project_id:
+        project = session.get(Project, data.project_id)
+        if project is None or project.workspace_id != workspace_id:
+            raise NotFound(f"project {data.project_id} not found", project_id=data.project_id)
+    else:
+        project = session.scalars(
+            select(Project).where(Project.workspace_id == workspace_id).order_by(Project.created_at)
+        ).first()
+        if project is None:
+            project = Project(workspace_id=workspace_id, name="default")
+            session.add(project)
+            session.flush()
+    now = utcnow()
+    deployment = Deployment(
+        id=new_id("dep"),
+        workspace_id=workspace_id,
+        project_id=project.id,
+        name=data.name,
+        kind=data.kind,
+        runtime_command=data.runtime_command,
+        runtime_port=data.runtime_port,
+        health_check_path=data.health_check_path,
+        replicas=data.replicas,
+        resources=data.resources,
+        settings={},
+        latest_version_number=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(deployment)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"a deployment named {data.name!r} already exists in this workspace",
+            code="deployment_name_taken",
+            name=data.name,
+        ) from None
+    for name in dict.fromkeys(data.environments):
+        ensure_environment(session, deployment=deployment, name=validate_environment_name(name))
+    record_event(
+        session,
+        workspace_id=workspace_id,
+        subject_type="deployment",
+        subject_id=deployment.id,
+        from_state=None,
+        to_state="created",
+        reason=f"deployment {data.name} created",
+        actor=actor,
+        deployment_id=deployment.id,
+    )
+    return deployment
+
+
+def ensure_environment(session: Session, *, deployment: Deployment, name: str) -> Environment:
+    """The environment row called ``name``, created if missing."""
+    env = session.scalars(
+        select(Environment).where(
+            Environment.deployment_id == deployment.id, Environment.name == name
+        )
+    ).first()
+    if env is None:
+        env = Environment(
+            workspace_id=deployment.workspace_id,
+            deployment_id=deployment.id,
+            name=name,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        try:
+            with session.begin_nested():
+                session.add(env)
+                session.flush()
+        except IntegrityError:  # created concurrently
+            env = session.scalars(
+                select(Environment).where(
+                    Environment.deployment_id == deployment.id, Environment.name == name
+                )
+            ).one()
+    return env
+
+
+def get_deployment(session: Session, *, deployment_id: str, workspace_id: str) -> Deployment:
+    """One deployment; another workspace's is NotFound."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.workspace_id != workspace_id:
+        raise NotFound(f"deployment {deployment_id} not found", deployment_id=deployment_id)
+    return deployment
+
+
+def list_deployments(
+    session: Session, *, workspace_id: str, limit: int, after_id: str | None
+) -> Sequence[Deployment]:
+    """Deployments of a workspace in id order (keyset)."""
+    query = select(Deployment).where(Deployment.workspace_id == workspace_id)
+    if after_id:
+        query = query.where(Deployment.id > after_id)
+    return session.scalars(query.order_by(Deployment.id).limit(limit)).all()
+
+
+def environments_of(session: Session, *, deployment_id: str) -> list[EnvironmentRead]:
+    """Each environment with its active release, version and status."""
+    rows = session.execute(
+        select(Environment, Release, Version)
+        .outerjoin(Release, Release.id == Environment.active_release_id)
+        .outerjoin(Version, Version.id == Release.version_id)
+        .where(Environment.deployment_id == deployment_id)
+        .order_by(Environment.name)
+    ).all()
+    return [
+        EnvironmentRead(
+            name=env.name,
+            active_version_id=version.id if version else None,
+            active_version_number=version.version_number if version else None,
+            release_id=release.id if release else None,
+            status=release.status if release else None,
+            replicas=release.replicas if release else 0,
+            public_url=None,
+        )
+        for env, release, version in rows
+    ]

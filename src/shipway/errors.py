@@ -1,0 +1,72 @@
+"""Domain errors. They know nothing of HTTP; ``shipway.api`` maps each kind to a status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShipwayError(Exception):
+    """Base of every domain error: a stable ``code``, a message for people, details."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class NotFound(ShipwayError):
+    """The resource does not exist (or belongs to another workspace)."""
+
+    code = "not_found"
+
+
+class Conflict(ShipwayError):
+    """The request is valid but the current state does not allow it."""
+
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    """A state machine refused a transition; the row is unchanged."""
+
+    code = "invalid_transition"
+
+
+class InvalidInput(ShipwayError):
+    """Input is well-formed but its values are wrong."""
+
+    code = "invalid_input"
+
+
+class BadRequest(ShipwayError):
+    """The request is missing something required (for example a header)."""
+
+    code = "bad_request"
+
+
+class IdempotencyMismatch(ShipwayError):
+    """The Idempotency-Key was used before with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class Unauthenticated(ShipwayError):
+    """No valid credentials."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(ShipwayError):
+    """Valid credentials without the needed scope."""
+
+    code = "insufficient_scope"
+
+
+class ServiceUnavailable(ShipwayError):
+    """A dependency (database, broker) cannot be reached right now."""
+
+    code = "service_unavailable"

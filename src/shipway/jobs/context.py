@@ -1,0 +1,66 @@
+"""What a job handler sees: its job, phases, progress, cancellation and lease checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shipway.jobs import service
+
+
+class JobFailed(Exception):
+    """A handler's classified failure: a stable reason code and diagnostics for a person."""
+
+    def __init__(self, reason: str, diagnostics: dict[str, Any]) -> None:
+        super().__init__(f"{reason}: {diagnostics.get('title', '')}")
+        self.reason = reason
+        self.diagnostics = diagnostics
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when an operator cancelled the job."""
+
+
+class LeaseLost(Exception):
+    """Raised inside a handler when its lease was taken away (the job was reaped)."""
+
+
+@dataclass
+class JobContext:
+    """Handed to a handler; every call opens its own short transaction."""
+
+    job_id: str
+    owner: str
+    attempt: int
+    session_maker: Callable[[], Session]
+    lease_lost: Callable[[], bool] = field(default=lambda: False)
+
+    def session(self) -> Session:
+        """A new session; use ``with ctx.session() as s, s.begin():``."""
+        return self.session_maker()
+
+    def checkpoint(self) -> None:
+        """Stop here if the job was cancelled or its lease was lost."""
+        if self.lease_lost():
+            raise LeaseLost(self.job_id)
+        with self.session() as session, session.begin():
+            if not service.holds_lease(session, job_id=self.job_id, owner=self.owner):
+                raise LeaseLost(self.job_id)
+            if service.cancel_requested(session, job_id=self.job_id):
+                raise JobCancelled(self.job_id)
+
+    def phase(self, name: str, **progress: Any) -> None:
+        """Enter a phase (checks cancellation first)."""
+        self.checkpoint()
+        with self.session() as session, session.begin():
+            service.set_phase(
+                session, job_id=self.job_id, owner=self.owner, phase=name, progress=progress
+            )
+
+    def progress(self, **progress: Any) -> None:
+        """Report progress inside the current phase."""
+        with self.session() as session, session.begin():
+            service.set_progress(session, job_id=self.job_id, owner=self.owner, progress=progress)

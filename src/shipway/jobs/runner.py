@@ -1,0 +1,152 @@
+"""Run one job: claim it, heartbeat while its handler works, record how it ended."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import traceback
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+
+from shipway.config import get_settings
+from shipway.db import session_factory
+from shipway.errors import Conflict
+from shipway.jobs import handlers, service
+from shipway.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
+from shipway.jobs.models import Job
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """hostname/pid of this process, plus a nonce so each claim has its own owner."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the job lease until stopped; notes if the lease was lost."""
+
+    def __init__(self, job_id: str, owner: str, maker: Any) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.job_id, self.owner, self.maker = job_id, owner, maker
+        self.stopped = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        interval = get_settings().heartbeat_seconds
+        while not self.stopped.wait(interval):
+            try:
+                with self.maker() as session, session.begin():
+                    if not service.heartbeat(session, job_id=self.job_id, owner=self.owner):
+                        self.lost.set()
+                        return
+            except OperationalError:
+                log.warning("heartbeat of %s failed: database unreachable", self.job_id)
+
+
+def run_job(job_id: str, *, owner: str | None = None) -> str | None:
+    """Claim and run ``job_id``; returns its final state, or None if not run here."""
+    maker = session_factory()
+    owner = owner or worker_identity()
+    with maker() as session, session.begin():
+        claim = service.claim(session, job_id=job_id, owner=owner)
+    if claim is None:
+        return None
+    beat = _Heartbeat(job_id, owner, maker)
+    beat.start()
+    ctx = JobContext(
+        job_id=job_id,
+        owner=owner,
+        attempt=claim.attempt,
+        session_maker=maker,
+        lease_lost=beat.lost.is_set,
+    )
+    try:
+        state = _execute(ctx, claim.kind, maker)
+    finally:
+        beat.stopped.set()
+    _dispatch_next(maker, job_id)
+    return state
+
+
+def _execute(ctx: JobContext, kind: str, maker: Any) -> str | None:
+    try:
+        result = handlers.handler_for(kind)(ctx)
+    except JobCancelled:
+        return _end(maker, ctx, "cancelled", "cancelled", service.cancelled_diagnostics("operator"))
+    except JobFailed as failure:
+        return _end(maker, ctx, "failed", failure.reason, failure.diagnostics)
+    except LeaseLost:
+        log.warning("job %s: lease lost, leaving it to its new owner", ctx.job_id)
+        return None
+    except OperationalError:
+        # The database is unreachable: leave the job running; its lease expires and the
+        # reaper requeues it once the database is back.
+        log.exception("job %s: database unreachable", ctx.job_id)
+        return None
+    except Exception as error:  # a bug: fail with evidence rather than retry forever
+        log.exception("job %s crashed", ctx.job_id)
+        return _end(maker, ctx, "failed", "internal_error", _internal_error(error))
+    return _end(maker, ctx, "succeeded", None, None, result=result)
+
+
+def _end(
+    maker: Any,
+    ctx: JobContext,
+    state: str,
+    reason: str | None,
+    diagnostics: dict[str, Any] | None,
+    result: dict[str, Any] | None = None,
+) -> str | None:
+    try:
+        with maker() as session, session.begin():
+            service.finish(
+                session,
+                job_id=ctx.job_id,
+                owner=ctx.owner,
+                state=state,
+                reason=reason or state,
+                result=result,
+                failure_reason=reason,
+                failure_diagnostics=diagnostics,
+            )
+            if state != "succeeded":
+                job = session.get(Job, ctx.job_id)
+                assert job is not None
+                handlers.compensate(session, job, reason or state, diagnostics)
+    except Conflict:
+        log.warning("job %s: could not record %s, lease no longer held", ctx.job_id, state)
+        return None
+    return state
+
+
+def _internal_error(error: Exception) -> dict[str, Any]:
+    return {
+        "title": "Internal error",
+        "description": f"shipway hit an unexpected error: {type(error).__name__}: {error}",
+        "action": "This is a shipway bug; report it with the evidence below.",
+        "evidence": {"traceback": traceback.format_exc().splitlines()[-12:]},
+    }
+
+
+def _dispatch_next(maker: Any, job_id: str) -> None:
+    """Hand the next job waiting on the same (deployment, environment) to the broker."""
+    from shipway.jobs import relay
+
+    try:
+        with maker() as session:
+            serial_key = session.get(Job, job_id).serial_key  # type: ignore[union-attr]
+            waiting = (
+                service.next_in_line(session, serial_key=serial_key) if serial_key else None
+            )
+        if waiting:
+            relay.dispatch([waiting], session_maker=maker)
+    except Exception:  # the relay re-sends later anyway
+        log.exception("could not dispatch the job after %s", job_id)
+
+

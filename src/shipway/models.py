@@ -1,0 +1,25 @@
+"""Every table, imported once so metadata (and Alembic) sees them all."""
+
+from shipway.auth.models import ApiToken
+from shipway.db import Base
+from shipway.deployments.models import Deployment, Environment
+from shipway.events.models import Event
+from shipway.idempotency.models import IdempotencyRecord
+from shipway.jobs.models import Job
+from shipway.releases.models import Release
+from shipway.versions.models import Version
+from shipway.workspaces.models import Project, Workspace
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Deployment",
+    "Environment",
+    "Event",
+    "IdempotencyRecord",
+    "Job",
+    "Project",
+    "Release",
+    "Version",
+    "Workspace",
+]

@@ -1,0 +1,140 @@
+"""Promote: validate, create the DEPLOYING release and its rollout job in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shipway.deployments.service import (
+    ensure_environment,
+    get_deployment,
+    validate_environment_name,
+)
+from shipway.errors import Conflict
+from shipway.ids import new_id, utcnow
+from shipway.jobs import service as jobs
+from shipway.jobs.models import Job
+from shipway.releases.models import Release
+from shipway.states import record_event
+from shipway.versions.models import Version
+from shipway.versions.service import get_version
+
+PROMOTABLE_STATES = ("ready", "archived")
+LIVE_STATUSES = ("ACTIVE", "UNHEALTHY")
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """The release being deployed and the job deploying it."""
+
+    release: Release
+    job: Job
+
+
+def active_release(session: Session, *, deployment_id: str, environment: str) -> Release | None:
+    """The release serving ``environment`` now (ACTIVE or UNHEALTHY), if any."""
+    return session.scalars(
+        select(Release)
+        .where(
+            Release.deployment_id == deployment_id,
+            Release.environment == environment,
+            Release.status.in_(LIVE_STATUSES),
+        )
+        .order_by(Release.created_at.desc())
+    ).first()
+
+
+def promote_version(
+    session: Session,
+    *,
+    workspace_id: str,
+    deployment_id: str,
+    version_id: str,
+    environment: str,
+    strategy: dict[str, Any],
+    actor: str,
+) -> PromoteResult:
+    """Queue a rollout of ``version_id`` to ``environment`` (rollback if it is archived)."""
+    deployment = get_deployment(session, deployment_id=deployment_id, workspace_id=workspace_id)
+    version = get_version(
+        session, version_id=version_id, workspace_id=workspace_id, deployment_id=deployment_id
+    )
+    validate_environment_name(environment)
+    if version.state not in PROMOTABLE_STATES:
+        raise Conflict(
+            f"version {version.version_number} is {version.state}; only ready or archived "
+            "versions can be promoted",
+            code="version_not_promotable",
+            state=version.state,
+            promotable_states=list(PROMOTABLE_STATES),
+        )
+    current = active_release(session, deployment_id=deployment_id, environment=environment)
+    if current is not None and current.version_id == version_id and current.status == "ACTIVE":
+        raise Conflict(
+            f"version {version.version_number} is already active in {environment}",
+            code="version_already_active",
+            release_id=current.id,
+        )
+    ensure_environment(session, deployment=deployment, name=environment)
+    kind = "rollback" if version.state == "archived" else "promote"
+    return _queue_rollout(
+        session, version=version, environment=environment, kind=kind, strategy=strategy, actor=actor
+    )
+
+
+def _queue_rollout(
+    session: Session,
+    *,
+    version: Version,
+    environment: str,
+    kind: str,
+    strategy: dict[str, Any],
+    actor: str,
+) -> PromoteResult:
+    now = utcnow()
+    release = Release(
+        id=new_id("rel"),
+        workspace_id=version.workspace_id,
+        deployment_id=version.deployment_id,
+        version_id=version.id,
+        environment=environment,
+        status="DEPLOYING",
+        replicas=0,
+        rollback_count=0,
+        image_url=version.runtime_image,
+        rollout={"strategy": strategy},
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(release)
+    session.flush()
+    job = jobs.enqueue(
+        session,
+        workspace_id=version.workspace_id,
+        kind=kind,
+        actor=actor,
+        params={"strategy": strategy},
+        deployment_id=version.deployment_id,
+        environment=environment,
+        version_id=version.id,
+        release_id=release.id,
+        serial_key=jobs.serial_key_for(version.deployment_id, environment),
+    )
+    release.job_id = job.id
+    record_event(
+        session,
+        workspace_id=version.workspace_id,
+        subject_type="release",
+        subject_id=release.id,
+        from_state=None,
+        to_state="DEPLOYING",
+        reason=f"{kind} of version {version.version_number} to {environment} queued",
+        actor=actor,
+        deployment_id=version.deployment_id,
+        job_id=job.id,
+    )
+    session.flush()
+    return PromoteResult(release=release, job=job)

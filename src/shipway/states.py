@@ -1,0 +1,201 @@
+"""The state machines of DESIGN.md §2, enforced in one place.
+
+Every transition is a conditional UPDATE (``… WHERE state = :expected``) plus an
+Event row, both in the caller's transaction. A transition that does not apply
+raises :class:`InvalidTransition` and leaves the row unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shipway.db import Base
+from shipway.errors import InvalidTransition, NotFound
+from shipway.events.models import Event
+from shipway.ids import utcnow
+from shipway.jobs.models import Job
+from shipway.releases.models import Release
+from shipway.versions.models import Version
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A state machine: which column holds the state and which moves are legal."""
+
+    name: str
+    model: type[Base]
+    column: str
+    transitions: frozenset[tuple[str, str]]
+
+    @property
+    def states(self) -> frozenset[str]:
+        """Every state named by the machine."""
+        return frozenset(s for pair in self.transitions for s in pair)
+
+    def allows(self, from_state: str, to_state: str) -> bool:
+        """Whether ``from_state → to_state`` is legal."""
+        return (from_state, to_state) in self.transitions
+
+
+VERSION = Machine(
+    name="version",
+    model=Version,
+    column="state",
+    transitions=frozenset(
+        {
+            ("created", "building"),
+            ("created", "failed"),  # refused before a build could start (e.g. worker_lost)
+            ("building", "ready"),
+            ("building", "failed"),
+            ("ready", "archived"),
+        }
+    ),
+)
+
+RELEASE = Machine(
+    name="release",
+    model=Release,
+    column="status",
+    transitions=frozenset(
+        {
+            ("DEPLOYING", "ACTIVE"),
+            ("DEPLOYING", "FAILED"),
+            ("DEPLOYING", "ROLLED_BACK"),
+            ("ACTIVE", "UNHEALTHY"),
+            ("UNHEALTHY", "ACTIVE"),
+            ("ACTIVE", "DRAINING"),
+            ("UNHEALTHY", "DRAINING"),  # replacing an unhealthy release with a fix
+            ("DRAINING", "RETIRED"),
+            ("ACTIVE", "ROLLED_BACK"),
+            ("UNHEALTHY", "ROLLED_BACK"),
+        }
+    ),
+)
+
+JOB = Machine(
+    name="job",
+    model=Job,
+    column="state",
+    transitions=frozenset(
+        {
+            ("queued", "running"),
+            ("queued", "cancelled"),
+            ("queued", "failed"),  # e.g. deadline passed before any worker claimed it
+            ("running", "succeeded"),
+            ("running", "failed"),
+            ("running", "cancelled"),
+            ("running", "queued"),  # lease expired: worker lost, retried
+        }
+    ),
+)
+
+MACHINES = {m.name: m for m in (VERSION, RELEASE, JOB)}
+TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def record_event(
+    session: Session,
+    *,
+    workspace_id: str,
+    subject_type: str,
+    subject_id: str,
+    from_state: str | None,
+    to_state: str | None,
+    reason: str = "",
+    actor: str = "",
+    deployment_id: str | None = None,
+    job_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Append one Event row in the caller's transaction."""
+    event = Event(
+        workspace_id=workspace_id,
+        deployment_id=deployment_id,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        actor=actor,
+        job_id=job_id,
+        data=data or {},
+        created_at=utcnow(),
+    )
+    session.add(event)
+    return event
+
+
+def transition(
+    session: Session,
+    machine: Machine,
+    *,
+    subject_id: str,
+    from_state: str,
+    to_state: str,
+    reason: str = "",
+    actor: str = "",
+    job_id: str | None = None,
+    values: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    where: tuple[Any, ...] = (),
+) -> None:
+    """Move one row from ``from_state`` to ``to_state`` (conditional UPDATE + Event).
+
+    ``values`` are further columns set in the same UPDATE; ``where`` adds
+    conditions (for example "lease expired") to the same UPDATE. Raises
+    :class:`InvalidTransition` if the move is illegal or the row is no longer in
+    ``from_state``, :class:`NotFound` if the row does not exist.
+    """
+    model: Any = machine.model
+    if not machine.allows(from_state, to_state):
+        raise InvalidTransition(
+            f"{machine.name} cannot go from {from_state} to {to_state}",
+            machine=machine.name,
+            subject_id=subject_id,
+            from_state=from_state,
+            to_state=to_state,
+        )
+    column = getattr(model, machine.column)
+    changes: dict[str, Any] = {machine.column: to_state, "updated_at": utcnow(), **(values or {})}
+    result = session.execute(
+        update(model)
+        .where(model.id == subject_id, column == from_state, *where)
+        .values(**changes)
+        .returning(model.workspace_id, model.deployment_id)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.first()
+    if row is None:
+        current = session.get(model, subject_id, populate_existing=True)
+        if current is None:
+            raise NotFound(f"{machine.name} {subject_id} not found", subject_id=subject_id)
+        raise InvalidTransition(
+            f"{machine.name} {subject_id} is {getattr(current, machine.column)}, not {from_state}",
+            machine=machine.name,
+            subject_id=subject_id,
+            from_state=from_state,
+            to_state=to_state,
+            current_state=getattr(current, machine.column),
+        )
+    workspace_id, deployment_id = row[0], row[1]
+    record_event(
+        session,
+        workspace_id=workspace_id,
+        subject_type=machine.name,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        actor=actor,
+        deployment_id=deployment_id,
+        job_id=job_id if job_id is not None else (subject_id if machine is JOB else None),
+        data=data,
+    )
+    # Keep any already-loaded object in the session consistent with the database.
+    loaded = session.identity_map.get(session.identity_key(model, subject_id))
+    if loaded is not None:
+        session.refresh(loaded)

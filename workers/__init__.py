@@ -1,0 +1,1 @@
+"""Celery entrypoints: a thin layer over shipway's job runner."""

@@ -1,0 +1,57 @@
+"""The Celery application: transport only; the database holds the truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from shipway.config import Settings, get_settings
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for the configured broker."""
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("out", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    timeout = settings.dispatch_timeout_seconds
+    return {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "visibility_timeout": 3600,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """Build the Celery app from settings."""
+    settings = settings or get_settings()
+    app = Celery("shipway", broker=settings.resolved_broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue="rollouts",
+        task_queues=[Queue("builds"), Queue("rollouts")],
+        broker_transport_options=broker_options(settings),
+        broker_connection_timeout=settings.dispatch_timeout_seconds,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+celery_app = make_celery()
