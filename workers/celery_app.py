@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -54,4 +55,16 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-celery_app = make_celery()
+@lru_cache(maxsize=8)
+def _celery_for(broker_url: str, broker_folder: str) -> Celery:
+    del broker_url, broker_folder  # the cache key; the settings carry the same values
+    return make_celery()
+
+
+def current_celery() -> Celery:
+    """The Celery app of the current settings (cached per broker)."""
+    settings = get_settings()
+    return _celery_for(settings.resolved_broker_url, str(settings.broker_folder))
+
+
+celery_app = current_celery()

@@ -59,12 +59,17 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
         for e in exc.errors()
     ]
     if any(p["type"] == "json_invalid" for p in problems):
         return JSONResponse(
-            error_body("malformed_json", "request body is not valid JSON", {"errors": problems}), 400
+            error_body("malformed_json", "request body is not valid JSON", {"errors": problems}),
+            400,
         )
     return JSONResponse(
         error_body("validation_error", "request failed validation", {"errors": problems}), 422
@@ -96,7 +101,9 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 class BodySizeLimit:
     """Refuse request bodies over a limit with 413, before reading them."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()
+    ) -> None:
         self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_suffixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,10 +154,10 @@ def _check_database() -> str:
 
 
 def _check_broker() -> str:
-    from workers.celery_app import celery_app
+    from workers.celery_app import current_celery
 
     try:
-        with celery_app.connection_for_write() as conn:
+        with current_celery().connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=get_settings().dispatch_timeout_seconds)
         return "ok"
     except Exception as error:

@@ -92,7 +92,10 @@ def api(
 
     settings = get_settings()
     uvicorn.run(
-        create_app(), host=host or settings.api_host, port=port or settings.api_port, log_level="info"
+        create_app(),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
     )
 
 
@@ -147,7 +150,8 @@ def up(
     threading.Thread(target=run_forever, args=(stop,), name="relay", daemon=True).start()
     console.print(
         f"shipway up: API on http://{host or settings.api_host}:{port or settings.api_port}, "
-        f"database {_safe_url()}, broker {settings.resolved_broker_url}, worker pid {worker_proc.pid}"
+        f"database {_safe_url()}, broker {settings.resolved_broker_url}, "
+        f"worker pid {worker_proc.pid}"
     )
     try:
         uvicorn.run(

@@ -14,7 +14,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SHIPWAY_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(default=Path(".shipway"), description="Where the embedded mode keeps state.")
+    data_dir: Path = Field(
+        default=Path(".shipway"), description="Where the embedded mode keeps state."
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL; empty means SQLite in data_dir (embedded mode).",
@@ -28,14 +30,20 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="Base URL clients use; default from host/port.")
 
     lease_seconds: float = Field(default=30.0, description="How long a claimed job stays leased.")
-    heartbeat_seconds: float = Field(default=5.0, description="How often a running job renews its lease.")
-    max_attempts: int = Field(default=3, description="Attempts before a lost job fails with worker_lost.")
+    heartbeat_seconds: float = Field(
+        default=5.0, description="How often a running job renews its lease."
+    )
+    max_attempts: int = Field(
+        default=3, description="Attempts before a lost job fails with worker_lost."
+    )
     relay_interval_seconds: float = Field(default=1.0, description="Relay/reaper loop period.")
     redispatch_after_seconds: float = Field(
         default=30.0, description="Re-send a queued job to the broker if unclaimed this long."
     )
     job_deadline_seconds: float = Field(default=3600.0, description="Default deadline of a job.")
-    idempotency_ttl_hours: float = Field(default=24.0, description="How long Idempotency-Key replays.")
+    idempotency_ttl_hours: float = Field(
+        default=24.0, description="How long Idempotency-Key replays."
+    )
     dispatch_timeout_seconds: float = Field(
         default=2.0, description="Broker connect/send timeout for one dispatch attempt."
     )

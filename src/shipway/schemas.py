@@ -42,7 +42,9 @@ class Page(BaseModel, Generic[T]):
     """A page of results with an opaque keyset cursor for the next one."""
 
     data: list[T]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
 
 
 class FailureDiagnostics(BaseModel):

@@ -107,4 +107,6 @@ def authenticate(session: Session, *, authorization: str | None) -> Principal:
     effective: set[str] = set()
     for scope in token.scopes:
         effective |= IMPLIED.get(scope, set())
-    return Principal(token_id=token.id, workspace_id=token.workspace_id, scopes=frozenset(effective))
+    return Principal(
+        token_id=token.id, workspace_id=token.workspace_id, scopes=frozenset(effective)
+    )

@@ -24,9 +24,9 @@ TASK_NAME = "shipway.run_job"
 
 def send_to_broker(job_id: str, queue: str) -> None:
     """Publish one task message (the job id only) to the Celery broker."""
-    from workers.celery_app import celery_app
+    from workers.celery_app import current_celery
 
-    celery_app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
+    current_celery().send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
 
 
 def dispatch(

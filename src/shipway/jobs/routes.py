@@ -36,7 +36,9 @@ def _decode(cursor: str) -> tuple[datetime, str]:
         created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(created), job_id
     except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is malformed; pass next_cursor as returned", field="cursor") from None
+        raise InvalidInput(
+            "cursor is malformed; pass next_cursor as returned", field="cursor"
+        ) from None
 
 
 @router.get("/jobs", response_model=Page[JobRead], responses=error_responses(401, 403, 422))
@@ -73,7 +75,9 @@ def get_job(
 ) -> JobRead:
     """One job with its phase, attempts, lease and queue position."""
     with session.begin():
-        return _read(session, service.get_job(session, job_id=job_id, workspace_id=principal.workspace_id))
+        return _read(
+            session, service.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
+        )
 
 
 @router.post(

@@ -10,8 +10,8 @@ import threading
 import traceback
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
-
 
 from shipway.config import get_settings
 from shipway.db import session_factory
@@ -140,13 +140,9 @@ def _dispatch_next(maker: Any, job_id: str) -> None:
 
     try:
         with maker() as session:
-            serial_key = session.get(Job, job_id).serial_key  # type: ignore[union-attr]
-            waiting = (
-                service.next_in_line(session, serial_key=serial_key) if serial_key else None
-            )
+            serial_key = session.scalar(select(Job.serial_key).where(Job.id == job_id))
+            waiting = service.next_in_line(session, serial_key=serial_key) if serial_key else None
         if waiting:
             relay.dispatch([waiting], session_maker=maker)
     except Exception:  # the relay re-sends later anyway
         log.exception("could not dispatch the job after %s", job_id)
-
-

@@ -8,6 +8,7 @@ router switch plug into the ``scale``/``health_check``/``switch`` phases
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import update
@@ -147,8 +148,7 @@ def run_rollout(ctx: JobContext) -> dict[str, Any]:
         ctx.phase("drain", release_id=previous_id)
         ctx.phase("retire", release_id=previous_id)
         with ctx.session() as session, session.begin():
-            job = session.get(Job, ctx.job_id)
-            assert job is not None
+            job, _, _ = _load(session, ctx.job_id)
             _retire(session, job=job, previous_id=previous_id)
     return {"release_id": release.id, "replaced_release_id": previous_id}
 
@@ -161,7 +161,7 @@ def fail_release(
     """A rollout that ended badly before its switch marks its release FAILED."""
     if not job.release_id:
         return
-    try:
+    with suppress(InvalidTransition):  # already switched or already failed: nothing to undo
         transition(
             session,
             RELEASE,
@@ -173,5 +173,3 @@ def fail_release(
             job_id=job.id,
             values={"failure_reason": reason, "failure_diagnostics": diagnostics, "replicas": 0},
         )
-    except InvalidTransition:
-        pass  # already switched or already failed: nothing to undo here

@@ -71,7 +71,9 @@ def _lifecycle(version: Version, releases: list[ReleaseRead], environment: str) 
 
 
 def _releases(session: Session, version_id: str) -> list[ReleaseRead]:
-    return [ReleaseRead.model_validate(r) for r in service.releases_of(session, version_id=version_id)]
+    return [
+        ReleaseRead.model_validate(r) for r in service.releases_of(session, version_id=version_id)
+    ]
 
 
 @router.get(
@@ -130,7 +132,11 @@ def get_deployment_version(
         )
         releases = _releases(session, version_id)
         summary = VersionSummary.model_validate(version).model_dump()
-        row = {name: getattr(version, name) for name in VersionFull.model_fields if hasattr(version, name)}
+        row = {
+            name: getattr(version, name)
+            for name in VersionFull.model_fields
+            if hasattr(version, name)
+        }
         return VersionFull.model_validate(
             {
                 **row,

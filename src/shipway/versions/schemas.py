@@ -44,7 +44,9 @@ class ReleaseRead(ReadModel):
     deployed_at: Timestamp | None
     retired_at: Timestamp | None
     rolled_back_at: Timestamp | None = Field(description="When this release was rolled back FROM")
-    last_rollback_at: Timestamp | None = Field(description="When this version was last rolled back TO")
+    last_rollback_at: Timestamp | None = Field(
+        description="When this version was last rolled back TO"
+    )
     rollback_count: int
     failure_reason: str | None
     failure_diagnostics: dict[str, Any] | None

@@ -34,7 +34,9 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError
         return number
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise InvalidInput("cursor is malformed; pass next_cursor as returned", field="cursor") from None
+        raise InvalidInput(
+            "cursor is malformed; pass next_cursor as returned", field="cursor"
+        ) from None
 
 
 def list_versions(

@@ -1,0 +1,212 @@
+"""Shared fixtures: real PostgreSQL and Redis servers, per-test databases, API clients."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from shipway.config import get_settings
+from tests.support.services import Postgres, Redis, start_postgres, start_redis
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Iterator[Path]:
+    """A scratch folder every service user can traverse (pytest's tmp is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="shipway-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _migrate(url: str, data_dir: Path) -> None:
+    from shipway.db import engine_for
+    from shipway.migrate import upgrade
+
+    old = dict(os.environ)
+    os.environ.update(SHIPWAY_DATABASE_URL=url, SHIPWAY_DATA_DIR=str(data_dir))
+    get_settings.cache_clear()
+    try:
+        upgrade()
+        engine_for(url).dispose()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(scratch: Path) -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session, with a migrated template database."""
+    pg = start_postgres(scratch / "pg")
+    admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE shipway_template"))
+    _migrate(pg.url("shipway_template"), scratch)
+    admin.dispose()
+    yield pg
+    pg.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def redis_server(scratch: Path) -> Iterator[Redis]:
+    """One Redis server for the session."""
+    redis = start_redis(scratch / "redis")
+    yield redis
+    redis.stop()
+
+
+def new_postgres_database(pg: Postgres) -> str:
+    """A fresh database cloned from the migrated template; returns its URL."""
+    from shipway.db import engine_for
+
+    name = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE shipway_template"))
+    admin.dispose()
+    url = pg.url(name)
+    engine_for(url)  # warm the pool
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shipway.db'}"
+        _migrate(url, tmp_path)
+        return url
+    pg = request.getfixturevalue("postgres_server")
+    return new_postgres_database(pg)
+
+
+@pytest.fixture
+def shipway_env(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Environment variables pointing shipway at the test database (filesystem broker)."""
+    env = {
+        "SHIPWAY_DATABASE_URL": db_url,
+        "SHIPWAY_DATA_DIR": str(tmp_path / "data"),
+        "SHIPWAY_BROKER_URL": "",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def client(shipway_env: dict[str, str]) -> Iterator[TestClient]:
+    """An in-process API client against the test database."""
+    from shipway.api import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+TokenFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def make_token(shipway_env: dict[str, str]) -> TokenFactory:
+    """Create a workspace (if missing) and a token; returns headers and ids."""
+    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.db import transaction
+
+    def factory(
+        *scopes: str, workspace: str = "acme", external_workspace_id: str | None = None
+    ) -> dict[str, str]:
+        with transaction() as session:
+            ws = get_or_create_workspace(
+                session, name=workspace, external_workspace_id=external_workspace_id
+            )
+            token, secret = create_token(
+                session, workspace_id=ws.id, scopes=list(scopes or ("deployments:write",))
+            )
+        return {
+            "Authorization": f"Bearer {secret}",
+            "workspace_id": ws.id,
+            "token_id": token.id,
+        }
+
+    return factory
+
+
+def auth(token: dict[str, str], **extra: str) -> dict[str, str]:
+    """Only the HTTP headers of a token (plus extras such as Idempotency-Key)."""
+    return {"Authorization": token["Authorization"], **extra}
+
+
+VersionFactory = Callable[..., str]
+
+
+@pytest.fixture
+def make_version(shipway_env: dict[str, str]) -> VersionFactory:
+    """Record a version of a deployment and walk it to ``state`` through the state machine."""
+    from shipway.db import transaction
+    from shipway.deployments.models import Deployment
+    from shipway.states import VERSION, transition
+    from shipway.versions.service import create_version
+
+    paths = {
+        "created": [],
+        "building": ["building"],
+        "ready": ["building", "ready"],
+        "failed": ["building", "failed"],
+        "archived": ["building", "ready", "archived"],
+    }
+
+    def factory(deployment_id: str, state: str = "ready", **provenance: Any) -> str:
+        with transaction() as session:
+            deployment = session.get(Deployment, deployment_id)
+            assert deployment is not None
+            version = create_version(
+                session,
+                deployment=deployment,
+                actor="test",
+                source_sha256=secrets.token_hex(32),
+                external_user_id=provenance.pop("external_user_id", None),
+                provenance=provenance,
+            )
+            current = "created"
+            for step in paths[state]:
+                values = (
+                    {"artifact_sha256": "sha256:" + secrets.token_hex(32)}
+                    if step == "ready"
+                    else {}
+                )
+                transition(
+                    session,
+                    VERSION,
+                    subject_id=version.id,
+                    from_state=current,
+                    to_state=step,
+                    actor="test",
+                    values=values,
+                )
+                current = step
+            return version.id
+
+    return factory
+
+
+@pytest.fixture
+def deployment(client: TestClient, make_token: TokenFactory) -> dict[str, Any]:
+    """A static deployment in workspace 'acme', with a write token."""
+    token = make_token("deployments:write")
+    response = client.post(
+        "/api/v1/deployments", json={"name": "site", "kind": "static"}, headers=auth(token)
+    )
+    assert response.status_code == 201, response.text
+    return {**response.json(), "token": token}
