@@ -15,13 +15,14 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options for the configured broker."""
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            "control_folder": str(folder / "control"),
         }
     timeout = settings.dispatch_timeout_seconds
     return {

@@ -29,6 +29,8 @@ STATUS_OF: list[tuple[type[errors.ShipwayError], int]] = [
     (errors.Unauthenticated, 401),
     (errors.Forbidden, 403),
     (errors.ServiceUnavailable, 503),
+    (errors.PayloadTooLarge, 413),
+    (errors.UnsupportedMediaType, 415),
 ]
 HTTP_CODES = {
     400: "bad_request",
@@ -101,21 +103,21 @@ def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 class BodySizeLimit:
     """Refuse request bodies over a limit with 413, before reading them."""
 
-    def __init__(
-        self, app: ASGIApp, *, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()
-    ) -> None:
-        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt_suffixes
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_max_bytes: int) -> None:
+        self.app, self.max_bytes, self.upload_max_bytes = app, max_bytes, upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].endswith(self.exempt):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        is_upload = scope["method"] == "POST" and scope["path"].endswith("/versions")
+        limit = self.upload_max_bytes if is_upload else self.max_bytes
         length = dict(scope.get("headers") or {}).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isdigit() and int(length) > limit:
             body = error_body(
                 "payload_too_large",
-                f"request body is larger than {self.max_bytes} bytes",
-                {"max_bytes": self.max_bytes},
+                f"request body is larger than {limit} bytes",
+                {"max_bytes": limit},
             )
             await JSONResponse(body, 413)(scope, receive, send)
             return
@@ -166,6 +168,7 @@ def _check_broker() -> str:
 
 def create_app() -> FastAPI:
     """Build the API application."""
+    from shipway.builds.routes import router as builds
     from shipway.deployments.routes import router as deployments
     from shipway.events.routes import router as events
     from shipway.jobs.routes import router as jobs
@@ -178,7 +181,7 @@ def create_app() -> FastAPI:
         '`{"error": {"code", "message", "details"}}`.',
     )
     api = APIRouter(prefix="/api/v1")
-    for router in (deployments, versions, jobs, events):
+    for router in (deployments, builds, versions, jobs, events):
         api.include_router(router)
     app.include_router(api)
     app.include_router(_health_router())
@@ -187,5 +190,10 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
+    settings = get_settings()
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        upload_max_bytes=settings.max_upload_bytes + 1024 * 1024,
+    )
     return app

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(default=1_048_576, description="Largest JSON body accepted.")
 
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, description="Largest source archive.")
+    max_unpacked_bytes: int = Field(
+        default=512 * 1024 * 1024, description="Most bytes a source archive may unpack to."
+    )
+    max_source_files: int = Field(default=20_000, description="Most entries in a source archive.")
+    base_image: str = Field(
+        default="shipway/busybox:local",
+        description="Base image of generated static-site images (must provide busybox httpd).",
+    )
+    build_timeout_seconds: float = Field(default=600.0, description="Deadline of one image build.")
+    image_retention_hours: float = Field(
+        default=24.0 * 14, description="How long an archived version's image stays for rollback."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside data_dir."""

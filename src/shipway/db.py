@@ -90,6 +90,10 @@ def get_engine() -> Engine:
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     """A session factory bound to ``engine`` (default: the configured one)."""
+    # Map every table before the first flush: a worker or relay process imports only
+    # some models, and a foreign key to an unimported table cannot be resolved.
+    import shipway.models  # noqa: F401
+
     return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
 
 

@@ -54,6 +54,18 @@ class IdempotencyMismatch(ShipwayError):
     code = "idempotency_key_reused"
 
 
+class PayloadTooLarge(ShipwayError):
+    """The upload, or what it unpacks to, is over a configured limit."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ShipwayError):
+    """The upload is not in a format shipway accepts."""
+
+    code = "unsupported_media_type"
+
+
 class Unauthenticated(ShipwayError):
     """No valid credentials."""
 

@@ -56,7 +56,8 @@ def compensate(session: Session, job: Job, reason: str, diagnostics: dict[str, A
 
 
 def _load() -> None:
-    import shipway.releases.rollout  # noqa: F401  (registers promote)
+    import shipway.builds.publish  # registers publish
+    import shipway.releases.rollout  # noqa: F401  (registers promote and rollback)
 
 
 @handler("noop")

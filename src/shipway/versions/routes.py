@@ -70,6 +70,24 @@ def _lifecycle(version: Version, releases: list[ReleaseRead], environment: str) 
     return {"environment": environment, **current.model_dump(include=fields)}
 
 
+def version_full(version: Version, *, releases: list[ReleaseRead], environment: str) -> VersionFull:
+    """The full row of a version with its lifecycle in ``environment``."""
+    summary = VersionSummary.model_validate(version).model_dump()
+    row = {
+        name: getattr(version, name) for name in VersionFull.model_fields if hasattr(version, name)
+    }
+    return VersionFull.model_validate(
+        {
+            **row,
+            **summary,
+            **_lifecycle(version, releases, environment),
+            "build_failure_reason": version.failure_reason,
+            "build_failure_diagnostics": version.failure_diagnostics,
+            "releases": releases,
+        }
+    )
+
+
 def _releases(session: Session, version_id: str) -> list[ReleaseRead]:
     return [
         ReleaseRead.model_validate(r) for r in service.releases_of(session, version_id=version_id)
@@ -130,22 +148,8 @@ def get_deployment_version(
             workspace_id=principal.workspace_id,
             deployment_id=deployment_id,
         )
-        releases = _releases(session, version_id)
-        summary = VersionSummary.model_validate(version).model_dump()
-        row = {
-            name: getattr(version, name)
-            for name in VersionFull.model_fields
-            if hasattr(version, name)
-        }
-        return VersionFull.model_validate(
-            {
-                **row,
-                **summary,
-                **_lifecycle(version, releases, environment),
-                "build_failure_reason": version.failure_reason,
-                "build_failure_diagnostics": version.failure_diagnostics,
-                "releases": releases,
-            }
+        return version_full(
+            version, releases=_releases(session, version_id), environment=environment
         )
 
 

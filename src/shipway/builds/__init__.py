@@ -1,0 +1,1 @@
+"""builds feature: publish jobs turning sources into images."""

@@ -1,0 +1,191 @@
+"""DockerRuntime: the Runtime protocol on the local Docker engine (DOCKER_HOST honoured)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+import urllib3.exceptions
+
+from shipway.runtime.base import BuildOutcome, ImageInfo
+
+log = logging.getLogger(__name__)
+STEP = re.compile(r"^Step \d+/\d+ : ")
+RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
+TAIL_LINES = 30
+
+
+class _CancellableAPIClient(docker.APIClient):
+    """An APIClient whose streaming response can be cut from another thread.
+
+    Closing the socket under a streaming ``/build`` makes the engine cancel the
+    build and (with ``forcerm``) remove its intermediate containers.
+    """
+
+    streaming: Any = None
+
+    def _stream_helper(self, response: Any, decode: bool = False) -> Iterator[Any]:
+        self.streaming = response
+        return super()._stream_helper(response, decode)
+
+    def cut(self) -> None:
+        """Shut down the socket of the current streaming response, if any."""
+        connection = getattr(getattr(self.streaming, "raw", None), "_connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class DockerRuntime:
+    """Builds and inspects images with the Docker SDK."""
+
+    def __init__(self) -> None:
+        self.client = docker.from_env()
+
+    def _api(self) -> _CancellableAPIClient:
+        params = docker.utils.kwargs_from_env()
+        return _CancellableAPIClient(version="auto", **params)
+
+    def build_image(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        labels: dict[str, str],
+        timeout_seconds: float,
+        on_line: Callable[[str], None],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> BuildOutcome:
+        """Build ``context`` into ``tag``, streaming each log line to ``on_line``.
+
+        The build is cut at the deadline, or as soon as ``should_stop()`` (polled
+        every second) says so; its intermediate containers are removed.
+        """
+        api = self._api()
+        started = time.monotonic()
+        timed_out = threading.Event()
+        done = threading.Event()
+
+        stopped = threading.Event()
+
+        def watchdog() -> None:
+            deadline = started + timeout_seconds
+            while not done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    timed_out.set()
+                    api.cut()
+                    return
+                if should_stop():
+                    stopped.set()
+                    api.cut()
+                    return
+
+        threading.Thread(target=watchdog, name=f"build-deadline-{tag}", daemon=True).start()
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        outcome = BuildOutcome(ok=False)
+        try:
+            for chunk in api.build(
+                path=str(context),
+                tag=tag,
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+            ):
+                self._consume(chunk, outcome, tail, on_line)
+        except (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+            docker.errors.APIError,
+            OSError,
+        ) as error:
+            if not (timed_out.is_set() or stopped.is_set()):
+                outcome.error = outcome.error or f"{type(error).__name__}: {error}"
+        finally:
+            done.set()
+            api.close()
+        outcome.timed_out = timed_out.is_set()
+        outcome.stopped = stopped.is_set()
+        if not outcome.image_id or outcome.error or outcome.timed_out or stopped.is_set():
+            self._remove_containers(outcome.build_containers)
+        outcome.seconds = time.monotonic() - started
+        outcome.log_tail = list(tail)
+        outcome.ok = bool(outcome.image_id) and not (
+            outcome.error or outcome.timed_out or outcome.stopped
+        )
+        return outcome
+
+    @staticmethod
+    def _consume(
+        chunk: dict[str, Any],
+        outcome: BuildOutcome,
+        tail: deque[str],
+        on_line: Callable[[str], None],
+    ) -> None:
+        if "stream" in chunk:
+            for line in str(chunk["stream"]).splitlines():
+                if not line.strip():
+                    continue
+                if STEP.match(line):
+                    outcome.failing_step = line
+                running = RUNNING_IN.match(line)
+                if running:
+                    outcome.build_containers.append(running.group(1))
+                tail.append(line)
+                on_line(line)
+        if "error" in chunk:
+            outcome.error = str(chunk.get("errorDetail", {}).get("message") or chunk["error"])
+            tail.append(f"ERROR: {outcome.error}")
+            on_line(f"ERROR: {outcome.error}")
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and aux.get("ID"):
+            outcome.image_id = str(aux["ID"])
+
+    def _remove_containers(self, ids: list[str]) -> None:
+        """Force-remove a cancelled build's intermediate containers (the engine may lag)."""
+        for container_id in ids:
+            try:
+                self.client.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as error:
+                if "already in progress" not in str(error):
+                    log.warning("could not remove build container %s: %s", container_id, error)
+
+    def inspect_image(self, reference: str) -> ImageInfo | None:
+        """Facts of an image, or None if missing."""
+        try:
+            attrs = self.client.api.inspect_image(reference)
+        except docker.errors.ImageNotFound:
+            return None
+        config = attrs.get("Config") or {}
+        return ImageInfo(
+            id=attrs["Id"],
+            tags=list(attrs.get("RepoTags") or []),
+            size=int(attrs.get("Size") or 0),
+            layers=list((attrs.get("RootFS") or {}).get("Layers") or []),
+            env=list(config.get("Env") or []),
+            exposed_ports=sorted((config.get("ExposedPorts") or {}).keys()),
+            labels=dict(config.get("Labels") or {}),
+            created=str(attrs.get("Created", "")),
+        )
+
+    def remove_image(self, reference: str) -> None:
+        """Remove an image (and its tag) if present."""
+        try:
+            self.client.images.remove(reference, force=True, noprune=False)
+        except docker.errors.ImageNotFound:
+            return

@@ -1,0 +1,1 @@
+"""sources feature: uploaded source archives, validated and stored."""
