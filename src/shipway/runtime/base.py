@@ -56,6 +56,14 @@ class ImageInfo:
         }
 
 
+class RuntimeFailure(Exception):
+    """The engine refused to run something; ``reason`` is a failure_reason code."""
+
+    def __init__(self, reason: str, message: str, **evidence: Any) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.evidence = reason, message, evidence
+
+
 class Runtime(Protocol):
     """A container engine (Docker today; Swarm and Kubernetes later)."""
 
@@ -79,3 +87,66 @@ class Runtime(Protocol):
     def remove_image(self, reference: str) -> None:
         """Remove an image if present."""
         ...
+
+    def run_replica(self, spec: ReplicaSpec) -> Replica:
+        """Create and start a replica; its port is published on 127.0.0.1 (random host port).
+
+        Idempotent by name: a container with ``spec.name`` is reused, not duplicated.
+        Raises RuntimeFailure(reason, message) when it cannot be created or started.
+        """
+        ...
+
+    def replicas(self, selector: dict[str, str]) -> list[Replica]:
+        """Every container (running or not) whose labels include ``selector``."""
+        ...
+
+    def inspect_replica(self, container_id: str) -> Replica | None:
+        """One container, or None if it is gone."""
+        ...
+
+    def logs(self, container_id: str, *, tail: int = 20) -> list[str]:
+        """The last lines a container printed."""
+        ...
+
+    def stop_replica(self, container_id: str, *, timeout_seconds: float) -> None:
+        """Stop gracefully (SIGTERM, then SIGKILL after the timeout)."""
+        ...
+
+    def remove_replica(self, container_id: str) -> None:
+        """Remove a container (forcefully); no error if it is already gone."""
+        ...
+
+
+@dataclass
+class ReplicaSpec:
+    """What to run: one replica of a version's image."""
+
+    image: str
+    name: str
+    labels: dict[str, str]
+    container_port: int
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    memory_mb: int | None = None
+    cpus: float | None = None
+    network: str | None = None
+
+
+@dataclass
+class Replica:
+    """A running (or exited) replica container as the engine reports it."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: str  # created | running | restarting | exited | dead | …
+    exit_code: int | None
+    restart_count: int
+    host_port: int | None
+    oom_killed: bool = False
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        """Whether the container is up."""
+        return self.status == "running"

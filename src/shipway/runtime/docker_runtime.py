@@ -18,7 +18,13 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from shipway.runtime.base import BuildOutcome, ImageInfo
+from shipway.runtime.base import (
+    BuildOutcome,
+    ImageInfo,
+    Replica,
+    ReplicaSpec,
+    RuntimeFailure,
+)
 
 log = logging.getLogger(__name__)
 STEP = re.compile(r"^Step \d+/\d+ : ")
@@ -189,3 +195,115 @@ class DockerRuntime:
             self.client.images.remove(reference, force=True, noprune=False)
         except docker.errors.ImageNotFound:
             return
+
+    def run_replica(self, spec: ReplicaSpec) -> Replica:
+        """Create and start a replica, reusing a container of the same name."""
+        existing = self._by_name(spec.name)
+        if existing is not None and existing.running:
+            return existing
+        if existing is not None:
+            self.remove_replica(existing.id)
+        kwargs: dict[str, Any] = {
+            "image": spec.image,
+            "name": spec.name,
+            "labels": spec.labels,
+            "detach": True,
+            "ports": {f"{spec.container_port}/tcp": ("127.0.0.1", None)},
+            "environment": spec.env,
+            "restart_policy": {"Name": "no"},
+        }
+        if spec.command:
+            kwargs["command"] = spec.command
+        if spec.memory_mb:
+            kwargs["mem_limit"] = f"{spec.memory_mb}m"
+        if spec.cpus:
+            kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
+        if spec.network:
+            kwargs["network"] = spec.network
+        try:
+            container = self.client.containers.run(**kwargs)
+        except docker.errors.ImageNotFound as error:
+            raise RuntimeFailure(
+                "image_pull_failed", f"image {spec.image} is not on the engine", error=str(error)
+            ) from None
+        except docker.errors.APIError as error:
+            leftover = self._by_name(spec.name)
+            if leftover is not None:
+                self.remove_replica(leftover.id)
+            raise RuntimeFailure(
+                "scheduling_failed",
+                f"the engine could not create or start {spec.name}: {error.explanation or error}",
+                error=str(error.explanation or error),
+            ) from None
+        replica = self.inspect_replica(container.id)
+        if replica is None:
+            raise RuntimeFailure("scheduling_failed", f"{spec.name} vanished right after start")
+        return replica
+
+    def _by_name(self, name: str) -> Replica | None:
+        try:
+            return self._replica(self.client.api.inspect_container(name))
+        except docker.errors.NotFound:
+            return None
+
+    @staticmethod
+    def _replica(attrs: dict[str, Any]) -> Replica:
+        state = attrs.get("State") or {}
+        ports = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
+        host_port = None
+        for bindings in ports.values():
+            for binding in bindings or []:
+                if binding.get("HostPort"):
+                    host_port = int(binding["HostPort"])
+                    break
+        return Replica(
+            id=attrs["Id"],
+            name=str(attrs.get("Name", "")).lstrip("/"),
+            labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
+            status=str(state.get("Status", "unknown")),
+            exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
+            restart_count=int(attrs.get("RestartCount") or 0),
+            host_port=host_port,
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+        )
+
+    def replicas(self, selector: dict[str, str]) -> list[Replica]:
+        """Every container whose labels include ``selector``."""
+        filters = {"label": [f"{key}={value}" for key, value in selector.items()]}
+        found = []
+        for summary in self.client.api.containers(all=True, filters=filters):
+            replica = self.inspect_replica(summary["Id"])
+            if replica is not None:
+                found.append(replica)
+        return found
+
+    def inspect_replica(self, container_id: str) -> Replica | None:
+        """One container, or None if it is gone."""
+        try:
+            return self._replica(self.client.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            return None
+
+    def logs(self, container_id: str, *, tail: int = 20) -> list[str]:
+        """The last lines a container printed (stdout and stderr)."""
+        try:
+            raw = self.client.api.logs(container_id, tail=tail, stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()[-tail:]
+
+    def stop_replica(self, container_id: str, *, timeout_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after the timeout."""
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.stop(container_id, timeout=max(0, int(timeout_seconds)))
+
+    def remove_replica(self, container_id: str) -> None:
+        """Force-remove a container; no error if gone."""
+        try:
+            self.client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as error:
+            if "already in progress" not in str(error):
+                raise
