@@ -41,6 +41,7 @@ class Job(Base):
     version_id: Mapped[str | None] = mapped_column(String(40))
     release_id: Mapped[str | None] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(200), default="")
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -47,6 +47,7 @@ def enqueue(
     queue: str | None = None,
     max_attempts: int | None = None,
     deadline_seconds: float | None = None,
+    not_before: datetime | None = None,
 ) -> Job:
     """Write a queued Job in the caller's transaction (the outbox); dispatch after commit."""
     settings = get_settings()
@@ -69,6 +70,7 @@ def enqueue(
         max_attempts=max_attempts or settings.max_attempts,
         deadline_at=now + timedelta(seconds=deadline_seconds or settings.job_deadline_seconds),
         dispatch_count=0,
+        not_before=not_before,
         cancel_requested=False,
         created_at=now,
         updated_at=now,
@@ -145,6 +147,8 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.state != "queued":
         return None
+    if job.not_before is not None and job.not_before > utcnow():
+        return None  # too early; the relay sends it again when it is due
     if job.serial_key is not None:
         blocker = session.scalar(select(Job.id).where(_earlier_in_line(job)).limit(1))
         if blocker is not None:
@@ -414,6 +418,7 @@ def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> li
         .where(
             Job.state == "queued",
             or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale),
+            or_(Job.not_before.is_(None), Job.not_before <= now),
         )
         .order_by(Job.created_at)
         .limit(limit)
