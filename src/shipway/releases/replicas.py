@@ -1,0 +1,139 @@
+"""Replica containers of a release: names, labels, scale up and tear down (idempotent)."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from shipway.deployments.models import Deployment
+from shipway.jobs.context import JobFailed
+from shipway.releases.models import Release
+from shipway.runtime.base import Replica, ReplicaSpec, Runtime, RuntimeFailure, labels
+from shipway.versions.models import Version
+
+RELEASE_LABEL = "shipway.release"
+REPLICA_LABEL = "shipway.replica"
+
+
+def replica_name(release_id: str, index: int) -> str:
+    """Container name of replica ``index`` of a release (stable: retries reuse it)."""
+    return f"sw-{release_id}-{index}"
+
+
+def route_key(deployment_id: str, environment: str) -> str:
+    """The router's name for one (deployment, environment)."""
+    return f"{deployment_id}--{environment}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a release runs: image, port, command, resources, how many."""
+
+    image: str
+    port: int
+    command: list[str] | None
+    replicas: int
+    memory_mb: int | None
+    cpus: float | None
+
+    @classmethod
+    def of(cls, *, version: Version, deployment: Deployment) -> Target:
+        """The target of ``version`` with the deployment's settings."""
+        if not version.runtime_image:
+            raise JobFailed(
+                "image_pull_failed",
+                {
+                    "title": "Version has no image",
+                    "description": f"Version {version.version_number} has no built image.",
+                    "action": "Publish the source again and promote the new version.",
+                    "evidence": {"version_id": version.id, "state": version.state},
+                },
+            )
+        resources = deployment.resources or {}
+        command = shlex.split(version.runtime_command) if version.runtime_command else None
+        return cls(
+            image=version.runtime_image,
+            port=version.runtime_port or deployment.runtime_port,
+            command=command,
+            replicas=deployment.replicas,
+            memory_mb=resources.get("memory_mb"),
+            cpus=resources.get("cpus"),
+        )
+
+
+def release_labels(release: Release, index: int) -> dict[str, str]:
+    """The labels that let shipway find a replica again from the engine alone."""
+    return labels(
+        deployment=release.deployment_id,
+        version=release.version_id,
+        environment=release.environment,
+        release=release.id,
+        replica=str(index),
+        workspace=release.workspace_id,
+    )
+
+
+def scale_up(*, runtime: Runtime, release: Release, target: Target) -> list[Replica]:
+    """Ensure exactly ``target.replicas`` replicas of ``release`` exist and run.
+
+    Existing containers (from a crashed earlier attempt) are found by name and
+    label and reused; extra ones are removed; none is ever duplicated.
+    """
+    replicas: list[Replica] = []
+    for index in range(target.replicas):
+        spec = ReplicaSpec(
+            image=target.image,
+            name=replica_name(release.id, index),
+            labels=release_labels(release, index),
+            container_port=target.port,
+            command=target.command,
+            memory_mb=target.memory_mb,
+            cpus=target.cpus,
+        )
+        try:
+            replicas.append(runtime.run_replica(spec))
+        except RuntimeFailure as failure:
+            raise JobFailed(failure.reason, _runtime_diagnostics(failure, spec)) from None
+    wanted = {r.id for r in replicas}
+    for extra in runtime.replicas({RELEASE_LABEL: release.id}):
+        if extra.id not in wanted:
+            runtime.remove_replica(extra.id)
+    return replicas
+
+
+def tear_down(*, runtime: Runtime, release_id: str, stop_timeout_seconds: float) -> int:
+    """Stop and remove every container of a release; returns how many there were."""
+    found = runtime.replicas({RELEASE_LABEL: release_id})
+    for replica in found:
+        if replica.running:
+            runtime.stop_replica(replica.id, timeout_seconds=stop_timeout_seconds)
+        runtime.remove_replica(replica.id)
+    return len(found)
+
+
+def _runtime_diagnostics(failure: RuntimeFailure, spec: ReplicaSpec) -> dict[str, object]:
+    if failure.reason == "image_pull_failed":
+        return {
+            "title": "Image not available",
+            "description": (
+                f"The image {spec.image} is no longer on the engine (for example pruned after "
+                "its rollback window)."
+            ),
+            "action": "Publish the source again, or restore the image, then promote.",
+            "evidence": {"image": spec.image, **failure.evidence},
+        }
+    return {
+        "title": "Replica could not be scheduled",
+        "description": failure.message,
+        "action": (
+            "Check the engine's resources (memory, ports, networks) and the deployment's "
+            "resources settings."
+        ),
+        "evidence": {
+            "replica": spec.name,
+            "image": spec.image,
+            "memory_mb": spec.memory_mb,
+            "cpus": spec.cpus,
+            **failure.evidence,
+        },
+    }
