@@ -1,0 +1,47 @@
+# shipway: day-to-day commands. `make test` works from a fresh clone (it provisions first).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BIN := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help provision lint format test demo clean distclean
+
+help:
+	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
+	@echo "make lint       ruff check, ruff format --check, mypy"
+	@echo "make format     apply ruff's fixes and formatting"
+	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
+	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
+	@echo "make clean      remove scratch data and caches (keeps .venv)"
+	@echo "make distclean  clean, and remove .venv"
+
+provision:
+	@bash scripts/provision.sh
+
+$(BIN)/ruff $(BIN)/pytest:
+	@echo "no virtualenv yet: run 'make provision' first" >&2
+	@exit 1
+
+lint: $(BIN)/ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(BIN)/ruff
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: provision
+	@$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+demo: provision
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf .scratch .shipway .pytest_cache .mypy_cache .ruff_cache .hypothesis build
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf .venv *.egg-info src/*.egg-info
