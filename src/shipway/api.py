@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway import __version__, errors
 from shipway.config import get_settings
@@ -80,6 +80,9 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's generic "error parsing the body": a JSON body that is not UTF-8.
+        return JSONResponse(error_body("malformed_json", "request body is not valid JSON"), 400)
     code = HTTP_CODES.get(exc.status_code, "error")
     return JSONResponse(
         error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
@@ -98,6 +101,10 @@ def _database_down(_request: Request, exc: Exception) -> JSONResponse:
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A streamed request body passed the limit (FastAPI re-raises HTTPExceptions from reads)."""
 
 
 class BodySizeLimit:
@@ -121,7 +128,19 @@ class BodySizeLimit:
             )
             await JSONResponse(body, 413)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            # A body sent without Content-Length (chunked) is counted as it arrives.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(413, f"request body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _health_router() -> APIRouter:
@@ -166,6 +185,36 @@ def _check_broker() -> str:
         return f"unreachable: {type(error).__name__}"
 
 
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document tell the truth about errors.
+
+    FastAPI documents its own ``HTTPValidationError`` for 422 and uses a route's
+    ``response_class`` media type (e.g. text/plain) for error responses; every error
+    shipway sends is ``ErrorResponse`` JSON (see ``_validation_error``).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if str(status)[0] in "45":
+                        response["content"] = {"application/json": {"schema": ERROR_SCHEMA}}
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app() -> FastAPI:
     """Build the API application."""
     from shipway.builds.routes import router as builds
@@ -185,6 +234,7 @@ def create_app() -> FastAPI:
         api.include_router(router)
     app.include_router(api)
     app.include_router(_health_router())
+    _document_error_shape(app)
     app.add_exception_handler(errors.ShipwayError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -18,6 +18,7 @@ from shipway.deployments.schemas import ENV_NAME_PATTERN
 from shipway.deployments.service import get_deployment
 from shipway.idempotency import service as idempotency
 from shipway.jobs import relay
+from shipway.jobs import service as jobs
 from shipway.jobs.schemas import JobRead
 from shipway.releases.service import promote_version
 from shipway.schemas import Page, error_responses
@@ -213,10 +214,9 @@ def promote(
             actor=principal.actor,
         )
         created.append((result.job.id, result.job.queue))
-        answer = PromoteResponse(
-            release=ReleaseRead.model_validate(result.release),
-            job=JobRead.model_validate(result.job),
-        )
+        job = JobRead.model_validate(result.job)
+        job.queue_position = jobs.queue_position(session, job=result.job)
+        answer = PromoteResponse(release=ReleaseRead.model_validate(result.release), job=job)
         return 202, answer.model_dump(mode="json")
 
     status, payload = idempotency.run_once(

@@ -18,6 +18,8 @@ from shipway.states import record_event
 from shipway.versions.models import Version
 from shipway.workspaces.models import Workspace
 
+MAX_VERSION_NUMBER = 2**31 - 1  # versions.version_number is a 32-bit INTEGER
+
 
 def encode_cursor(version_number: int) -> str:
     """Opaque cursor pointing after ``version_number`` (newest-first order)."""
@@ -31,6 +33,8 @@ def decode_cursor(cursor: str) -> int:
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
         number = value["n"]
         if not isinstance(number, int) or isinstance(number, bool):
+            raise ValueError
+        if not 0 < number <= MAX_VERSION_NUMBER:  # out of the column's range: not ours
             raise ValueError
         return number
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
