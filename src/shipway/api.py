@@ -221,6 +221,7 @@ def create_app() -> FastAPI:
     from shipway.deployments.routes import router as deployments
     from shipway.events.routes import router as events
     from shipway.jobs.routes import router as jobs
+    from shipway.releases.routes import router as releases
     from shipway.versions.routes import router as versions
 
     app = FastAPI(
@@ -230,7 +231,7 @@ def create_app() -> FastAPI:
         '`{"error": {"code", "message", "details"}}`.',
     )
     api = APIRouter(prefix="/api/v1")
-    for router in (deployments, builds, versions, jobs, events):
+    for router in (deployments, builds, versions, releases, jobs, events):
         api.include_router(router)
     app.include_router(api)
     app.include_router(_health_router())

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
         default=2.0, description="Broker connect/send timeout for one dispatch attempt."
     )
     max_request_bytes: int = Field(default=1_048_576, description="Largest JSON body accepted.")
+    stuck_after_seconds: float = Field(
+        default=900.0,
+        description="A job queued (and due) longer than this is reported stuck (GET /queue).",
+    )
+    metrics_public: bool = Field(
+        default=True,
+        description="GET /metrics needs no token (serve it on an internal network only); "
+        "false requires an admin token.",
+    )
 
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, description="Largest source archive.")
     max_unpacked_bytes: int = Field(
@@ -61,6 +70,42 @@ class Settings(BaseSettings):
     build_timeout_seconds: float = Field(default=600.0, description="Deadline of one image build.")
     image_retention_hours: float = Field(
         default=24.0 * 14, description="How long an archived version's image stays for rollback."
+    )
+
+    drain_timeout_seconds: float = Field(
+        default=30.0, description="How long a replaced release may finish in-flight requests."
+    )
+    scale_down_delay_seconds: float = Field(
+        default=60.0,
+        description="How long replaced replicas stay warm (rollback is a router switch) "
+        "before they are stopped and removed.",
+    )
+    stop_timeout_seconds: float = Field(
+        default=10.0, description="SIGTERM grace before SIGKILL when stopping a replica."
+    )
+
+    haproxy_binary: str = Field(default="haproxy", description="HAProxy executable (PATH or path).")
+    router_dir: Path | None = Field(
+        default=None, description="Router state folder (config, sockets); default data_dir/router."
+    )
+    router_bind_host: str = Field(default="127.0.0.1", description="Address public ports bind.")
+    router_public_host: str = Field(
+        default="", description="Host in public URLs; default the bind host (127.0.0.1 if any)."
+    )
+    router_port_range: str = Field(
+        default="20000-20999", description="Public ports given to routes, 'low-high' inclusive."
+    )
+    router_daemon: bool = Field(
+        default=True, description="HAProxy outlives shipway (else it dies with its parent)."
+    )
+    router_start_timeout_seconds: float = Field(
+        default=10.0, description="How long start/reload may take before failing."
+    )
+    router_hard_stop_after_seconds: float = Field(
+        default=300.0, description="How long an old HAProxy worker may finish requests on reload."
+    )
+    router_request_timeout_seconds: float = Field(
+        default=60.0, description="HAProxy client/server inactivity timeout."
     )
 
     @property
@@ -79,6 +124,20 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Folder of the filesystem transport (embedded mode)."""
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_router_dir(self) -> Path:
+        """The router state folder, defaulting to ``data_dir/router``."""
+        return (self.router_dir or self.data_dir / "router").resolve()
+
+    @property
+    def router_ports(self) -> tuple[int, int]:
+        """``router_port_range`` as ``(low, high)``, both inclusive."""
+        low, sep, high = self.router_port_range.partition("-")
+        first, last = int(low), int(high if sep else low)
+        if not 0 < first <= last < 65536:
+            raise ValueError(f"bad router_port_range {self.router_port_range!r}")
+        return first, last
 
     @property
     def base_url(self) -> str:

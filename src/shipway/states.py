@@ -70,6 +70,7 @@ RELEASE = Machine(
             ("ACTIVE", "DRAINING"),
             ("UNHEALTHY", "DRAINING"),  # replacing an unhealthy release with a fix
             ("DRAINING", "RETIRED"),
+            ("DRAINING", "ACTIVE"),  # warm rollback: its replicas are still up
             ("ACTIVE", "ROLLED_BACK"),
             ("UNHEALTHY", "ROLLED_BACK"),
         }

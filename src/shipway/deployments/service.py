@@ -151,7 +151,19 @@ def environments_of(session: Session, *, deployment_id: str) -> list[Environment
             release_id=release.id if release else None,
             status=release.status if release else None,
             replicas=release.replicas if release else 0,
-            public_url=None,
+            public_url=_public_url(deployment_id, env.name),
         )
         for env, release, version in rows
     ]
+
+
+def _public_url(deployment_id: str, environment: str) -> str | None:
+    """The router address of an environment, once a rollout has created its route."""
+    from shipway.releases.replicas import route_key
+    from shipway.router.base import RouterError
+    from shipway.router.current import router_config
+
+    try:
+        return router_config().public_url(route_key(deployment_id, environment))
+    except (RouterError, KeyError, OSError):
+        return None

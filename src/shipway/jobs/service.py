@@ -108,6 +108,8 @@ def _earlier_in_line(job: Job) -> Any:
             Job.state == "running",
             and_(
                 Job.state == "queued",
+                # a delayed job (retire after the scale-down delay) blocks no one until due
+                or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
                 or_(
                     Job.created_at < job.created_at,
                     and_(Job.created_at == job.created_at, Job.id < job.id),
@@ -148,7 +150,8 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     if job is None or job.state != "queued":
         return None
     if job.not_before is not None and job.not_before > utcnow():
-        return None  # too early; the relay sends it again when it is due
+        job.dispatched_at = None  # too early: the relay sends it again once it is due
+        return None
     if job.serial_key is not None:
         blocker = session.scalar(select(Job.id).where(_earlier_in_line(job)).limit(1))
         if blocker is not None:
@@ -441,7 +444,11 @@ def next_in_line(session: Session, *, serial_key: str) -> tuple[str, str] | None
     """(id, queue) of the oldest queued job with this serial key."""
     row = session.execute(
         select(Job.id, Job.queue)
-        .where(Job.serial_key == serial_key, Job.state == "queued")
+        .where(
+            Job.serial_key == serial_key,
+            Job.state == "queued",
+            or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+        )
         .order_by(Job.created_at, Job.id)
         .limit(1)
     ).first()

@@ -13,7 +13,7 @@ from shipway.deployments.service import (
     get_deployment,
     validate_environment_name,
 )
-from shipway.errors import Conflict
+from shipway.errors import Conflict, NotFound
 from shipway.ids import new_id, utcnow
 from shipway.jobs import service as jobs
 from shipway.jobs.models import Job
@@ -94,6 +94,12 @@ def _queue_rollout(
     strategy: dict[str, Any],
     actor: str,
 ) -> PromoteResult:
+    if kind == "rollback":
+        warm = _warm_release(session, version_id=version.id, environment=environment)
+        if warm is not None:
+            return _queue_job(
+                session, release=warm, version=version, kind=kind, strategy=strategy, actor=actor
+            )
     now = utcnow()
     release = Release(
         id=new_id("rel"),
@@ -111,6 +117,43 @@ def _queue_rollout(
     )
     session.add(release)
     session.flush()
+    record_event(
+        session,
+        workspace_id=version.workspace_id,
+        subject_type="release",
+        subject_id=release.id,
+        from_state=None,
+        to_state="DEPLOYING",
+        reason=f"{kind} of version {version.version_number} to {environment} queued",
+        actor=actor,
+        deployment_id=version.deployment_id,
+    )
+    return _queue_job(
+        session, release=release, version=version, kind=kind, strategy=strategy, actor=actor
+    )
+
+
+def _warm_release(session: Session, *, version_id: str, environment: str) -> Release | None:
+    """The version's latest release in ``environment`` if it is DRAINING (replicas warm)."""
+    latest = session.scalars(
+        select(Release)
+        .where(Release.version_id == version_id, Release.environment == environment)
+        .order_by(Release.created_at.desc())
+        .limit(1)
+    ).first()
+    return latest if latest is not None and latest.status == "DRAINING" else None
+
+
+def _queue_job(
+    session: Session,
+    *,
+    release: Release,
+    version: Version,
+    kind: str,
+    strategy: dict[str, Any],
+    actor: str,
+) -> PromoteResult:
+    environment = release.environment
     job = jobs.enqueue(
         session,
         workspace_id=version.workspace_id,
@@ -124,17 +167,73 @@ def _queue_rollout(
         serial_key=jobs.serial_key_for(version.deployment_id, environment),
     )
     release.job_id = job.id
-    record_event(
-        session,
-        workspace_id=version.workspace_id,
-        subject_type="release",
-        subject_id=release.id,
-        from_state=None,
-        to_state="DEPLOYING",
-        reason=f"{kind} of version {version.version_number} to {environment} queued",
-        actor=actor,
-        deployment_id=version.deployment_id,
-        job_id=job.id,
-    )
     session.flush()
     return PromoteResult(release=release, job=job)
+
+
+def rollback_target(
+    session: Session, *, deployment_id: str, environment: str, to_version_id: str | None
+) -> Version:
+    """The version to roll back to: the given one, or the latest retained one that served here."""
+    if to_version_id is not None:
+        version = session.get(Version, to_version_id)
+        if version is None or version.deployment_id != deployment_id:
+            raise NotFound(f"version {to_version_id} not found", version_id=to_version_id)
+        return version
+    current = active_release(session, deployment_id=deployment_id, environment=environment)
+    now = utcnow()
+    candidates = session.execute(
+        select(Version, Release)
+        .join(Release, Release.version_id == Version.id)
+        .where(
+            Version.deployment_id == deployment_id,
+            Version.state == "archived",
+            Release.environment == environment,
+            Release.deployed_at.is_not(None),
+            Release.status.in_(("DRAINING", "RETIRED", "ROLLED_BACK")),
+        )
+        .order_by(Release.deployed_at.desc())
+        .limit(20)
+    ).all()
+    for version, release in candidates:
+        if current is not None and version.id == current.version_id:
+            continue
+        if release.image_expires_at is None or release.image_expires_at > now:
+            return version
+    raise Conflict(
+        f"no earlier version of this deployment is retained for rollback in {environment}",
+        code="no_rollback_target",
+        environment=environment,
+    )
+
+
+def rollback(
+    session: Session,
+    *,
+    workspace_id: str,
+    deployment_id: str,
+    environment: str,
+    to_version_id: str | None,
+    actor: str,
+) -> PromoteResult:
+    """Queue a rollback of ``environment`` to an archived version's retained image."""
+    get_deployment(session, deployment_id=deployment_id, workspace_id=workspace_id)
+    target = rollback_target(
+        session, deployment_id=deployment_id, environment=environment, to_version_id=to_version_id
+    )
+    if target.state != "archived":
+        raise Conflict(
+            f"version {target.version_number} is {target.state}; rollback needs an archived "
+            "version (promote a ready one instead)",
+            code="version_not_rollbackable",
+            state=target.state,
+        )
+    return promote_version(
+        session,
+        workspace_id=workspace_id,
+        deployment_id=deployment_id,
+        version_id=target.id,
+        environment=environment,
+        strategy={"type": "all_at_once"},
+        actor=actor,
+    )
