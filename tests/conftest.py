@@ -94,16 +94,63 @@ def shipway_env(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     """Environment variables pointing shipway at the test database (filesystem broker)."""
+    router_dir = Path(tempfile.mkdtemp(prefix="swr-"))  # short: unix socket paths are limited
     env = {
         "SHIPWAY_DATABASE_URL": db_url,
         "SHIPWAY_DATA_DIR": str(tmp_path / "data"),
         "SHIPWAY_BROKER_URL": "",
+        "SHIPWAY_ROUTER_DIR": str(router_dir),
+        "SHIPWAY_SCALE_DOWN_DELAY_SECONDS": "0",
+        "SHIPWAY_STOP_TIMEOUT_SECONDS": "1",
+        "SHIPWAY_DRAIN_TIMEOUT_SECONDS": "5",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield env
+    clean_up_rollouts(db_url, router_dir)
     get_settings.cache_clear()
+
+
+def clean_up_rollouts(db_url: str, router_dir: Path) -> None:
+    """Stop a test's HAProxy and remove the containers of its releases."""
+    from shipway.db import engine_for
+    from shipway.router.haproxy import HAProxyRouter
+
+    if (router_dir / "haproxy.pid").exists():
+        HAProxyRouter(router_dir).stop()
+    with engine_for(db_url).connect() as conn:
+        release_ids = [row[0] for row in conn.execute(text("SELECT id FROM releases"))]
+    if release_ids:
+        from shipway.releases.replicas import tear_down
+        from shipway.runtime import get_runtime
+
+        for release_id in release_ids:
+            tear_down(runtime=get_runtime(), release_id=release_id, stop_timeout_seconds=0)
+    shutil.rmtree(router_dir, ignore_errors=True)
+
+
+STATIC_IMAGE = "shipway-test/static:1"
+
+
+@pytest.fixture(scope="session")
+def static_image(scratch: Path) -> str:
+    """A tiny image serving /index.html and /healthz with busybox httpd on port 8080."""
+    from shipway.runtime.docker_runtime import DockerRuntime
+
+    context = scratch / "static-image"
+    (context / "site").mkdir(parents=True)
+    (context / "site" / "index.html").write_text("test site\n")
+    (context / "site" / "healthz").write_text("ok\n")
+    (context / "Dockerfile").write_text(
+        "FROM shipway/busybox:local\nCOPY site/ /srv/www/\nEXPOSE 8080\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]\n'
+    )
+    outcome = DockerRuntime().build_image(
+        context=context, tag=STATIC_IMAGE, labels={}, timeout_seconds=120, on_line=lambda _: None
+    )
+    assert outcome.ok, outcome
+    return STATIC_IMAGE
 
 
 @pytest.fixture
@@ -152,7 +199,7 @@ VersionFactory = Callable[..., str]
 
 
 @pytest.fixture
-def make_version(shipway_env: dict[str, str]) -> VersionFactory:
+def make_version(shipway_env: dict[str, str], request: pytest.FixtureRequest) -> VersionFactory:
     """Record a version of a deployment and walk it to ``state`` through the state machine."""
     from shipway.db import transaction
     from shipway.deployments.models import Deployment
@@ -168,6 +215,9 @@ def make_version(shipway_env: dict[str, str]) -> VersionFactory:
     }
 
     def factory(deployment_id: str, state: str = "ready", **provenance: Any) -> str:
+        image = provenance.pop("runtime_image", None)
+        if image is None and state in ("ready", "archived"):
+            image = request.getfixturevalue("static_image")
         with transaction() as session:
             deployment = session.get(Deployment, deployment_id)
             assert deployment is not None
@@ -182,7 +232,12 @@ def make_version(shipway_env: dict[str, str]) -> VersionFactory:
             current = "created"
             for step in paths[state]:
                 values = (
-                    {"artifact_sha256": "sha256:" + secrets.token_hex(32)}
+                    {
+                        "artifact_sha256": "sha256:" + secrets.token_hex(32),
+                        "runtime_image": image,
+                        "runtime_port": 8080,
+                        "runtime_command": "httpd -f -p 8080 -h /srv/www",
+                    }
                     if step == "ready"
                     else {}
                 )
