@@ -11,6 +11,28 @@ from shipway.schemas import ReadModel, Timestamp
 ENV_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
+class Resources(BaseModel):
+    """Limits of each replica container."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_mb: int | None = Field(default=None, ge=1, le=1_048_576)
+    cpus: float | None = Field(default=None, gt=0, le=256)
+
+
+class HealthSettings(BaseModel):
+    """How new replicas are judged healthy before traffic moves to them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period_seconds: float = Field(default=0.0, ge=0, le=600)
+    interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    healthy_threshold: int = Field(default=1, ge=1, le=20)
+    unhealthy_threshold: int = Field(default=3, ge=1, le=20)
+    deadline_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+
 class DeploymentCreate(BaseModel):
     """Body of ``POST /deployments``."""
 
@@ -23,12 +45,11 @@ class DeploymentCreate(BaseModel):
     runtime_port: int = Field(default=8080, ge=1, le=65535)
     health_check_path: str = Field(default="/", max_length=500, pattern=r"^/")
     replicas: int = Field(default=1, ge=1, le=50)
-    resources: dict[str, Any] = Field(
-        default_factory=dict, description='For example {"memory_mb": 256, "cpus": 0.5}'
-    )
+    resources: Resources = Field(default_factory=lambda: Resources())
     environments: list[str] = Field(
         default_factory=lambda: ["production"], min_length=1, max_length=20
     )
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
 
 class EnvironmentRead(BaseModel):
@@ -56,6 +77,7 @@ class DeploymentRead(ReadModel):
     health_check_path: str
     replicas: int
     resources: dict[str, Any]
+    settings: dict[str, Any] = Field(description="Health policy and other per-deployment settings")
     latest_version_number: int
     created_at: Timestamp
     updated_at: Timestamp
