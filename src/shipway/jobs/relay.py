@@ -118,6 +118,15 @@ def relay_once(session_maker: Callable[[], Session] | None = None) -> RelayRepor
     return report
 
 
+def _watch_router() -> None:
+    from shipway.releases.reconcile import watch_router
+
+    try:
+        watch_router()
+    except Exception:
+        log.exception("router watch failed")
+
+
 def run_forever(stop: threading.Event | None = None) -> None:
     """Relay and reap every ``relay_interval_seconds`` until ``stop`` is set."""
     stop = stop or threading.Event()
@@ -129,6 +138,7 @@ def run_forever(stop: threading.Event | None = None) -> None:
             report = relay_once(maker)
             if report.dispatched or report.requeued or report.failed:
                 log.info("relay: %s", report)
+            _watch_router()
         except OperationalError as error:
             log.warning("relay: database unreachable: %s", error)
         except Exception:

@@ -1,0 +1,100 @@
+"""Rebuild the router from the database and the engine's labelled containers.
+
+Used when HAProxy (or the whole host) restarted: the database says which
+release serves each environment and which ones drain; container labels say
+where their replicas listen. Servers of releases still DEPLOYING keep whatever
+the router had saved, so a rollout caught between its router switch and its
+database commit is not undone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shipway.releases.models import Release
+from shipway.releases.replicas import RELEASE_LABEL, route_key
+from shipway.router.base import Route, Server, ServerState
+from shipway.router.haproxy import HAProxyRouter
+from shipway.runtime.base import Runtime
+
+log = logging.getLogger(__name__)
+SERVING = ("ACTIVE", "UNHEALTHY")
+ROUTED = (*SERVING, "DRAINING", "DEPLOYING")
+
+
+@dataclass
+class ReconcileReport:
+    """What a reconciliation found and did."""
+
+    started_router: bool = False
+    routes: int = 0
+    servers: int = 0
+
+
+def desired_routes(
+    session: Session, *, runtime: Runtime, saved: dict[Route, list[Server]]
+) -> dict[Route, list[Server]]:
+    """Every environment's servers as the database and the engine say they should be."""
+    saved_by_key = {route.key: servers for route, servers in saved.items()}
+    releases = session.scalars(select(Release).where(Release.status.in_(ROUTED))).all()
+    routes: dict[str, list[Server]] = {}
+    for release in releases:
+        key = route_key(release.deployment_id, release.environment)
+        servers = routes.setdefault(key, [])
+        if release.status == "DEPLOYING":
+            prefix = f"sw-{release.id}-"
+            servers += [s for s in saved_by_key.get(key, []) if s.name.startswith(prefix)]
+            continue
+        state: ServerState = "ready" if release.status in SERVING else "drain"
+        for replica in runtime.replicas({RELEASE_LABEL: release.id}):
+            if replica.running and replica.host_port:
+                servers.append(
+                    Server(
+                        name=replica.name,
+                        address="127.0.0.1",
+                        port=replica.host_port,
+                        weight=100,
+                        state=state,
+                    )
+                )
+    return {Route(key): servers for key, servers in routes.items() if servers}
+
+
+def reconcile_router(
+    session: Session, *, router: HAProxyRouter, runtime: Runtime, only_if_down: bool
+) -> ReconcileReport | None:
+    """Start HAProxy if it is down and make its routes match the database.
+
+    With ``only_if_down`` nothing happens while HAProxy runs (the periodic
+    safety net); without it, a running router is converged too.
+    """
+    running = router.is_running()
+    if running and only_if_down:
+        return None
+    report = ReconcileReport()
+    if not running:
+        router.start()
+        report.started_router = True
+    desired = desired_routes(session, runtime=runtime, saved=router.desired())
+    router.sync(desired)
+    report.routes = len(desired)
+    report.servers = sum(len(s) for s in desired.values())
+    log.info("router reconciled: %s", report)
+    return report
+
+
+def watch_router() -> ReconcileReport | None:
+    """Periodic safety net: restart a dead HAProxy that has routes, rebuilt from the database."""
+    from shipway.db import transaction
+    from shipway.router.current import router_config
+    from shipway.runtime import get_runtime
+
+    router = router_config()
+    if router.is_running() or not router.desired():
+        return None
+    with transaction() as session:
+        return reconcile_router(session, router=router, runtime=get_runtime(), only_if_down=True)
