@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         default=24.0 * 14, description="How long an archived version's image stays for rollback."
     )
 
+    keep_last_versions: int = Field(
+        default=3,
+        description="The newest N archived versions keep their images past the rollback window.",
+    )
+    gc_interval_seconds: float = Field(
+        default=300.0, description="How often expired images are garbage-collected."
+    )
     drain_timeout_seconds: float = Field(
         default=30.0, description="How long a replaced release may finish in-flight requests."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -127,11 +128,21 @@ def _watch_router() -> None:
         log.exception("router watch failed")
 
 
+def _collect_images() -> None:
+    from shipway.releases.retention import collect_once
+
+    try:
+        collect_once()
+    except Exception:
+        log.exception("image garbage collection failed")
+
+
 def run_forever(stop: threading.Event | None = None) -> None:
     """Relay and reap every ``relay_interval_seconds`` until ``stop`` is set."""
     stop = stop or threading.Event()
     interval = get_settings().relay_interval_seconds
     maker = session_factory()
+    next_gc = time.monotonic() + get_settings().gc_interval_seconds
     log.info("relay started (every %.1fs)", interval)
     while not stop.is_set():
         try:
@@ -139,6 +150,9 @@ def run_forever(stop: threading.Event | None = None) -> None:
             if report.dispatched or report.requeued or report.failed:
                 log.info("relay: %s", report)
             _watch_router()
+            if time.monotonic() >= next_gc:
+                next_gc = time.monotonic() + get_settings().gc_interval_seconds
+                _collect_images()
         except OperationalError as error:
             log.warning("relay: database unreachable: %s", error)
         except Exception:

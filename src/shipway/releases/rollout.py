@@ -35,7 +35,7 @@ from shipway.releases.replicas import (
 )
 from shipway.releases.service import LIVE_STATUSES, active_release
 from shipway.router.base import Route, RouterError, Server
-from shipway.router.current import get_router
+from shipway.router.current import get_router, router_config
 from shipway.runtime import get_runtime
 from shipway.runtime.base import Replica
 from shipway.states import RELEASE, VERSION, record_event, transition
@@ -437,7 +437,9 @@ def retire_release(*, release_id: str, actor: str, job_id: str | None) -> bool:
 
 
 def _remove_from_router(key: str, release_id: str) -> None:
-    router = get_router()
+    router = router_config()
+    if not router.is_running():
+        return  # its saved state is corrected by the next reconciliation
     prefix = f"sw-{release_id}-"
     with suppress(RouterError):
         for server in router.servers(key):
@@ -468,10 +470,11 @@ def fail_release(
     release = session.get(Release, job.release_id, populate_existing=True)
     if release is None or release.status != "DEPLOYING":
         return  # already switched (or never started): the serving release is untouched
-    key = route_key(release.deployment_id, release.environment)
-    with suppress(RouterError, OSError):
-        _remove_from_router(key, release.id)
-    tear_down(runtime=get_runtime(), release_id=release.id, stop_timeout_seconds=0)
+    if job.started_at is not None:  # a job that never ran started nothing to clean up
+        key = route_key(release.deployment_id, release.environment)
+        with suppress(RouterError, OSError):
+            _remove_from_router(key, release.id)
+        tear_down(runtime=get_runtime(), release_id=release.id, stop_timeout_seconds=0)
     with suppress(InvalidTransition):
         transition(
             session,

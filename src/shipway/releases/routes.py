@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from shipway.auth.deps import writer
+from shipway.auth.deps import get_session, writer
 from shipway.auth.service import Principal
 from shipway.config import get_settings
 from shipway.db import session_factory
@@ -19,9 +19,11 @@ from shipway.idempotency import service as idempotency
 from shipway.jobs import relay
 from shipway.jobs.schemas import JobRead
 from shipway.releases import service
+from shipway.releases.retention import set_pinned
 from shipway.schemas import error_responses
-from shipway.versions.routes import PromoteResponse
-from shipway.versions.schemas import ReleaseRead
+from shipway.versions.routes import PromoteResponse, version_full
+from shipway.versions.schemas import ReleaseRead, VersionFull
+from shipway.versions.service import get_version, releases_of
 
 router = APIRouter(tags=["versions"])
 
@@ -92,3 +94,51 @@ def rollback(
     if created:
         background.add_task(relay.dispatch, created)
     return JSONResponse(status_code=status, content=payload)
+
+
+@router.post(
+    "/deployments/{deployment_id}/versions/{version_id}/pin",
+    response_model=VersionFull,
+    responses=error_responses(401, 403, 404),
+)
+def pin_version(
+    deployment_id: str,
+    version_id: str,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> VersionFull:
+    """Keep this version's image for rollback past the retention window."""
+    return _set_pinned(session, principal, deployment_id, version_id, pinned=True)
+
+
+@router.delete(
+    "/deployments/{deployment_id}/versions/{version_id}/pin",
+    response_model=VersionFull,
+    responses=error_responses(401, 403, 404),
+)
+def unpin_version(
+    deployment_id: str,
+    version_id: str,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> VersionFull:
+    """Let this version's image expire with its rollback window again."""
+    return _set_pinned(session, principal, deployment_id, version_id, pinned=False)
+
+
+def _set_pinned(
+    session: Session, principal: Principal, deployment_id: str, version_id: str, *, pinned: bool
+) -> VersionFull:
+    with session.begin():
+        version = get_version(
+            session,
+            version_id=version_id,
+            workspace_id=principal.workspace_id,
+            deployment_id=deployment_id,
+        )
+        set_pinned(session, version=version, pinned=pinned, actor=principal.actor)
+        session.flush()
+        releases = [
+            ReleaseRead.model_validate(r) for r in releases_of(session, version_id=version_id)
+        ]
+        return version_full(version, releases=releases, environment="production")

@@ -56,8 +56,13 @@ def promote_version(
     environment: str,
     strategy: dict[str, Any],
     actor: str,
+    supersede: bool = False,
 ) -> PromoteResult:
-    """Queue a rollout of ``version_id`` to ``environment`` (rollback if it is archived)."""
+    """Queue a rollout of ``version_id`` to ``environment`` (rollback if it is archived).
+
+    With ``supersede`` the rollouts still queued for that environment are
+    cancelled (``superseded``): the newest request wins, the running one finishes.
+    """
     deployment = get_deployment(session, deployment_id=deployment_id, workspace_id=workspace_id)
     version = get_version(
         session, version_id=version_id, workspace_id=workspace_id, deployment_id=deployment_id
@@ -79,6 +84,13 @@ def promote_version(
             release_id=current.id,
         )
     ensure_environment(session, deployment=deployment, name=environment)
+    if supersede:
+        supersede_queued(
+            session,
+            serial_key=jobs.serial_key_for(deployment_id, environment),
+            actor=actor,
+            by_version=version.version_number,
+        )
     kind = "rollback" if version.state == "archived" else "promote"
     return _queue_rollout(
         session, version=version, environment=environment, kind=kind, strategy=strategy, actor=actor
@@ -237,3 +249,40 @@ def rollback(
         strategy={"type": "all_at_once"},
         actor=actor,
     )
+
+
+def supersede_queued(session: Session, *, serial_key: str, actor: str, by_version: int) -> int:
+    """Cancel the queued (not running) rollouts of one environment; returns how many."""
+    from shipway.jobs import handlers
+    from shipway.states import JOB, transition
+
+    waiting = session.scalars(
+        select(Job).where(
+            Job.serial_key == serial_key,
+            Job.state == "queued",
+            Job.kind.in_(("promote", "rollback")),
+        )
+    ).all()
+    diagnostics = {
+        "title": "Superseded",
+        "description": f"A newer rollout (version {by_version}) replaced this queued one.",
+        "action": "Nothing to do; promote this version again if it is still wanted.",
+        "evidence": {"superseded_by_version": by_version, "actor": actor},
+    }
+    for job in waiting:
+        transition(
+            session,
+            JOB,
+            subject_id=job.id,
+            from_state="queued",
+            to_state="cancelled",
+            reason="superseded",
+            actor=actor,
+            values={
+                "finished_at": utcnow(),
+                "failure_reason": "superseded",
+                "failure_diagnostics": diagnostics,
+            },
+        )
+        handlers.compensate(session, job, "superseded", diagnostics)
+    return len(waiting)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shipway.db import Base, JSONType, UTCDateTime
@@ -47,6 +56,7 @@ class Version(Base):
     author_email: Mapped[str] = mapped_column(String(255), default="")
     branch_id: Mapped[str] = mapped_column(String(255), default="")
     source_filesystem_id: Mapped[str | None] = mapped_column(String(255))
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     acp_type: Mapped[str | None] = mapped_column(String(20))
     sdk_type: Mapped[str | None] = mapped_column(String(40))
 

@@ -48,6 +48,10 @@ class PromoteRequest(BaseModel):
         default_factory=lambda: {"type": "all_at_once"},
         description='Rollout strategy; default {"type": "all_at_once"}',
     )
+    supersede: bool = Field(
+        default=False,
+        description="Cancel rollouts still queued for this environment (newest wins)",
+    )
 
 
 class PromoteResponse(BaseModel):
@@ -212,6 +216,7 @@ def promote(
             environment=request.environment,
             strategy=request.strategy,
             actor=principal.actor,
+            supersede=request.supersede,
         )
         created.append((result.job.id, result.job.queue))
         job = JobRead.model_validate(result.job)

@@ -104,6 +104,9 @@ class VersionFull(VersionSummary, Lifecycle, Provenance):
     runtime_port: int | None
     health_check_path: str | None
     build_log_uri: str | None
+    pinned: bool = Field(
+        default=False, description="Image kept for rollback past the retention window"
+    )
     build_failure_reason: str | None = Field(
         default=None, description="Why the build failed (version state `failed`)"
     )
