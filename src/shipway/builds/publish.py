@@ -12,7 +12,7 @@ from shipway.builds.context import prepare_static, static_command
 from shipway.builds.diagnose import classify
 from shipway.config import get_settings
 from shipway.deployments.models import Deployment
-from shipway.errors import InvalidTransition
+from shipway.errors import InvalidTransition, ShipwayError
 from shipway.ids import utcnow
 from shipway.jobs import relay
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed
@@ -134,6 +134,40 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
     return _record_artifact(ctx, tag=tag, image_id=str(outcome.image_id), port=port)
 
 
+def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[tuple[str, str]]:
+    """Queue the promote asked for at publish time; a refusal is recorded, not fatal."""
+    try:
+        with ctx.session() as session, session.begin():
+            job, version, _ = _load(session, ctx.job_id)
+            result = promote_version(
+                session,
+                workspace_id=version.workspace_id,
+                deployment_id=version.deployment_id,
+                version_id=version.id,
+                environment=environment,
+                strategy=job.params.get("strategy") or {"type": "all_at_once"},
+                actor=job.actor,
+            )
+            return [(result.job.id, result.job.queue)]
+    except ShipwayError as refusal:
+        with ctx.session() as session, session.begin():
+            job, version, _ = _load(session, ctx.job_id)
+            record_event(
+                session,
+                workspace_id=version.workspace_id,
+                subject_type="version",
+                subject_id=version.id,
+                from_state=version.state,
+                to_state=version.state,
+                reason=f"promote_to {environment} refused: {refusal.message}",
+                actor=ctx.owner,
+                deployment_id=version.deployment_id,
+                job_id=job.id,
+                data={"code": refusal.code, **refusal.details},
+            )
+        return []
+
+
 def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> dict[str, Any]:
     info = get_runtime().inspect_image(image_id)
     if info is None:
@@ -174,18 +208,9 @@ def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> 
                 "health_check_path": version.health_check_path or deployment.health_check_path,
             },
         )
-        promote_to = job.params.get("promote_to")
-        if promote_to:
-            result = promote_version(
-                session,
-                workspace_id=version.workspace_id,
-                deployment_id=version.deployment_id,
-                version_id=version.id,
-                environment=promote_to,
-                strategy=job.params.get("strategy") or {"type": "all_at_once"},
-                actor=job.actor,
-            )
-            follow_up.append((result.job.id, result.job.queue))
+    promote_to = job.params.get("promote_to")
+    if promote_to:
+        follow_up = _promote_when_ready(ctx, environment=promote_to)
     if follow_up:
         relay.dispatch(follow_up)
     return {

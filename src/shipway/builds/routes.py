@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from shipway.db import session_factory
 from shipway.deployments.service import get_deployment
 from shipway.idempotency import service as idempotency
 from shipway.jobs import relay
+from shipway.jobs import service as jobs
 from shipway.jobs.schemas import JobRead
 from shipway.schemas import error_responses
 from shipway.sources.store import source_store, upload_limits
@@ -72,9 +74,9 @@ def publish_version(
         )
         moved.append(result.version.id)
         created.append((result.job.id, result.job.queue))
-        answer = PublishResponse(
-            version=_full(result.version), job=JobRead.model_validate(result.job)
-        )
+        job = JobRead.model_validate(result.job)
+        job.queue_position = jobs.queue_position(tx, job=result.job)
+        answer = PublishResponse(version=_full(result.version), job=job)
         return 202, answer.model_dump(mode="json")
 
     fingerprint = hashlib.sha256(
@@ -146,11 +148,14 @@ def _building(version_id: str) -> bool:
 
 
 async def _follow(version_id: str, path: Any) -> AsyncIterator[bytes]:
-    offset = 0
+    offset, inode = 0, None
     while True:
         still_building = await asyncio.to_thread(_building, version_id)
         if path.exists():
             with open(path, "rb") as handle:
+                facts = os.fstat(handle.fileno())
+                if facts.st_ino != inode or facts.st_size < offset:  # a retry restarted the log
+                    offset, inode = 0, facts.st_ino
                 handle.seek(offset)
                 chunk = handle.read()
             if chunk:

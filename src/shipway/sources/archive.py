@@ -16,6 +16,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import IO, Any
 from shipway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 CHUNK = 1 << 16
+MAX_LINK_TARGET = 4096
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,11 @@ def safe_relative(name: str) -> str:
     if "\x00" in name:
         raise rejected("archive entry name contains a NUL byte", entry=name[:200])
     clean = name.replace("\\", "/")
-    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":"):
-        raise rejected(f"archive entry has an absolute path: {name[:200]}", entry=name[:200])
     parts = [p for p in clean.split("/") if p not in ("", ".")]
+    # A drive ("C:", "C:x") is judged on the normalised name, so "./C:/x" is one too.
+    drive = bool(parts) and len(parts[0]) > 1 and parts[0][1] == ":" and parts[0][0].isalpha()
+    if clean.startswith("/") or drive:
+        raise rejected(f"archive entry has an absolute path: {name[:200]}", entry=name[:200])
     if any(p == ".." for p in parts):
         raise rejected(f"archive entry escapes the root with '..': {name[:200]}", entry=name[:200])
     return "/".join(parts)
@@ -131,6 +135,7 @@ class _Writer:
     def directory(self, path: str) -> None:
         self._count_file(path)
         if path:
+            self._check_parents(path)
             (self.root / path).mkdir(parents=True, exist_ok=True)
 
     def file(self, path: str, stream: IO[bytes], mode: int = 0o644) -> None:
@@ -173,6 +178,39 @@ class _Writer:
         os.symlink(target, self.root / path)
         self.result.symlinks[path] = target
 
+    def hardlink(self, path: str, linkname: str, mode: int) -> None:
+        """Copy the in-archive file ``linkname`` to ``path`` (never a file outside the root)."""
+        link = safe_relative(linkname)
+        source = self.root / link
+        if not source.is_file() or source.is_symlink() or not self._inside(source):
+            raise rejected(
+                f"hardlink {path} points outside the archive's files ({link})",
+                entry=path,
+                link_target=linkname[:200],
+            )
+        with open(source, "rb") as original:
+            self.file(path, original, mode)
+
+    def check_links(self) -> None:
+        """Refuse symlinks that resolve outside the root once every entry is in place.
+
+        Each target was checked as text when written, but a target may pass through
+        another symlink (``d/l -> ..`` then ``e -> d/l/..``): only the finished tree
+        tells where a link really leads.
+        """
+        for path, target in self.result.symlinks.items():
+            if not self._inside(self.root / path):
+                raise rejected(
+                    f"symlink {path} points outside the source root through another symlink",
+                    entry=path,
+                    link_target=target[:200],
+                )
+
+    def _inside(self, path: Path) -> bool:
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root + os.sep)
+
     def _check_parents(self, path: str) -> None:
         # A file must never be written through a symlinked directory.
         current = self.root
@@ -196,21 +234,13 @@ def _unpack_tar(source: Path, writer: _Writer) -> None:
                 elif member.issym():
                     writer.symlink(path, member.linkname)
                 elif member.islnk():
-                    link = safe_relative(member.linkname)
-                    if not (writer.root / link).is_file() or (writer.root / link).is_symlink():
-                        raise rejected(
-                            f"hardlink {path} points outside the archive's files ({link})",
-                            entry=path,
-                            link_target=member.linkname[:200],
-                        )
-                    with open(writer.root / link, "rb") as original:
-                        writer.file(path, original, member.mode)
+                    writer.hardlink(path, member.linkname, member.mode)
                 else:
                     raise rejected(
                         f"archive entry {path} is a device, FIFO or other special file",
                         entry=path,
                     )
-    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as error:
         if isinstance(error, InvalidInput | PayloadTooLarge):
             raise
         raise rejected(f"archive is corrupt or truncated: {error}") from None
@@ -239,8 +269,11 @@ def _unpack_zip(source: Path, writer: _Writer) -> None:
                 if info.is_dir():
                     writer.directory(path)
                 elif kind == stat.S_IFLNK:
-                    target = archive.read(info)[:4096].decode("utf-8", "replace")
-                    writer.symlink(path, target)
+                    with archive.open(info) as stream:  # bounded: the entry may be a bomb
+                        raw = stream.read(MAX_LINK_TARGET + 1)
+                    if len(raw) > MAX_LINK_TARGET:
+                        raise rejected(f"symlink {path} has an over-long target", entry=path)
+                    writer.symlink(path, raw.decode("utf-8", "replace"))
                 elif kind in (0, stat.S_IFREG):
                     with archive.open(info) as stream:
                         writer.file(path, stream, (info.external_attr >> 16) & 0o777)
@@ -249,9 +282,16 @@ def _unpack_zip(source: Path, writer: _Writer) -> None:
                         f"archive entry {path} is a device, FIFO or other special file",
                         entry=path,
                     )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as error:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        zlib.error,
+    ) as error:
         raise rejected(f"archive is corrupt or unsupported: {error}") from None
-    except NotImplementedError as error:  # e.g. an unsupported compression method
+    except RuntimeError as error:  # encrypted entries; NotImplementedError: compression method
         raise rejected(f"archive uses an unsupported feature: {error}") from None
 
 
@@ -266,6 +306,7 @@ def unpack(source: Path, destination: Path, *, limits: Limits) -> Unpacked:
             _unpack_zip(source, writer)
         else:
             _unpack_tar(source, writer)
+        writer.check_links()
         if not writer.result.files:
             raise rejected("archive contains no files", format=fmt)
     except BaseException:

@@ -118,7 +118,13 @@ class LocalSourceStore:
         """Append (or start anew) a version's build log, line-buffered for followers."""
         path = self.build_log(version_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w" if truncate else "a", buffering=1, encoding="utf-8") as handle:
+        if truncate:
+            # A new file (made before the old one goes, so its inode differs) rather than a
+            # truncated one: a follower notices the restart and reads the new log from 0.
+            fresh = path.with_name(f"{path.name}.{secrets.token_hex(4)}")
+            fresh.touch()
+            os.replace(fresh, path)
+        with open(path, "a", buffering=1, encoding="utf-8") as handle:
             yield handle
 
 
