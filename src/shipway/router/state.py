@@ -1,0 +1,156 @@
+"""The router's desired state: a JSON file that every config is generated from.
+
+Each change made through the runtime API is written here too, so a reload or a
+restart of HAProxy brings back every route, port, server, weight and state.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shipway.router.base import Route, RouterError, Server
+
+STATE_FILE = "state.json"
+LOCK_FILE = "router.lock"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RouteState:
+    """One route's port and servers, in the order they were added."""
+
+    listen_port: int
+    servers: list[Server] = field(default_factory=list)
+
+    def server(self, name: str) -> Server | None:
+        """The server called ``name``, if any."""
+        return next((s for s in self.servers if s.name == name), None)
+
+    def put(self, server: Server) -> None:
+        """Add or replace the server with the same name (keeping its position)."""
+        for index, existing in enumerate(self.servers):
+            if existing.name == server.name:
+                self.servers[index] = server
+                return
+        self.servers.append(server)
+
+    def drop(self, name: str) -> None:
+        """Forget the server called ``name``."""
+        self.servers = [s for s in self.servers if s.name != name]
+
+    def update(self, name: str, **changes: Any) -> None:
+        """Change fields of a known server."""
+        current = self.server(name)
+        if current is not None:
+            self.put(replace(current, **changes))
+
+
+@dataclass
+class DesiredState:
+    """Every route by key."""
+
+    routes: dict[str, RouteState] = field(default_factory=dict)
+
+    def route(self, key: str) -> RouteState:
+        """The route ``key``, or RouterError if it does not exist."""
+        try:
+            return self.routes[key]
+        except KeyError:
+            raise RouterError(f"no route {key!r}") from None
+
+    def as_routes(self) -> dict[Route, list[Server]]:
+        """The state in the shape ``Router.sync`` takes."""
+        return {Route(k, r.listen_port): list(r.servers) for k, r in self.routes.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "version": FORMAT_VERSION,
+            "routes": {
+                key: {
+                    "listen_port": route.listen_port,
+                    "servers": [asdict(s) for s in route.servers],
+                }
+                for key, route in sorted(self.routes.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DesiredState:
+        """Parse what ``to_json`` wrote."""
+        if data.get("version") != FORMAT_VERSION:
+            raise RouterError(f"unknown router state version {data.get('version')!r}")
+        return cls(
+            routes={
+                key: RouteState(
+                    listen_port=int(route["listen_port"]),
+                    servers=[Server(**s) for s in route["servers"]],
+                )
+                for key, route in data["routes"].items()
+            }
+        )
+
+
+def load_state(directory: Path) -> DesiredState:
+    """The saved state of ``directory`` (empty if none was saved)."""
+    path = directory / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return DesiredState()
+    return DesiredState.from_json(json.loads(text))
+
+
+def save_state(directory: Path, state: DesiredState) -> None:
+    """Write the state atomically (a reader never sees half a file)."""
+    write_atomic(directory / STATE_FILE, json.dumps(state.to_json(), indent=2) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` through a synced temporary file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the router's exclusive lock (shared by threads and processes using ``directory``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> int:
+    """The first port of the range that no route has and nothing listens on."""
+    low, high = port_range
+    for port in range(low, high + 1):
+        if port not in taken and _bindable(host, port):
+            return port
+    raise RouterError(f"no free port left in {low}-{high} on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HAProxy binds
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
