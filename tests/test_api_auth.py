@@ -85,10 +85,22 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/v1/jobs/{job}", {}),
         ("POST", f"/api/v1/jobs/{job}/cancel", {}),
         ("GET", f"/api/v1/jobs/{job}/audit", {}),
+        ("GET", f"/api/v1/jobs/{job}/events", {}),
+        ("POST", f"/api/v1/deployments/{dep}/rollback", {"json": {}}),
+        ("POST", f"/api/v1/deployments/{dep}/versions/{ver}/pin", {}),
+        ("DELETE", f"/api/v1/deployments/{dep}/versions/{ver}/pin", {}),
+        ("GET", "/api/v1/queue", {}),
     ]
 
 
-COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs")
+COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs", "/api/v1/queue")
+WRITES = ("POST", "DELETE")
+
+
+def status_of(client: TestClient, path: str, headers: dict[str, str]) -> int:
+    """Status of a GET, without reading a (possibly endless) event stream."""
+    with client.stream("GET", path, headers=headers) as response:
+        return response.status_code
 
 
 def test_route_table_covers_every_api_route(client: TestClient, world: dict[str, Any]) -> None:
@@ -165,8 +177,8 @@ def test_read_only_token_cannot_write(
     reader = make_token("deployments:read")
     before = _count_rows()
     job = world["job_id"]
-    writes = [(m, p, kw) for m, p, kw in routes(world) if m == "POST"]
-    assert len(writes) == 4
+    writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
+    assert len(writes) == 7
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs
@@ -179,7 +191,7 @@ def test_read_only_token_cannot_write(
     # ... but it can read everything.
     for method, path, _ in routes(world):
         if method == "GET":
-            assert client.get(path, headers=auth(reader)).status_code == 200, path
+            assert status_of(client, path, auth(reader)) == 200, path
 
 
 def test_another_workspace_sees_404_never_403(
@@ -265,7 +277,7 @@ def test_higher_scopes_imply_lower_ones(
     token = make_token(scope)
     for method, path, _ in routes(world):
         if method == "GET":
-            assert client.get(path, headers=auth(token)).status_code == 200, path
+            assert status_of(client, path, auth(token)) == 200, path
     created = client.post(
         "/api/v1/deployments",
         json={"name": f"by-{scope[:5]}", "kind": "static"},
