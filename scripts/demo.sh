@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# A guided tour of shipway's API against `shipway up` (embedded mode: SQLite and the
+# A guided tour of shipway against `shipway up` (embedded mode: SQLite and the
 # filesystem Celery transport in a fresh data directory; no Redis, no PostgreSQL).
 # Each step prints the curl command it runs, the answer, and what it means.
 #
+# The story: publish the bundled example site (examples/hello-static) as v1 with
+# promote_to=production (2 replicas behind HAProxy), curl its public URL; publish
+# v2 and promote it; roll back to v1 (a warm rollback: a router switch only) and
+# time it; show the versions' lifecycle fields and the replica containers; cancel
+# a promote queued behind another; print the audit trail and a summary. At the
+# end it stops everything it started (server, worker, HAProxy) and removes the
+# demo's containers and images, so repeated runs leave nothing behind.
+#
 # Run it with `make demo` (which provisions first) or `bash scripts/demo.sh`.
-#   SHIPWAY_DEMO_KEEP=1   keep the server running at the end, until Ctrl-C
-#   SHIPWAY_DEMO_PORT=N   use this port instead of a free one
-# Publishing builds a Docker image: without a Docker engine those steps are skipped.
+#   SHIPWAY_DEMO_KEEP=1   keep everything running at the end, until Ctrl-C
+#   SHIPWAY_DEMO_PORT=N   use this API port instead of a free one
+#   SHIPWAY_ROUTER_PORT_RANGE=low-high   public ports of routes (default: a random block of 100)
+# Publishing builds a Docker image and promoting runs containers behind HAProxy:
+# without a Docker engine or HAProxy those steps are skipped.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,14 +24,22 @@ ROOT=$PWD
 BIN=$ROOT/.venv/bin
 DATA=$ROOT/.scratch/demo
 LOG=$DATA/server.log
+EXAMPLE=$ROOT/examples/hello-static
+LEFTOVERS=$DATA/cleanup.list # what a run started: read back by the next run if this one was killed
 READY_TIMEOUT=60
 BUILD_TIMEOUT=180
-JOB_TIMEOUT=60
+JOB_TIMEOUT=120
+ROLLBACK_TIMEOUT=60
+HTTP_TIMEOUT=5
 
 if [ ! -x "$BIN/shipway" ]; then
   echo "demo: $BIN/shipway is missing; run 'make provision' (or 'make demo') first" >&2
   exit 1
 fi
+[ -f "$EXAMPLE/index.html" ] || {
+  echo "demo: the example site $EXAMPLE/index.html is missing" >&2
+  exit 1
+}
 
 step_no=0
 bold="" plain=""
@@ -37,40 +55,122 @@ fail() {
   printf '\ndemo: FAILED: %s\n' "$*" >&2
   exit 1
 }
+SUMMARY=()
+remember() { SUMMARY+=("$*"); } # a line for the summary at the end
+now_ms() {                      # wall clock in milliseconds, without a subprocess
+  local t=${EPOCHREALTIME//[.,]/}
+  echo $((t / 1000))
+}
+
+# ---------------------------------------------------------------------------
+# Cleanup: the server's process group, the HAProxy of the data directory, and the
+# containers and images labelled with the demo's deployments. Each is recorded in
+# $LEFTOVERS as soon as it exists, so a run that was killed (-9) is cleaned up by
+# the next one before it wipes the data directory.
 
 SERVER_PID=""
 RESPONSE=$(mktemp)
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    # `shipway up` leads its own process group: the API, the relay and the worker.
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 40); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.25
-    done
-    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
+
+process_matches() { # process_matches PID TEXT: the process runs and its command line holds TEXT
+  local pid=$1 text=$2
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$text"
 }
+
+stop_group() { # stop_group PGID TEXT: SIGTERM the process group it leads, SIGKILL after 10s
+  local pgid=$1 text=$2
+  process_matches "$pgid" "$text" || return 0
+  kill -TERM -- "-$pgid" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    process_matches "$pgid" "$text" || break
+    sleep 0.25
+  done
+  kill -KILL -- "-$pgid" 2>/dev/null || true
+  echo "stopped shipway up (process group $pgid: API, relay, worker)"
+}
+
+stop_haproxy() { # stop_haproxy DATA_DIR: the HAProxy master (and its workers) of that data dir
+  local dir=$1 pid workers
+  local cfg=$dir/router/haproxy.cfg
+  [ -f "$dir/router/haproxy.pid" ] || return 0
+  pid=$(head -n 1 "$dir/router/haproxy.pid" 2>/dev/null || true)
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  process_matches "$pid" "$cfg" || return 0
+  workers=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    process_matches "$pid" "$cfg" || break
+    sleep 0.25
+  done
+  if process_matches "$pid" "$cfg"; then
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  for worker in $workers; do
+    if process_matches "$worker" "$cfg"; then
+      kill -KILL "$worker" 2>/dev/null || true
+    fi
+  done
+  echo "stopped HAProxy (pid $pid, $cfg)"
+}
+
+remove_docker_objects() { # remove_docker_objects DEPLOYMENT_ID: its containers, then its images
+  local dep=$1 ids
+  command -v docker >/dev/null 2>&1 || return 0
+  ids=$(timeout 30 docker ps -aq --filter "label=shipway.deployment=$dep" 2>/dev/null || true)
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086 # one id per word
+    timeout 60 docker rm -f $ids >/dev/null 2>&1 || true
+    echo "removed $(wc -w <<<"$ids") container(s) labelled shipway.deployment=$dep"
+  fi
+  ids=$(timeout 30 docker images -q --filter "label=shipway.deployment=$dep" 2>/dev/null | sort -u || true)
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    timeout 60 docker rmi -f $ids >/dev/null 2>&1 || true
+    echo "removed $(wc -w <<<"$ids") image(s) labelled shipway.deployment=$dep"
+  fi
+}
+
+clean_up() { # clean_up DATA_DIR: everything a run recorded in DATA_DIR/cleanup.list
+  local dir=$1 kind value
+  local list=$dir/cleanup.list
+  # The server first (its worker and reconciler would otherwise restart things), then HAProxy.
+  if [ -f "$list" ]; then
+    while read -r kind value; do
+      [ "$kind" = server ] && stop_group "$value" "shipway up"
+    done <"$list"
+  fi
+  stop_haproxy "$dir"
+  if [ -f "$list" ]; then
+    while read -r kind value; do
+      [ "$kind" = deployment ] && remove_docker_objects "$value"
+    done <"$list"
+    rm -f "$list"
+  fi
+}
+
 on_exit() {
   local status=$?
+  trap - INT TERM
   if [ "$status" -ne 0 ] && [ -f "$LOG" ]; then
     echo >&2
     echo "---- last 40 lines of $LOG ----" >&2
     tail -n 40 "$LOG" >&2 || true
     echo "----" >&2
   fi
-  if [ -n "$SERVER_PID" ]; then
+  if [ -d "$DATA" ]; then
     echo
-    echo "demo: stopping shipway up (pid $SERVER_PID)"
-    stop_server
+    clean_up "$DATA" | sed 's/^/demo: /'
+    SERVER_PID=""
   fi
   rm -f "$RESPONSE"
+  [ "$status" -eq 0 ] || echo "demo: FAILED (exit $status); the data directory $DATA is kept for a look" >&2
   exit "$status"
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# HTTP helpers
 
 json() { # json FILE EXPR: a Python expression over the JSON document `d`
   "$BIN/python" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
@@ -86,6 +186,7 @@ show() { # show the answer in $RESPONSE: pretty JSON, or a summary expression ov
 
 # call EXPECTED METHOD PATH [JSON_BODY] [SUMMARY]: run curl, show the command and the
 # answer (or SUMMARY, a Python expression over it); EXPECTED is a status like 200 or 200|409.
+# Headers for one call go in HEADERS=(...) just before it.
 call() {
   local expected=$1 method=$2 path=$3 body=${4:-} summary=${5:-} status
   local args=(-sS --max-time 15 -X "$method" -H "Authorization: Bearer $TOKEN")
@@ -110,33 +211,180 @@ call() {
 }
 HEADERS=()
 
+get() { # get PATH: GET quietly into $RESPONSE (no output), failing on anything but 200
+  local status
+  status=$(curl -sS --max-time 15 -H "Authorization: Bearer $TOKEN" -o "$RESPONSE" \
+    -w '%{http_code}' "$API$1") || fail "GET $1 did not complete"
+  [ "$status" = 200 ] || fail "GET $1 answered HTTP $status: $(head -c 500 "$RESPONSE")"
+}
+
 wait_until() { # wait_until SECONDS PATH PYTHON_CONDITION: poll a GET until the condition holds
   local timeout=$1 path=$2 condition=$3 deadline=$((SECONDS + $1))
   while :; do
     curl -sS --max-time 10 -H "Authorization: Bearer $TOKEN" -o "$RESPONSE" "$API$path" ||
       fail "GET $path did not complete"
-    [ "$(json "$RESPONSE" "$condition")" = True ] && return 0
-    [ "$SECONDS" -lt "$deadline" ] || fail "GET $path: '$condition' still false after ${timeout}s"
+    [ "$(json "$RESPONSE" "$condition" 2>/dev/null || echo False)" = True ] && return 0
+    [ "$SECONDS" -lt "$deadline" ] || {
+      show
+      fail "GET $path: '$condition' still false after ${timeout}s"
+    }
     sleep 0.5
   done
 }
 
+ENDED='d["state"] in ("succeeded", "failed", "cancelled")'
+JOB_LINE='"job %s (%s): %s, phase %s, attempts %s" % (d["id"], d["kind"], d["state"], d["phase"], d["attempts"])'
+
+wait_job() { # wait_job JOB_ID [EXPECTED_STATE]: until the job ends; fail unless it ended so
+  local job=$1 expected=${2:-succeeded}
+  wait_until "$JOB_TIMEOUT" "/api/v1/jobs/$job" "$ENDED"
+  if [ "$(json "$RESPONSE" 'd["state"]')" != "$expected" ]; then
+    show '"\n".join(f"{k}: {d[k]}" for k in ("id", "kind", "state", "phase", "failure_reason", "failure_diagnostics"))'
+    fail "job $job ended $(json "$RESPONSE" 'd["state"]'), expected $expected"
+  fi
+}
+
+# phases JOB_ID: the job's audit trail in a compact form: offset from the first event,
+# time of day, and the job's state changes, phases (with their details) and releases.
+phases() {
+  get "/api/v1/jobs/$1/audit"
+  "$BIN/python" - "$RESPONSE" <<'PY' | sed 's/^/    /'
+import json, sys
+from datetime import datetime
+
+events = json.load(open(sys.argv[1]))
+start = None
+for e in events:
+    at = datetime.fromisoformat(e["created_at"].replace("Z", "+00:00"))
+    start = start or at
+    offset = (at - start).total_seconds()
+    if e["subject_type"] == "job_phase":
+        what = "phase   " + e["to_state"]
+        details = " ".join(f"{k}={v}" for k, v in e["data"].items() if k != "image")
+        what += f"  ({details})" if details else ""
+    elif e["subject_type"] == "job":
+        what = f"job     {e['from_state']} -> {e['to_state']}"
+    else:
+        what = f"{e['subject_type']:<8}{e['from_state']} -> {e['to_state']}  ({e['reason']})"
+    print(f"+{offset:6.3f}s  {at:%H:%M:%S.%f}"[:-3] + f"  {what}")
+PY
+}
+
+phase_names() { # phase_names JOB_ID: the phases a job went through, space-separated
+  get "/api/v1/jobs/$1/audit"
+  json "$RESPONSE" '" ".join(e["to_state"] for e in d if e["subject_type"] == "job_phase")'
+}
+
+# page_version URL: the version the example page says it is, else what answered instead
+page_version() {
+  local page status version
+  page=$(curl -sS --max-time "$HTTP_TIMEOUT" -w '\n%{http_code}' "$1" 2>/dev/null) || {
+    echo "no-answer"
+    return 0
+  }
+  status=${page##*$'\n'}
+  version=$(grep -o 'id="version">[^<]*' <<<"$page" | head -n 1 | cut -d '>' -f 2 || true)
+  echo "${version:-HTTP-$status}"
+}
+
+# check_listeners URL: only this data directory's HAProxy may listen on the URL's port.
+# (HAProxy binds with SO_REUSEPORT: a second router that picked the same port binds too,
+# silently, and the kernel then splits the connections between the two.)
+check_listeners() {
+  local port=${1##*:} pids pid
+  command -v ss >/dev/null 2>&1 || return 0
+  pids=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d = -f 2 | sort -u || true)
+  for pid in $pids; do
+    process_matches "$pid" "$DATA/router/haproxy.cfg" ||
+      fail "port $port of $1 is also bound by pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c 1-160)): two routers share it"
+  done
+}
+
+# curl_public EXPECTED: curl the environment's public URL a few times; every answer must be
+# EXPECTED (new connections each time, so both replicas are likely to answer)
+curl_public() {
+  local expected=$1 answers=() answer
+  check_listeners "$PUBLIC_URL"
+  info "\$ curl -sS $PUBLIC_URL  (4 times, each a new connection)"
+  for _ in 1 2 3 4; do
+    answer=$(page_version "$PUBLIC_URL")
+    answers+=("$answer")
+  done
+  info "answered: ${answers[*]}"
+  for answer in "${answers[@]}"; do
+    [ "$answer" = "$expected" ] || fail "$PUBLIC_URL answered '$answer', expected $expected"
+  done
+  info "=> $expected answers at $PUBLIC_URL"
+}
+
+# publish LABEL KEY [-F field=value ...]: the example site with its VERSION placeholders
+# set to LABEL, as a tar.gz; sets PUBLISHED_VERSION and PUBLISH_JOB
+publish() {
+  local label=$1 key=$2 status shown fields=()
+  shift 2
+  local site=$DATA/sites/$label
+  rm -rf "$site"
+  mkdir -p "$site"
+  cp -R "$EXAMPLE/." "$site/"
+  sed -i "s/{{VERSION}}/$label/g" "$site/index.html"
+  tar -C "$site" -czf "$DATA/sites/$label.tar.gz" .
+  fields=(-F "source=@$DATA/sites/$label.tar.gz" -F git_branch=main -F "git_message=hello-static $label" "$@")
+  shown="curl -sS -X POST \"\$API/api/v1/deployments/$DEPLOYMENT/versions\" -H \"Authorization: Bearer \$TOKEN\" -H 'Idempotency-Key: $key' -F source=@$label.tar.gz -F git_branch=main -F 'git_message=hello-static $label'"
+  for field in "$@"; do
+    [ "$field" = -F ] || shown+=" -F $field"
+  done
+  info "(the site is $EXAMPLE with VERSION set to $label, archived as $DATA/sites/$label.tar.gz)"
+  info "\$ $shown"
+  status=$(curl -sS --max-time 60 -X POST "$API/api/v1/deployments/$DEPLOYMENT/versions" \
+    -H "Authorization: Bearer $TOKEN" -H "Idempotency-Key: $key" "${fields[@]}" \
+    -o "$RESPONSE" -w '%{http_code}') || fail "publish did not complete"
+  info "HTTP $status"
+  show '"\n".join(f"{k}: {v}" for k, v in [("version", d["version"]["id"]), ("version_number", d["version"]["version_number"]), ("state", d["version"]["state"]), ("job", d["job"]["id"]), ("job kind/queue/state", "/".join([d["job"]["kind"], d["job"]["queue"], d["job"]["state"]]))])'
+  [ "$status" = 202 ] || fail "publish answered HTTP $status, expected 202"
+  PUBLISHED_VERSION=$(json "$RESPONSE" 'd["version"]["id"]')
+  PUBLISH_JOB=$(json "$RESPONSE" 'd["job"]["id"]')
+}
+
+wait_built() { # wait_built VERSION_ID: until the build ended; fail unless it is ready
+  wait_until "$BUILD_TIMEOUT" "/api/v1/deployments/$DEPLOYMENT/versions/$1" \
+    'd["state"] in ("ready", "failed")'
+  if [ "$(json "$RESPONSE" 'd["state"]')" != ready ]; then
+    show '"\n".join(f"{k}: {d[k]}" for k in ("id", "state", "build_failure_reason", "build_failure_diagnostics"))'
+    fail "the build of $1 failed: $(json "$RESPONSE" 'd["build_failure_reason"]')"
+  fi
+}
+
+LIFECYCLE='"\n".join(f"{k}: {d[k]}" for k in ("id", "version_number", "state", "environment", "status", "replicas", "deployed_at", "rollback_count", "last_rollback_at", "rolled_back_at", "image_url"))'
+
 # ---------------------------------------------------------------------------
 
 step "Fresh data directory"
+if [ -d "$DATA" ]; then
+  clean_up "$DATA" | sed 's/^/    previous run: /'
+fi
 rm -rf "$DATA"
-mkdir -p "$DATA"
+mkdir -p "$DATA/sites"
 info "wiped and created $DATA"
 
 PORT=${SHIPWAY_DEMO_PORT:-$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 API=http://127.0.0.1:$PORT
 export SHIPWAY_DATA_DIR=$DATA SHIPWAY_API_PORT=$PORT SHIPWAY_API_HOST=127.0.0.1
-unset SHIPWAY_DATABASE_URL SHIPWAY_BROKER_URL SHIPWAY_PUBLIC_URL
+unset SHIPWAY_DATABASE_URL SHIPWAY_BROKER_URL SHIPWAY_PUBLIC_URL SHIPWAY_ROUTER_DIR
+SCALE_DOWN_DELAY=${SHIPWAY_SCALE_DOWN_DELAY_SECONDS:-60}
+# Public ports: shipway gives each route the first free port of its range, so every shipway
+# on this host (test suites included) races for 20000, 20001, ...; the demo takes a random
+# block of 100 ports of its own instead (set SHIPWAY_ROUTER_PORT_RANGE to choose one).
+if [ -z "${SHIPWAY_ROUTER_PORT_RANGE:-}" ]; then
+  port_base=$((21000 + RANDOM % 80 * 100))
+  export SHIPWAY_ROUTER_PORT_RANGE=$port_base-$((port_base + 99))
+fi
 
 step "Start 'shipway up' (embedded: SQLite + filesystem Celery transport; API, relay and one worker)"
 setsid "$BIN/shipway" up >"$LOG" 2>&1 </dev/null &
 SERVER_PID=$!
+echo "server $SERVER_PID" >>"$LEFTOVERS"
 info "pid $SERVER_PID, log $LOG"
+info "public ports of routes: $SHIPWAY_ROUTER_PORT_RANGE; replicas stay warm ${SCALE_DOWN_DELAY}s after they are replaced"
 info "waiting for $API/readyz (database and broker reachable) ..."
 deadline=$((SECONDS + READY_TIMEOUT))
 until curl -fsS --max-time 2 "$API/readyz" >"$RESPONSE" 2>/dev/null; do
@@ -155,104 +403,248 @@ info "token $(json "$DATA/token.json" 'd["token_id"]') in workspace $(json "$DAT
 info "scopes: $(json "$DATA/token.json" '", ".join(d["scopes"])') (write implies read)"
 info "the secret is printed once; this demo keeps it in $DATA/token.json"
 
-step "Create a deployment"
-call 201 POST /api/v1/deployments '{"name":"hello","kind":"static"}'
+step "Create a static deployment with 2 replicas per environment"
+call 201 POST /api/v1/deployments '{"name":"hello","kind":"static","replicas":2}' \
+  '"\n".join(f"{k}: {d[k]}" for k in ("id", "name", "kind", "replicas", "runtime_port", "health_check_path"))'
 DEPLOYMENT=$(json "$RESPONSE" 'd["id"]')
+echo "deployment $DEPLOYMENT" >>"$LEFTOVERS"
 info "=> deployment $DEPLOYMENT with environment(s): $(json "$RESPONSE" '", ".join(e["name"] for e in d["environments"])')"
 
 step "List its versions (newest first, keyset-paged with next_cursor)"
 call 200 GET "/api/v1/deployments/$DEPLOYMENT/versions?limit=10"
 info "=> none yet"
 
+skip=""
 if ! timeout 20 docker info >/dev/null 2>&1; then
-  step "Publish, build and promote: SKIPPED"
-  info "no Docker engine answers here ('docker info' failed); run 'make provision' to start one"
+  skip="no Docker engine answers here ('docker info' failed); run 'make provision' to start one"
+elif ! command -v "${SHIPWAY_HAPROXY_BINARY:-haproxy}" >/dev/null 2>&1; then
+  skip="HAProxy (${SHIPWAY_HAPROXY_BINARY:-haproxy}) is not installed; run 'make provision'"
+fi
+
+PUBLIC_URL=""
+if [ -n "$skip" ]; then
+  step "Publish, build, promote and roll back: SKIPPED"
+  info "$skip"
+  remember "publish/promote/rollback skipped: $skip"
 else
-  step "Publish: upload a source archive (a static site); a worker builds it"
-  mkdir -p "$DATA/site"
-  echo '<h1>hello from shipway</h1>' >"$DATA/site/index.html"
-  tar -C "$DATA/site" -czf "$DATA/site.tar.gz" .
-  info "\$ curl -sS -X POST \"\$API/api/v1/deployments/$DEPLOYMENT/versions\" -H \"Authorization: Bearer \$TOKEN\" -H 'Idempotency-Key: publish-1' -F source=@site.tar.gz -F git_branch=main -F 'git_message=first version'"
-  status=$(curl -sS --max-time 60 -X POST "$API/api/v1/deployments/$DEPLOYMENT/versions" \
-    -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: publish-1' \
-    -F "source=@$DATA/site.tar.gz" -F git_branch=main -F 'git_message=first version' \
-    -o "$RESPONSE" -w '%{http_code}') || fail "publish did not complete"
-  info "HTTP $status"
-  show '"\n".join(f"{k}: {v}" for k, v in [("version", d["version"]["id"]), ("version_number", d["version"]["version_number"]), ("state", d["version"]["state"]), ("job", d["job"]["id"]), ("job kind/queue/state", "/".join([d["job"]["kind"], d["job"]["queue"], d["job"]["state"]]))])'
-  [ "$status" = 202 ] || fail "publish answered HTTP $status, expected 202"
-  VERSION=$(json "$RESPONSE" 'd["version"]["id"]')
+  step "Publish v1 of the example site with promote_to=production; a worker builds it"
+  publish v1 publish-v1 -F promote_to=production
+  V1=$PUBLISHED_VERSION
+  V1_PUBLISH_JOB=$PUBLISH_JOB
+  info "=> promote_to=production: once the build is ready, the build job queues the promote itself"
 
   step "Follow the build log until the build ends"
-  info "\$ curl -sS \"\$API/api/v1/deployments/$DEPLOYMENT/versions/$VERSION/build-log?follow=1\" -H \"Authorization: Bearer \$TOKEN\""
+  info "\$ curl -sS \"\$API/api/v1/deployments/$DEPLOYMENT/versions/$V1/build-log?follow=1\" -H \"Authorization: Bearer \$TOKEN\""
   curl -sS --max-time "$BUILD_TIMEOUT" -H "Authorization: Bearer $TOKEN" \
-    "$API/api/v1/deployments/$DEPLOYMENT/versions/$VERSION/build-log?follow=1" | sed 's/^/    | /' ||
+    "$API/api/v1/deployments/$DEPLOYMENT/versions/$V1/build-log?follow=1" | sed 's/^/    | /' ||
     fail "the build log did not end within ${BUILD_TIMEOUT}s"
-  wait_until "$BUILD_TIMEOUT" "/api/v1/deployments/$DEPLOYMENT/versions/$VERSION" \
-    'd["state"] in ("ready", "failed")'
-  if [ "$(json "$RESPONSE" 'd["state"]')" != ready ]; then
-    show
-    fail "the build failed: $(json "$RESPONSE" 'd["build_failure_reason"]')"
-  fi
+  wait_built "$V1"
 
   step "Get the version: state ready, artifact digest, image, provenance"
-  call 200 GET "/api/v1/deployments/$DEPLOYMENT/versions/$VERSION" "" \
-    '"\n".join(f"{k}: {d[k]}" for k in ("id", "version_number", "state", "artifact_sha256", "runtime_image", "runtime_command", "git_branch", "git_message", "status"))'
+  call 200 GET "/api/v1/deployments/$DEPLOYMENT/versions/$V1" "" \
+    '"\n".join(f"{k}: {d[k]}" for k in ("id", "version_number", "state", "artifact_sha256", "runtime_image", "runtime_command", "git_branch", "git_message"))'
 
-  step "Promote it to production (Idempotency-Key required)"
-  HEADERS=("Idempotency-Key: promote-hello-1")
-  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$VERSION/promote" \
-    '{"environment":"production"}' \
-    '"\n".join(["release: " + d["release"]["id"] + " " + d["release"]["status"], "job: " + d["job"]["id"] + " " + d["job"]["kind"] + " " + d["job"]["state"]])'
-  JOB=$(json "$RESPONSE" 'd["job"]["id"]')
-  info "=> the same key with the same body replays this answer; with another body it is a 422"
+  step "The build job queued the promote: its result names the promote job"
+  wait_job "$V1_PUBLISH_JOB"
+  call 200 GET "/api/v1/jobs/$V1_PUBLISH_JOB" "" "$JOB_LINE"' + "\nresult: %s" % d["result"]'
+  PROMOTE1=$(json "$RESPONSE" '(d["result"] or {}).get("promote_job_id") or ""')
+  [ -n "$PROMOTE1" ] || fail "the publish job's result has no promote_job_id (promote_to was ignored)"
 
-  step "Watch the promote job until it ends"
-  wait_until "$JOB_TIMEOUT" "/api/v1/jobs/$JOB" 'd["state"] in ("succeeded", "failed", "cancelled")'
-  call 200 GET "/api/v1/jobs/$JOB" "" \
-    '"\n".join(f"{k}: {d[k]}" for k in ("id", "kind", "state", "phase", "attempts", "result", "failure_reason"))'
+  step "Wait for the promote of v1: 2 replicas started, health-checked, then HAProxy switched"
+  info "polling GET /api/v1/jobs/$PROMOTE1 until it ends ..."
+  wait_job "$PROMOTE1"
+  show "$JOB_LINE"
+  info "its audit trail (GET /api/v1/jobs/$PROMOTE1/audit), compact:"
+  phases "$PROMOTE1"
 
-  step "The version's lifecycle in production (the get-version page)"
-  call 200 GET "/api/v1/versions/$VERSION?environment=production" "" \
-    '"\n".join(f"{k}: {d[k]}" for k in ("id", "state", "environment", "status", "deployed_at", "image_url", "rollback_count"))'
+  step "The deployment: production's release ACTIVE, its replicas and public URL"
+  wait_until "$JOB_TIMEOUT" "/api/v1/deployments/$DEPLOYMENT" \
+    '[e["status"] for e in d["environments"] if e["name"] == "production"] == ["ACTIVE"]'
+  call 200 GET "/api/v1/deployments/$DEPLOYMENT" "" \
+    '"\n".join("%s: version %s, release %s %s, %s replicas, public_url %s" % (e["name"], e["active_version_number"], e["release_id"], e["status"], e["replicas"], e["public_url"]) for e in d["environments"])'
+  PUBLIC_URL=$(json "$RESPONSE" '[e["public_url"] for e in d["environments"] if e["name"] == "production"][0] or ""')
+  [ -n "$PUBLIC_URL" ] || fail "production has no public_url after its promote"
+
+  step "Ask production which version answers (through HAProxy)"
+  curl_public v1
+  remember "v1 published with promote_to=production (2 replicas): $PUBLIC_URL answered v1"
 
   step "Cancel: a job that already ended cannot be cancelled (HTTP 409, the one error shape)"
-  call 409 POST "/api/v1/jobs/$JOB/cancel"
+  call 409 POST "/api/v1/jobs/$PROMOTE1/cancel"
 
-  step "Cancel a fresh publish right after submitting it"
-  tar -C "$DATA/site" -czf "$DATA/site.tar.gz" .
-  curl -sS --max-time 60 -X POST "$API/api/v1/deployments/$DEPLOYMENT/versions" \
-    -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: publish-2' \
-    -F "source=@$DATA/site.tar.gz" -F 'git_message=second version' -o "$RESPONSE" ||
-    fail "publish did not complete"
-  JOB2=$(json "$RESPONSE" 'd["job"]["id"]')
-  info "published version 2, job $JOB2"
-  call '200|409' POST "/api/v1/jobs/$JOB2/cancel" "" \
-    '"\n".join(f"{k}: {d[k]}" for k in ("id", "state", "cancel_requested", "failure_reason")) if "id" in d else d["error"]["message"]'
-  info "=> a queued job is cancelled at once; a running one stops at its next step and cleans up"
+  step "Publish v2 (no promote_to this time) and wait for its build"
+  publish v2 publish-v2
+  V2=$PUBLISHED_VERSION
+  wait_built "$V2"
+  info "=> v2 is $(json "$RESPONSE" 'd["state"]'): image $(json "$RESPONSE" 'd["runtime_image"]')"
+
+  step "Promote v2 to production (Idempotency-Key required)"
+  HEADERS=("Idempotency-Key: promote-v2")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$V2/promote" \
+    '{"environment":"production"}' \
+    '"\n".join(["release: " + d["release"]["id"] + " " + d["release"]["status"], "job: " + d["job"]["id"] + " " + d["job"]["kind"] + " " + d["job"]["state"]])'
+  PROMOTE2=$(json "$RESPONSE" 'd["job"]["id"]')
+  info "the same key with the same body again replays the first answer and runs nothing again:"
+  HEADERS=("Idempotency-Key: promote-v2")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$V2/promote" \
+    '{"environment":"production"}' '"job: " + d["job"]["id"]'
+  [ "$(json "$RESPONSE" 'd["job"]["id"]')" = "$PROMOTE2" ] || fail "the replay answered another job"
+  info "=> same job $PROMOTE2 (with another body the same key is a 422)"
+
+  step "Watch the promote of v2 until it ends; its phases from GET /api/v1/jobs/{id}/audit"
+  wait_job "$PROMOTE2"
+  show "$JOB_LINE"' + "\nresult: %s" % d["result"]'
+  phases "$PROMOTE2"
+  info "=> v1's replicas are out of the router but stay up for SHIPWAY_SCALE_DOWN_DELAY_SECONDS=$SCALE_DOWN_DELAY"
+  info "   (a retire job is scheduled): a rollback within that window is a router switch only"
+
+  step "Ask production again"
+  curl_public v2
+  remember "v2 published and promoted: $PUBLIC_URL answered v2 (phases: $(phase_names "$PROMOTE2"))"
+
+  step "Roll back production (POST /rollback: the most recent earlier version, v1) and time it"
+  started=$(now_ms)
+  HEADERS=("Idempotency-Key: rollback-1")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/rollback" '{"environment":"production"}' \
+    '"\n".join(["release: %s %s (version %s)" % (d["release"]["id"], d["release"]["status"], d["release"]["version_id"]), "job: %s %s %s" % (d["job"]["id"], d["job"]["kind"], d["job"]["state"])])'
+  ROLLBACK=$(json "$RESPONSE" 'd["job"]["id"]')
+  [ "$(json "$RESPONSE" 'd["release"]["version_id"]')" = "$V1" ] || fail "the rollback does not target v1 ($V1)"
+  info "polling $PUBLIC_URL until v1 answers ..."
+  answer=""
+  until [ "$answer" = v1 ]; do
+    [ $(($(now_ms) - started)) -lt $((ROLLBACK_TIMEOUT * 1000)) ] ||
+      fail "$PUBLIC_URL still answers '$answer' ${ROLLBACK_TIMEOUT}s after the rollback request"
+    answer=$(page_version "$PUBLIC_URL")
+    [ "$answer" = v1 ] || sleep 0.05
+  done
+  elapsed_ms=$(($(now_ms) - started))
+  ROLLBACK_SECONDS=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
+  info "=> v1 answered ${ROLLBACK_SECONDS}s after the rollback request"
+  wait_job "$ROLLBACK"
+  get "/api/v1/jobs/$ROLLBACK/audit"
+  ROLLBACK_PARTS=$("$BIN/python" - "$RESPONSE" <<'PY'
+import json, sys
+from datetime import datetime
+
+events = json.load(open(sys.argv[1]))
+at = {}
+for e in events:  # the first time each state was reached
+    at.setdefault(e["to_state"], datetime.fromisoformat(e["created_at"].replace("Z", "+00:00")))
+wait = (at["running"] - at["queued"]).total_seconds()
+switch = (at["ACTIVE"] - at["switch"]).total_seconds()
+print(f"waiting for a worker {wait:.3f}s, the switch itself {switch:.3f}s")
+PY
+  ) || fail "cannot read the rollback job's audit"
+  info "   of which (from the job's audit): $ROLLBACK_PARTS"
+
+  step "The rollback job: warm (a switch back to v1's running replicas, no new containers)"
+  get "/api/v1/jobs/$ROLLBACK"
+  show "$JOB_LINE"' + "\nresult: %s" % d["result"]'
+  phases "$ROLLBACK"
+  ROLLBACK_PHASES=$(phase_names "$ROLLBACK")
+  case " $ROLLBACK_PHASES " in
+  *" scale "* | *" health_check "*)
+    fail "the rollback was cold (phases: $ROLLBACK_PHASES): v1's replicas were gone (SHIPWAY_SCALE_DOWN_DELAY_SECONDS=$SCALE_DOWN_DELAY)"
+    ;;
+  *" switch "*) info "=> warm: phases '$ROLLBACK_PHASES' (no scale, no health check): only the router changed" ;;
+  *) fail "the rollback job has no switch phase (phases: $ROLLBACK_PHASES)" ;;
+  esac
+  remember "rollback to v1: warm (phases: $ROLLBACK_PHASES); v1 answered ${ROLLBACK_SECONDS}s after POST /rollback ($ROLLBACK_PARTS)"
+
+  step "Ask production once more"
+  curl_public v1
+  remember "after the rollback $PUBLIC_URL answered v1"
+
+  step "v1's lifecycle in production: ACTIVE again, rollback_count 1, last_rollback_at"
+  call 200 GET "/api/v1/versions/$V1?environment=production" "" "$LIFECYCLE"
+  [ "$(json "$RESPONSE" '(d["status"], d["rollback_count"], d["last_rollback_at"] is not None)')" = "('ACTIVE', 1, True)" ] ||
+    fail "v1 should be ACTIVE with rollback_count 1 and a last_rollback_at"
+
+  step "v2's lifecycle in production: ROLLED_BACK, rolled_back_at"
+  call 200 GET "/api/v1/versions/$V2?environment=production" "" "$LIFECYCLE"
+  [ "$(json "$RESPONSE" '(d["status"], d["rolled_back_at"] is not None)')" = "('ROLLED_BACK', True)" ] ||
+    fail "v2 should be ROLLED_BACK with a rolled_back_at"
+  remember "GET /versions: v1 ACTIVE rollback_count 1; v2 ROLLED_BACK"
+
+  step "The replica containers (labelled with their deployment, version, release, replica)"
+  info "\$ docker ps --filter label=shipway.deployment=$DEPLOYMENT"
+  docker ps --filter "label=shipway.deployment=$DEPLOYMENT" \
+    --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}' | sed 's/^/    /'
+  info "=> v1's two replicas serve; v2's stay up (out of the router) until their retire job,"
+  info "   ${SCALE_DOWN_DELAY}s after the rollback, stops and removes them"
+
+  step "Cancel a promote queued behind another rollout of the same environment"
+  info "rollouts of one environment run one at a time; publish v3 and promote it twice:"
+  publish v3 publish-v3
+  V3=$PUBLISHED_VERSION
+  wait_built "$V3"
+  HEADERS=("Idempotency-Key: promote-v3-a")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$V3/promote" '{"environment":"production"}' \
+    '"job %s %s, queue_position %s" % (d["job"]["id"], d["job"]["state"], d["job"]["queue_position"])'
+  FIRST=$(json "$RESPONSE" 'd["job"]["id"]')
+  HEADERS=("Idempotency-Key: promote-v3-b")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$V3/promote" '{"environment":"production"}' \
+    '"job %s %s, queue_position %s" % (d["job"]["id"], d["job"]["state"], d["job"]["queue_position"])'
+  QUEUED=$(json "$RESPONSE" 'd["job"]["id"]')
+  info "=> the second waits behind the first; cancel it: a queued job is cancelled at once"
+  call 200 POST "/api/v1/jobs/$QUEUED/cancel" "" \
+    '"\n".join(f"{k}: {d[k]}" for k in ("id", "state", "cancel_requested", "failure_reason"))'
+  [ "$(json "$RESPONSE" 'd["state"]')" = cancelled ] || fail "the queued promote was not cancelled at once"
+  info "and cancel the first too (production stays on v1): cancelled at once if it is still"
+  info "queued; if it runs, it stops at its next step and removes the replicas it started"
+  call '200|409' POST "/api/v1/jobs/$FIRST/cancel" "" \
+    '"\n".join(f"{k}: {d[k]}" for k in ("id", "state", "phase", "cancel_requested", "failure_reason")) if "id" in d else d["error"]["message"]'
+  wait_until "$JOB_TIMEOUT" "/api/v1/jobs/$FIRST" "$ENDED"
+  show "$JOB_LINE"' + ", failure_reason %s" % d["failure_reason"]'
+  [ "$(json "$RESPONSE" 'd["state"]')" != succeeded ] ||
+    fail "the first promote of v3 finished before its cancel arrived"
+  left=$(docker ps -aq --filter "label=shipway.version=$V3" | wc -l)
+  info "=> v3 containers left: $left"
+  [ "$left" -eq 0 ] || fail "the cancelled promote of v3 left $left container(s)"
+  curl_public v1
+  remember "queued promote of v3 cancelled at once (and the one ahead of it too); v1 still answered"
 fi
 
 step "The deployment: each environment's active version and release status"
 call 200 GET "/api/v1/deployments/$DEPLOYMENT" "" \
-  '"\n".join("%s: version %s (%s), release %s %s" % (e["name"], e["active_version_number"], e["active_version_id"], e["release_id"], e["status"]) for e in d["environments"])'
+  '"\n".join("%s: version %s (%s), release %s %s, %s replicas, public_url %s" % (e["name"], e["active_version_number"], e["active_version_id"], e["release_id"], e["status"], e["replicas"], e["public_url"]) for e in d["environments"])'
 
-step "The audit trail: every transition, who did it and why"
-call 200 GET "/api/v1/deployments/$DEPLOYMENT/events?limit=100" "" \
-  '"\n".join("%3s %-9s %9s -> %-10s %s" % (e["id"], e["subject_type"], e["from_state"], e["to_state"], e["reason"]) for e in d["data"])'
+step "The audit trail: every transition, who did it and why (job phases left out)"
+call 200 GET "/api/v1/deployments/$DEPLOYMENT/events?limit=500" "" \
+  '"\n".join("%3s %-10s %11s -> %-11s %s" % (e["id"], e["subject_type"], e["from_state"], e["to_state"], e["reason"]) for e in d["data"] if e["subject_type"] != "job_phase")'
 
-step "Where to look"
+step "Summary"
+info "What it did:"
+for line in "${SUMMARY[@]}"; do
+  info "  - $line"
+done
 docs_status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$API/docs" || true)
-info "API:            $API/api/v1"
-info "OpenAPI docs:   $API/docs (HTTP $docs_status; schema at $API/openapi.json)"
-info "health:         $API/healthz, $API/readyz"
-info "data directory: $DATA (shipway.db, broker/, sources and build logs)"
-info "server log:     $LOG"
-info "more:           README.md has the same walkthrough to run by hand"
+info "Where to look:"
+if [ "${SHIPWAY_DEMO_KEEP:-0}" = "1" ]; then
+  running="kept running until Ctrl-C"
+else
+  running="stopped below; SHIPWAY_DEMO_KEEP=1 keeps it running"
+fi
+info "  API:            $API/api/v1 (token in $DATA/token.json; $running)"
+info "  OpenAPI docs:   $API/docs (HTTP $docs_status; schema at $API/openapi.json)"
+info "  health:         $API/healthz, $API/readyz"
+info "  public URL:     ${PUBLIC_URL:-none} (production, through HAProxy)"
+info "  data directory: $DATA (shipway.db, broker/, sources, build logs, router/ HAProxy config and log)"
+info "  server log:     $LOG"
+info "  more:           README.md walks through the same API by hand"
 
 if [ "${SHIPWAY_DEMO_KEEP:-0}" = "1" ]; then
-  step "Server kept running (SHIPWAY_DEMO_KEEP=1): press Ctrl-C to stop it"
+  step "Kept running (SHIPWAY_DEMO_KEEP=1): press Ctrl-C to stop and clean up"
   info "export API=$API TOKEN=$TOKEN"
   trap 'echo; exit 0' INT
   wait "$SERVER_PID" || true
 fi
+
+step "Stop everything the demo started"
+clean_up "$DATA" | sed 's/^/    /'
+SERVER_PID=""
+left=$(timeout 30 docker ps -aq --filter "label=shipway.deployment=$DEPLOYMENT" 2>/dev/null | wc -l || true)
+info "=> containers left with label shipway.deployment=$DEPLOYMENT: ${left:-0}"
+info "the data directory stays for a look until the next run wipes it"
 
 printf '\ndemo: OK\n'

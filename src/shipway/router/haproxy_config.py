@@ -34,6 +34,8 @@ def render_config(state: DesiredState, options: ConfigOptions) -> str:
         f"    stats socket {options.admin_socket} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
         "    maxconn 4096",
+        # A port another process holds must fail loudly, never be shared (SO_REUSEPORT).
+        "    noreuseport",
         f"    hard-stop-after {_ms(options.hard_stop_after_seconds)}",
         "",
         "defaults",

@@ -61,6 +61,7 @@ class HAProxyProcess:
         if self.is_running():
             return
         self.pid_path.unlink(missing_ok=True)
+        self._master_pid = None
         args = [self.binary, "-W", "-S", f"{self.master.path},mode,600"]
         args += ["-p", str(self.pid_path), "-f", str(self.config_path)]
         offset = self._log_size()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,9 +138,16 @@ def locked(directory: Path) -> Iterator[None]:
 
 
 def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> int:
-    """The first port of the range that no route has and nothing listens on."""
+    """A port of the range that no route has and nothing listens on.
+
+    The search starts at a random point so that two routers sharing a range
+    rarely race for the same port (``noreuseport`` makes a lost race fail loudly).
+    """
     low, high = port_range
-    for port in range(low, high + 1):
+    size = high - low + 1
+    start = random.randrange(size)
+    for offset in range(size):
+        port = low + (start + offset) % size
         if port not in taken and _bindable(host, port):
             return port
     raise RouterError(f"no free port left in {low}-{high} on {host}")
