@@ -77,8 +77,8 @@ def test_openapi_documents_the_error_shape_everywhere(spec: dict[str, Any]) -> N
             schema = content["application/json"].get("schema", {})
             ref = schema.get("$ref") or schema.get("items", {}).get("$ref")
             assert ref and ref != ERROR_REF, (where, schema)
-        else:
-            assert set(content) == {"text/plain"}, where
+        else:  # plain text (build log) or server-sent events (job event stream)
+            assert set(content) in ({"text/plain"}, {"text/event-stream"}), where
     expected = {
         ("POST", "/api/v1/deployments/{deployment_id}/versions/{version_id}/promote"): "202",
         ("POST", "/api/v1/deployments"): "201",

@@ -35,7 +35,11 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 def make_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
-    app = Celery("shipway", broker=settings.resolved_broker_url, include=["workers.tasks"])
+    app = Celery(
+        "shipway",
+        broker=settings.resolved_broker_url,
+        include=["workers.tasks", "workers.signals"],
+    )
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

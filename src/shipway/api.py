@@ -221,6 +221,9 @@ def create_app() -> FastAPI:
     from shipway.deployments.routes import router as deployments
     from shipway.events.routes import router as events
     from shipway.jobs.routes import router as jobs
+    from shipway.jobs.stream_routes import router as job_stream
+    from shipway.metrics.routes import router as metrics
+    from shipway.queue.routes import router as queue
     from shipway.releases.routes import router as releases
     from shipway.versions.routes import router as versions
 
@@ -231,9 +234,10 @@ def create_app() -> FastAPI:
         '`{"error": {"code", "message", "details"}}`.',
     )
     api = APIRouter(prefix="/api/v1")
-    for router in (deployments, builds, versions, releases, jobs, events):
+    for router in (deployments, builds, versions, releases, jobs, job_stream, events, queue):
         api.include_router(router)
     app.include_router(api)
+    app.include_router(metrics)
     app.include_router(_health_router())
     _document_error_shape(app)
     app.add_exception_handler(errors.ShipwayError, _domain_error)

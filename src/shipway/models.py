@@ -8,6 +8,7 @@ from shipway.idempotency.models import IdempotencyRecord
 from shipway.jobs.models import Job
 from shipway.releases.models import Release
 from shipway.versions.models import Version
+from shipway.workers_registry.models import Worker
 from shipway.workspaces.models import Project, Workspace
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "Project",
     "Release",
     "Version",
+    "Worker",
     "Workspace",
 ]

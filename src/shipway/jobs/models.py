@@ -55,6 +55,8 @@ class Job(Base):
         Index("ix_jobs_serial_state", "serial_key", "state", "created_at"),
         Index("ix_jobs_state_lease", "state", "lease_expires_at"),
         Index("ix_jobs_failed_finished", "state", "finished_at"),
+        Index("ix_jobs_ws_state_queue_created", "workspace_id", "state", "queue", "created_at"),
+        Index("ix_jobs_ws_state_finished", "workspace_id", "state", "finished_at"),
         # At most one running rollout per (deployment, environment), enforced by the database.
         Index(
             "uq_jobs_one_running_per_serial_key",

@@ -8,6 +8,7 @@ import secrets
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +22,21 @@ from shipway.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from shipway.jobs.models import Job
 
 log = logging.getLogger(__name__)
+_job_listeners: list[Callable[[str | None], None]] = []
+
+
+def on_current_job(listener: Callable[[str | None], None]) -> None:
+    """Call ``listener(job_id)`` when this process starts running a job, ``(None)`` after."""
+    if listener not in _job_listeners:
+        _job_listeners.append(listener)
+
+
+def _notify(job_id: str | None) -> None:
+    for listener in _job_listeners:
+        try:
+            listener(job_id)
+        except Exception:  # observers never break a job
+            log.exception("current-job listener failed")
 
 
 def worker_identity() -> str:
@@ -59,6 +75,7 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
         return None
     beat = _Heartbeat(job_id, owner, maker)
     beat.start()
+    _notify(job_id)
     ctx = JobContext(
         job_id=job_id,
         owner=owner,
@@ -70,6 +87,7 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
         state = _execute(ctx, claim.kind, maker)
     finally:
         beat.stopped.set()
+        _notify(None)
     _dispatch_next(maker, job_id)
     return state
 

@@ -1,0 +1,1 @@
+"""Worker registry: each worker process registers itself and heartbeats, for operator views."""
