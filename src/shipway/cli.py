@@ -109,6 +109,9 @@ def worker(
     from workers.celery_app import celery_app
 
     args = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
+    # The database is the truth: no worker-to-worker sync at start (mingle, a 1 s wait) nor
+    # gossip, whose restart after a broker outage logs a spurious error (Celery 5.7).
+    args += ["--without-mingle", "--without-gossip"]
     if hostname:
         args += ["-n", hostname]
     celery_app.worker_main(args)
