@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test demo clean distclean
+.PHONY: help provision lint format test demo bench clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
@@ -13,6 +13,7 @@ help:
 	@echo "make format     apply ruff's fixes and formatting"
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
+	@echo "make bench      promote/rollback benchmark against raw docker (writes bench/RESULTS-*.md)"
 	@echo "make clean      remove scratch data and caches (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv"
 
@@ -38,6 +39,9 @@ test: provision
 
 demo: provision
 	@bash scripts/demo.sh
+
+bench: provision
+	$(BIN)/python -m bench.promote
 
 clean:
 	rm -rf .scratch .shipway .pytest_cache .mypy_cache .ruff_cache .hypothesis build

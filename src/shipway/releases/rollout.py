@@ -173,7 +173,8 @@ def _retire_from_service(
         },
     )
     old_version = session.get(Version, previous.version_id, populate_existing=True)
-    if old_version is not None and old_version.state == "ready":
+    promoted_out = previous.version_id != new.version_id  # not a redeploy of the same version
+    if old_version is not None and old_version.state == "ready" and promoted_out:
         transition(
             session,
             VERSION,
@@ -330,13 +331,18 @@ def _after_switch(ctx: JobContext) -> dict[str, Any]:
 
 
 def _drain(key: str, release_id: str) -> dict[str, Any]:
-    """Wait until the release's servers have no sessions, or the drain timeout."""
+    """Wait until the release's servers have no sessions, or the drain timeout.
+
+    Sessions are counted in old HAProxy workers too: a reload (another route added)
+    during the drain leaves in-flight requests there, invisible to the new worker.
+    """
     router = get_router()
     timeout = get_settings().drain_timeout_seconds
     prefix = f"sw-{release_id}-"
     started = time.monotonic()
     while True:
-        busy = {s.name: s.scur for s in router.stats(key) if s.name.startswith(prefix) and s.scur}
+        sessions = router.open_sessions(key)
+        busy = {name: n for name, n in sessions.items() if name.startswith(prefix) and n}
         waited = round(time.monotonic() - started, 3)
         if not busy:
             return {"drained": True, "waited_seconds": waited}
@@ -444,7 +450,8 @@ def _remove_from_router(key: str, release_id: str) -> None:
     with suppress(RouterError):
         for server in router.servers(key):
             if server.name.startswith(prefix):
-                router.remove_server(key, server.name)
+                with suppress(RouterError):  # one still-busy server must not keep the others
+                    router.remove_server(key, server.name)
 
 
 @handler("retire")
@@ -464,26 +471,66 @@ def run_retire(ctx: JobContext) -> dict[str, Any]:
 def fail_release(
     session: Session, job: Job, reason: str, diagnostics: dict[str, Any] | None
 ) -> None:
-    """A rollout that ended before its switch: remove the new replicas, release FAILED."""
+    """A rollout that ended before its switch: remove the new replicas, release FAILED.
+
+    A worker may have died between moving traffic in the router and recording the
+    switch in the database: the release the database says serves gets its traffic back.
+    """
     if not job.release_id:
         return
     release = session.get(Release, job.release_id, populate_existing=True)
-    if release is None or release.status != "DEPLOYING":
-        return  # already switched (or never started): the serving release is untouched
-    if job.started_at is not None:  # a job that never ran started nothing to clean up
-        key = route_key(release.deployment_id, release.environment)
+    if release is None:
+        return
+    key = route_key(release.deployment_id, release.environment)
+    if release.status == "DEPLOYING":
+        if job.started_at is not None:  # a job that never ran started nothing to clean up
+            with suppress(RouterError, OSError):
+                _remove_from_router(key, release.id)
+            tear_down(runtime=get_runtime(), release_id=release.id, stop_timeout_seconds=0)
+        with suppress(InvalidTransition):
+            transition(
+                session,
+                RELEASE,
+                subject_id=release.id,
+                from_state="DEPLOYING",
+                to_state="FAILED",
+                reason=reason,
+                actor=job.actor,
+                job_id=job.id,
+                values={
+                    "failure_reason": reason,
+                    "failure_diagnostics": diagnostics,
+                    "replicas": 0,
+                },
+            )
+    if job.started_at is not None and not _other_rollout_running(session, job):
         with suppress(RouterError, OSError):
-            _remove_from_router(key, release.id)
-        tear_down(runtime=get_runtime(), release_id=release.id, stop_timeout_seconds=0)
-    with suppress(InvalidTransition):
-        transition(
-            session,
-            RELEASE,
-            subject_id=release.id,
-            from_state="DEPLOYING",
-            to_state="FAILED",
-            reason=reason,
-            actor=job.actor,
-            job_id=job.id,
-            values={"failure_reason": reason, "failure_diagnostics": diagnostics, "replicas": 0},
-        )
+            _restore_serving(session, release=release, key=key)
+
+
+def _other_rollout_running(session: Session, job: Job) -> bool:
+    """Whether another job of the same (deployment, environment) runs (and owns the router)."""
+    other = session.scalar(
+        select(Job.id)
+        .where(Job.serial_key == job.serial_key, Job.state == "running", Job.id != job.id)
+        .limit(1)
+    )
+    return other is not None
+
+
+def _restore_serving(session: Session, *, release: Release, key: str) -> None:
+    """Ready servers = the serving release's servers: undo a switch the database never saw."""
+    serving = active_release(
+        session, deployment_id=release.deployment_id, environment=release.environment
+    )
+    router = router_config()
+    if serving is None or not router.is_running():
+        return
+    prefix = f"sw-{serving.id}-"
+    servers = router.servers(key)
+    for server in servers:  # traffic back first, so the route never lacks a ready server
+        if server.name.startswith(prefix) and server.state != "ready":
+            router.ready(key, server.name)
+    for server in servers:
+        if not server.name.startswith(prefix) and server.state == "ready":
+            router.drain(key, server.name)

@@ -229,6 +229,20 @@ class HAProxyRouter:
             rows = self.api.stat_rows(Route(key).backend)
         return [_stats(row) for row in rows]
 
+    def open_sessions(self, key: str) -> dict[str, int]:
+        """Current sessions per server of the route, in the current worker *and* in old
+        workers still finishing requests after a reload (whose counters ``stats`` misses)."""
+        backend = Route(key).backend
+        with locked(self.directory):
+            rows = self.api.stat_rows(backend)
+            for pid in self.process.master.status().old_workers:
+                with contextlib.suppress(RouterError):  # it may exit meanwhile
+                    rows += self.process.master.worker_stat_rows(pid, backend)
+        sessions: dict[str, int] = {}
+        for row in rows:
+            sessions[row["svname"]] = sessions.get(row["svname"], 0) + _int(row["scur"])
+        return sessions
+
     # -- whole state -------------------------------------------------------------
 
     def sync(self, routes: dict[Route, list[Server]]) -> dict[str, Route]:

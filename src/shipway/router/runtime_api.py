@@ -10,7 +10,7 @@ import csv
 import io
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipway.router.base import RouterError
@@ -73,8 +73,12 @@ class RuntimeAPI(UnixLineClient):
     def stat_rows(self, backend: str) -> list[dict[str, str]]:
         """``show stat`` CSV rows of the servers of ``backend`` (type 4 = servers)."""
         answer = self.show(f"show stat {backend} 4 -1", header="# pxname")
-        reader = csv.DictReader(io.StringIO(answer[2:]))
-        return [row for row in reader if row.get("pxname") == backend]
+        return _stat_rows(answer, backend)
+
+
+def _stat_rows(answer: str, backend: str) -> list[dict[str, str]]:
+    reader = csv.DictReader(io.StringIO(answer[2:]))
+    return [row for row in reader if row.get("pxname") == backend]
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class ProcStatus:
     reloads: int
     failed_reloads: int  # since the last successful reload
     workers: list[int]
+    old_workers: list[int] = field(default_factory=list)  # still finishing requests
 
 
 _MASTER_LINE = re.compile(r"^(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]")
@@ -99,6 +104,7 @@ class MasterCLI(UnixLineClient):
         answer = self.send("show proc")
         master = None
         workers: list[int] = []
+        old_workers: list[int] = []
         section = ""
         for line in answer.splitlines():
             if line.startswith("#"):
@@ -108,6 +114,8 @@ class MasterCLI(UnixLineClient):
                 master = found
             elif section == "# workers" and (worker := _WORKER_LINE.match(line)):
                 workers.append(int(worker.group(1)))
+            elif section == "# old workers" and (worker := _WORKER_LINE.match(line)):
+                old_workers.append(int(worker.group(1)))
         if master is None:
             raise RouterError(f"unexpected 'show proc' answer: {answer!r}", answer=answer)
         return ProcStatus(
@@ -115,7 +123,13 @@ class MasterCLI(UnixLineClient):
             reloads=int(master.group(2)),
             failed_reloads=int(master.group(3)),
             workers=workers,
+            old_workers=old_workers,
         )
+
+    def worker_stat_rows(self, pid: int, backend: str) -> list[dict[str, str]]:
+        """``show stat`` rows of ``backend`` in worker ``pid`` (an old one too); [] if none."""
+        answer = self.send(f"@!{pid} show stat {backend} 4 -1")
+        return _stat_rows(answer, backend) if answer.startswith("# pxname") else []
 
     def reload(self) -> None:
         """Ask the master to re-read the config; it closes the connection without answering."""

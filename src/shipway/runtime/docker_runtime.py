@@ -211,6 +211,9 @@ class DockerRuntime:
             "ports": {f"{spec.container_port}/tcp": ("127.0.0.1", None)},
             "environment": spec.env,
             "restart_policy": {"Name": "no"},
+            # An init as PID 1 forwards SIGTERM: a server that installs no handler
+            # (busybox httpd) stops at once instead of after the whole stop timeout.
+            "init": True,
         }
         if spec.command:
             kwargs["command"] = spec.command
@@ -221,7 +224,10 @@ class DockerRuntime:
         if spec.network:
             kwargs["network"] = spec.network
         try:
-            container = self.client.containers.run(**kwargs)
+            # create + start, not containers.run: run() would try to pull a missing image
+            # from a registry, and its failure would look like a scheduling error.
+            container = self.client.containers.create(**kwargs)
+            container.start()
         except docker.errors.ImageNotFound as error:
             raise RuntimeFailure(
                 "image_pull_failed", f"image {spec.image} is not on the engine", error=str(error)

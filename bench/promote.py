@@ -1,0 +1,618 @@
+"""Promote and rollback benchmark: shipway against the raw Docker engine, in one run.
+
+Run from the repository root (Docker engine and HAProxy required)::
+
+    .venv/bin/python -m bench.promote            # or: make bench
+    .venv/bin/python -m bench.promote --rounds 5 --health-interval 0.05
+
+Measured for a 3-replica static site (busybox httpd, built FROM the base image):
+
+- raw floor: ``docker create`` + ``start`` of 3 containers in parallel threads (the
+  options shipway uses), then each polled every 10 ms until GET /healthz answers
+  200 — what any orchestrator must pay;
+- shipway promote: job created → release ACTIVE (``deployed_at``), the job run
+  in-process with ``run_job`` so no broker latency is counted; the first promote of
+  an environment (HAProxy route created: config reload) and a replacing promote
+  (route exists) separately;
+- warm rollback (scale-down delay 300 s): ``POST /rollback`` sent → the public URL
+  answers the old version (the job started in-process as soon as the API answered);
+- cold rollback (scale-down delay 0: old replicas gone): the same, plus new replicas;
+- end to end with a real ``shipway worker`` process (embedded filesystem broker):
+  promote request → ACTIVE, for information.
+
+Figures are medians over ``--rounds``; each round uses a fresh deployment.
+Everything it starts (containers, images, HAProxy, worker) is removed at the end.
+Results are printed and written to bench/RESULTS-promote.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+
+BASE_IMAGE = "shipway/busybox:local"
+BENCH_LABEL = "shipway.bench"
+REPLICAS = 3
+RESULTS = Path(__file__).with_name("RESULTS-promote.md")
+PROMOTE_TARGET = 1.3
+WARM_TARGET_MS = 100.0
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Image:
+    """A bench image: tag, id and the marker its ``/`` answers."""
+
+    tag: str
+    id: str
+    marker: str
+
+
+def build_image(engine: docker.DockerClient, marker: str) -> Image:
+    """A tiny site image FROM the base image whose ``/`` answers ``marker``."""
+    context = Path(tempfile.mkdtemp(prefix="sw-bench-"))
+    try:
+        (context / "www").mkdir()
+        (context / "www" / "index.html").write_text(f"{marker}\n")
+        (context / "www" / "healthz").write_text("ok\n")
+        (context / "Dockerfile").write_text(
+            f"FROM {BASE_IMAGE}\nCOPY www/ /srv/www/\nEXPOSE 8080\n"
+            'CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]\n'
+        )
+        tag = f"shipway-bench/{marker}:{secrets.token_hex(3)}"
+        image, _ = engine.images.build(
+            path=str(context), tag=tag, labels={BENCH_LABEL: "1"}, rm=True, pull=False
+        )
+        assert image.id is not None
+        return Image(tag=tag, id=image.id, marker=marker)
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- raw floor
+
+
+def raw_floor(engine: docker.DockerClient, image: Image, replicas: int = REPLICAS) -> float:
+    """Seconds to start ``replicas`` containers in parallel until each answers /healthz."""
+
+    def one(index: int) -> str:
+        container = engine.containers.create(
+            image.tag,
+            name=f"sw-bench-raw-{secrets.token_hex(3)}-{index}",
+            labels={BENCH_LABEL: "raw"},
+            detach=True,
+            ports={"8080/tcp": ("127.0.0.1", None)},
+            restart_policy={"Name": "no"},
+            init=True,
+        )
+        container.start()
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return str(container.id)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"raw container {container.name} never became healthy")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(replicas) as pool:
+        ids = list(pool.map(one, range(replicas)))
+    elapsed = time.perf_counter() - started
+    for container_id in ids:
+        engine.api.remove_container(container_id, force=True)
+    return elapsed
+
+
+# --------------------------------------------------------------------------- shipway
+
+
+@dataclass
+class Shipway:
+    """An in-process shipway (API + job runner) on a scratch SQLite database."""
+
+    scratch: Path
+    router_dir: Path
+    client: Any = None
+    token: str = ""
+    deployments: list[str] = field(default_factory=list)
+
+    def headers(self, key: bool = False) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if key:
+            headers["Idempotency-Key"] = secrets.token_hex(8)
+        return headers
+
+    def deployment(self, health_interval: float | None) -> str:
+        from shipway.db import transaction
+        from shipway.deployments.models import Deployment
+
+        response = self.client.post(
+            "/api/v1/deployments",
+            json={
+                "name": f"bench-{secrets.token_hex(3)}",
+                "kind": "container",
+                "replicas": REPLICAS,
+                "health_check_path": "/healthz",
+            },
+            headers=self.headers(),
+        )
+        assert response.status_code == 201, response.text
+        dep = str(response.json()["id"])
+        if health_interval is not None:
+            with transaction() as session:
+                row = session.get(Deployment, dep)
+                assert row is not None
+                health = dict((row.settings or {}).get("health") or {})
+                row.settings = {
+                    **(row.settings or {}),
+                    "health": {**health, "interval_seconds": health_interval},
+                }
+        self.deployments.append(dep)
+        return dep
+
+    def version(self, dep: str, image: Image) -> str:
+        from shipway.db import transaction
+        from shipway.deployments.models import Deployment
+        from shipway.states import VERSION, transition
+        from shipway.versions.service import create_version
+
+        with transaction() as session:
+            deployment = session.get(Deployment, dep)
+            assert deployment is not None
+            version = create_version(
+                session, deployment=deployment, actor="bench", source_sha256=secrets.token_hex(32)
+            )
+            transition(
+                session, VERSION, subject_id=version.id, from_state="created", to_state="building"
+            )
+            transition(
+                session,
+                VERSION,
+                subject_id=version.id,
+                from_state="building",
+                to_state="ready",
+                values={
+                    "artifact_sha256": image.id,
+                    "runtime_image": image.tag,
+                    "runtime_port": 8080,
+                    "runtime_command": "httpd -f -p 8080 -h /srv/www",
+                },
+            )
+            return version.id
+
+    def promote(self, dep: str, version_id: str) -> dict[str, Any]:
+        response = self.client.post(
+            f"/api/v1/deployments/{dep}/versions/{version_id}/promote",
+            json={"environment": "production"},
+            headers=self.headers(key=True),
+        )
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def public_url(self, dep: str) -> str:
+        body = self.client.get(f"/api/v1/deployments/{dep}", headers=self.headers()).json()
+        return str(next(e for e in body["environments"] if e["name"] == "production")["public_url"])
+
+
+def run_job(job_id: str) -> None:
+    from shipway.jobs.runner import run_job as run
+
+    state = run(job_id)
+    if state != "succeeded":
+        from shipway.db import session_factory
+        from shipway.jobs.models import Job
+
+        with session_factory()() as session:
+            job = session.get(Job, job_id)
+            raise RuntimeError(f"job {job_id} {state}: {job.failure_diagnostics if job else ''}")
+
+
+def created_to_active(job_id: str, release_id: str) -> float:
+    """Seconds from the job's creation to its release's switch (database timestamps)."""
+    from shipway.db import session_factory
+    from shipway.jobs.models import Job
+    from shipway.releases.models import Release
+
+    with session_factory()() as session:
+        job = session.get(Job, job_id)
+        release = session.get(Release, release_id)
+        assert job is not None and release is not None and release.deployed_at is not None
+        return (release.deployed_at - job.created_at).total_seconds()
+
+
+def breakdown(job_id: str) -> dict[str, float]:
+    """Seconds spent per step of a promote up to ACTIVE: claim, scale, health check, switch."""
+    from sqlalchemy import select
+
+    from shipway.db import session_factory
+    from shipway.events.models import Event
+    from shipway.jobs.models import Job
+    from shipway.releases.models import Release
+
+    with session_factory()() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.started_at is not None and job.release_id
+        release = session.get(Release, job.release_id)
+        assert release is not None and release.deployed_at is not None
+        marks = dict(
+            session.execute(
+                select(Event.to_state, Event.created_at).where(
+                    Event.job_id == job_id, Event.subject_type == "job_phase"
+                )
+            ).all()
+        )
+    points = [
+        ("claim", job.created_at),
+        ("prepare", job.started_at),
+        ("scale", marks["scale"]),
+        ("health_check", marks["health_check"]),
+        ("switch", marks["switch"]),
+        ("", release.deployed_at),
+    ]
+    steps = pairwise(points)
+    return {name: (end - start).total_seconds() for (name, start), (_, end) in steps}
+
+
+def time_until_serving(
+    url: str, marker: str, request: Callable[[], dict[str, Any]]
+) -> tuple[float, dict[str, Any]]:
+    """Seconds from ``request()`` until ``url`` answers ``marker`` (job run in a thread)."""
+    started = time.perf_counter()
+    body = request()
+    runner = threading.Thread(target=run_job, args=(body["job"]["id"],), daemon=True)
+    runner.start()
+    with httpx.Client(timeout=2) as poll:
+        while True:
+            try:
+                if poll.get(url + "/").text.strip() == marker:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - started > 120:
+                raise RuntimeError(f"{url} never answered {marker}")
+            time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    runner.join(120)
+    return elapsed, body
+
+
+def set_delay(seconds: float) -> None:
+    from shipway.config import get_settings
+
+    os.environ["SHIPWAY_SCALE_DOWN_DELAY_SECONDS"] = str(seconds)
+    get_settings.cache_clear()
+
+
+@dataclass
+class Round:
+    """One round's figures (seconds)."""
+
+    raw: float
+    first: float
+    replace: float
+    warm: float
+    cold: float
+    cold_raw: float
+    first_steps: dict[str, float] = field(default_factory=dict)
+    replace_steps: dict[str, float] = field(default_factory=dict)
+
+
+def one_round(
+    ship: Shipway, engine: docker.DockerClient, images: list[Image], interval: float | None
+) -> Round:
+    v1_image, v2_image = images
+    raw = raw_floor(engine, v1_image)
+    # First promote of an environment, then a replacing one (delay 300: v1 stays warm).
+    set_delay(300)
+    dep = ship.deployment(interval)
+    v1, v2 = ship.version(dep, v1_image), ship.version(dep, v2_image)
+    one = ship.promote(dep, v1)
+    run_job(one["job"]["id"])
+    first = created_to_active(one["job"]["id"], one["release"]["id"])
+    two = ship.promote(dep, v2)
+    run_job(two["job"]["id"])
+    replace = created_to_active(two["job"]["id"], two["release"]["id"])
+    url = ship.public_url(dep)
+
+    def rollback() -> dict[str, Any]:
+        response = ship.client.post(
+            f"/api/v1/deployments/{dep}/rollback",
+            json={"environment": "production"},
+            headers=ship.headers(key=True),
+        )
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    warm, body = time_until_serving(url, v1_image.marker, rollback)
+    assert body["release"]["id"] == one["release"]["id"], "expected a warm rollback"
+    # Cold: a new deployment, delay 0 (v1's replicas removed when v2 replaces them).
+    set_delay(0)
+    dep = ship.deployment(interval)
+    v1, v2 = ship.version(dep, v1_image), ship.version(dep, v2_image)
+    for version_id in (v1, v2):
+        run_job(ship.promote(dep, version_id)["job"]["id"])
+    url = ship.public_url(dep)
+    cold_raw = raw_floor(engine, v1_image)
+    cold, body = time_until_serving(url, v1_image.marker, rollback)
+    assert body["release"]["id"] != one["release"]["id"]
+    return Round(
+        raw=raw,
+        first=first,
+        replace=replace,
+        warm=warm,
+        cold=cold,
+        cold_raw=cold_raw,
+        first_steps=breakdown(one["job"]["id"]),
+        replace_steps=breakdown(two["job"]["id"]),
+    )
+
+
+# --------------------------------------------------------------------------- real worker
+
+
+def _promote_until_active(ship: Shipway, dep: str, version_id: str) -> float:
+    from shipway.db import session_factory
+    from shipway.releases.models import Release
+
+    started = time.perf_counter()
+    body = ship.promote(dep, version_id)  # the API dispatches to the broker after answering
+    while True:
+        with session_factory()() as session:
+            release = session.get(Release, body["release"]["id"])
+            assert release is not None
+            if release.status == "ACTIVE":
+                return time.perf_counter() - started
+            if release.status == "FAILED":
+                raise RuntimeError(f"promote failed: {release.failure_diagnostics}")
+        if time.perf_counter() - started > 120:
+            raise RuntimeError("the worker never activated the release")
+        time.sleep(0.01)
+
+
+def end_to_end_with_worker(
+    ship: Shipway, images: list[Image], interval: float | None
+) -> tuple[float, float]:
+    """Promote request → ACTIVE with a real ``shipway worker`` (embedded filesystem broker):
+    the worker's first job, then a second one."""
+    from shipway.config import get_settings
+
+    # The rounds above ran their jobs in-process; their broker messages are still queued
+    # and a worker would first drain them (about one per second with the filesystem
+    # transport): drop them so the figure is about the new promote only.
+    for message in (get_settings().broker_folder / "out").glob("*"):
+        message.unlink()
+    log = ship.scratch / "worker.log"
+    shipway = Path(sys.executable).with_name("shipway")
+    with log.open("ab") as out:
+        worker = subprocess.Popen(
+            [str(shipway), "worker", "--queues", "builds,rollouts", "--concurrency", "1"],
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text(errors="replace"):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        set_delay(0)
+        figures = []
+        for _ in range(2):  # the worker's first job pays its imports and connections
+            dep = ship.deployment(interval)
+            figures.append(_promote_until_active(ship, dep, ship.version(dep, images[0])))
+        return figures[0], figures[1]
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait(10)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@contextmanager
+def shipway_in(scratch: Path) -> Iterator[Shipway]:
+    """Point shipway at a scratch data dir (SQLite, filesystem broker, own router)."""
+    router_dir = Path(tempfile.mkdtemp(prefix="swb-"))
+    os.environ.update(
+        SHIPWAY_DATA_DIR=str(scratch / "data"),
+        SHIPWAY_DATABASE_URL="",
+        SHIPWAY_BROKER_URL="",
+        SHIPWAY_ROUTER_DIR=str(router_dir),
+        SHIPWAY_STOP_TIMEOUT_SECONDS="1",
+        SHIPWAY_DRAIN_TIMEOUT_SECONDS="5",
+        SHIPWAY_SCALE_DOWN_DELAY_SECONDS="0",
+    )
+    from shipway.config import get_settings
+
+    get_settings.cache_clear()
+    (scratch / "data").mkdir(parents=True, exist_ok=True)
+    from fastapi.testclient import TestClient
+
+    from shipway.api import create_app
+    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.db import transaction
+    from shipway.migrate import upgrade
+
+    upgrade()
+    with transaction() as session:
+        workspace = get_or_create_workspace(session, name="bench")
+        _, secret = create_token(session, workspace_id=workspace.id, scopes=["deployments:write"])
+    ship = Shipway(scratch=scratch, router_dir=router_dir, token=secret)
+    try:
+        with TestClient(create_app(), raise_server_exceptions=True) as client:
+            ship.client = client
+            yield ship
+    finally:
+        clean_up(ship)
+
+
+def clean_up(ship: Shipway) -> None:
+    """Remove every container of the bench's deployments, and stop its HAProxy."""
+    from shipway.router.haproxy import HAProxyRouter
+
+    engine = docker.from_env()
+    try:
+        for dep in ship.deployments:
+            for summary in engine.api.containers(
+                all=True, filters={"label": f"shipway.deployment={dep}"}
+            ):
+                engine.api.remove_container(summary["Id"], force=True)
+        for summary in engine.api.containers(all=True, filters={"label": BENCH_LABEL}):
+            engine.api.remove_container(summary["Id"], force=True)
+    finally:
+        engine.close()
+    if (ship.router_dir / "haproxy.pid").exists():
+        HAProxyRouter(ship.router_dir).stop()
+    shutil.rmtree(ship.router_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(rounds: list[Round], worker: tuple[float, float] | None, interval: float | None) -> str:
+    raw = median([r.raw for r in rounds])
+    first = median([r.first for r in rounds])
+    replace = median([r.replace for r in rounds])
+    warm = median([r.warm for r in rounds])
+    cold = median([r.cold for r in rounds])
+    cold_raw = median([r.cold_raw for r in rounds])
+    from shipway.releases.health import HealthPolicy
+
+    policy = (
+        f"{interval:g} s"
+        if interval is not None
+        else (f"{HealthPolicy().interval_seconds:g} s (default)")
+    )
+    rows = [
+        ("raw floor: 3 x docker create+start, parallel, until /healthz 200", raw, None, None),
+        ("promote, first in environment (route created) → ACTIVE", first, first / raw, "≤ 1.3"),
+        ("promote, replacing (route exists) → ACTIVE", replace, replace / raw, "≤ 1.3"),
+        ("warm rollback: POST /rollback → old version answers", warm, None, "< 100 ms"),
+        ("cold rollback: POST /rollback → old version answers", cold, cold / cold_raw, "≤ 1.3"),
+    ]
+    if worker is not None:
+        first_job, second_job = worker
+        rows.append(
+            ("promote via a real worker, its first job → ACTIVE", first_job, first_job / raw, None)
+        )
+        rows.append(
+            ("promote via a real worker, next job → ACTIVE", second_job, second_job / raw, None)
+        )
+    lines = [
+        f"rounds: {len(rounds)}, replicas: {REPLICAS}, health-check interval: {policy}",
+        "",
+        "| measurement | median | shipway / raw | target |",
+        "|---|---:|---:|---|",
+    ]
+    for name, seconds, ratio, target in rows:
+        figure = f"{seconds * 1000:.0f} ms"
+        lines.append(
+            f"| {name} | {figure} | {'' if ratio is None else f'{ratio:.2f}'} | {target or ''} |"
+        )
+    lines += [
+        "",
+        f"shipway / raw: first promote {first / raw:.2f}x, replacing promote "
+        f"{replace / raw:.2f}x, cold rollback {cold / cold_raw:.2f}x (target ≤ {PROMOTE_TARGET}x); "
+        f"warm rollback {warm * 1000:.0f} ms (target < {WARM_TARGET_MS:.0f} ms).",
+        "",
+        "where a promote's time goes (median ms): "
+        + "; ".join(
+            f"{label}: "
+            + ", ".join(
+                f"{step} {median([getattr(r, attr)[step] for r in rounds]) * 1000:.0f}"
+                for step in getattr(rounds[0], attr)
+            )
+            for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
+        ),
+        "",
+        "per round (ms): "
+        + "; ".join(
+            f"raw {r.raw * 1000:.0f} first {r.first * 1000:.0f} replace {r.replace * 1000:.0f} "
+            f"warm {r.warm * 1000:.0f} cold {r.cold * 1000:.0f}"
+            for r in rounds
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=None,
+        help="health-check interval for the bench deployments (default: shipway's default)",
+    )
+    parser.add_argument("--no-worker", action="store_true", help="skip the real-worker figure")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    args = parser.parse_args(argv)
+
+    engine = docker.from_env()
+    scratch = Path(tempfile.mkdtemp(prefix="shipway-bench-"))
+    images: list[Image] = []
+    try:
+        engine.images.get(BASE_IMAGE)
+        images = [build_image(engine, "bench-v1"), build_image(engine, "bench-v2")]
+        with shipway_in(scratch) as ship:
+            rounds = []
+            for index in range(args.rounds):
+                rounds.append(one_round(ship, engine, images, args.health_interval))
+                print(f"round {index + 1}/{args.rounds}: {rounds[-1]}", file=sys.stderr, flush=True)
+            worker = (
+                None
+                if args.no_worker
+                else end_to_end_with_worker(ship, images, args.health_interval)
+            )
+        text = report(rounds, worker, args.health_interval)
+    finally:
+        for image in images:
+            with suppress(docker.errors.ImageNotFound):
+                engine.images.remove(image.tag, force=True)
+        engine.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    header = (
+        f"# Promote benchmark\n\n`{' '.join(['python -m bench.promote', *(argv or sys.argv[1:])])}`"
+        f" on {platform.node()} ({os.cpu_count()} CPUs, {platform.python_version()}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+    )
+    print(text)
+    if not args.no_write:
+        RESULTS.write_text(header + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
