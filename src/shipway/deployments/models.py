@@ -45,6 +45,8 @@ class Environment(Base):
     deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"))
     name: Mapped[str] = mapped_column(String(63))
     active_release_id: Mapped[str | None] = mapped_column(String(40))
+    # Rollout strategy default, health monitoring and auto-promote policy (see docs).
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
