@@ -269,7 +269,7 @@ def test_job_audit_lists_one_jobs_transitions(
     job_states = [(e["from_state"], e["to_state"]) for e in events if e["subject_type"] == "job"]
     assert job_states == [(None, "queued"), ("queued", "running"), ("running", "succeeded")]
     phases = [e["to_state"] for e in events if e["subject_type"] == "job_phase"]
-    assert phases and phases[0] == "switch"
+    assert phases[:3] == ["scale", "health_check", "switch"]
 
 
 # --------------------------------------------------------------------------- jobs listing

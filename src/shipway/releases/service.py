@@ -129,6 +129,9 @@ def _queue_rollout(
     )
     session.add(release)
     session.flush()
+    queued = _queue_job(
+        session, release=release, version=version, kind=kind, strategy=strategy, actor=actor
+    )
     record_event(
         session,
         workspace_id=version.workspace_id,
@@ -139,10 +142,9 @@ def _queue_rollout(
         reason=f"{kind} of version {version.version_number} to {environment} queued",
         actor=actor,
         deployment_id=version.deployment_id,
+        job_id=queued.job.id,
     )
-    return _queue_job(
-        session, release=release, version=version, kind=kind, strategy=strategy, actor=actor
-    )
+    return queued
 
 
 def _warm_release(session: Session, *, version_id: str, environment: str) -> Release | None:
