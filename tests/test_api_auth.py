@@ -69,11 +69,15 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     The bodies are valid, so a refusal can only come from auth, scope or ownership.
     """
     dep, ver, job = w["deployment_id"], w["version_id"], w["job_id"]
+    env = w.get("environment", "production")
     upload = {"files": {"source": ("site.tar.gz", source_archive(), "application/gzip")}}
     return [
         ("GET", "/api/v1/deployments", {}),
         ("POST", "/api/v1/deployments", {"json": {"name": "other", "kind": "static"}}),
         ("GET", f"/api/v1/deployments/{dep}", {}),
+        ("PATCH", f"/api/v1/deployments/{dep}", {"json": {"replicas": 1}}),
+        ("GET", f"/api/v1/deployments/{dep}/environments/{env}/policy", {}),
+        ("PUT", f"/api/v1/deployments/{dep}/environments/{env}/policy", {"json": {}}),
         ("GET", f"/api/v1/deployments/{dep}/versions", {}),
         ("POST", f"/api/v1/deployments/{dep}/versions", upload),
         ("GET", f"/api/v1/deployments/{dep}/versions/{ver}", {}),
@@ -94,7 +98,7 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs", "/api/v1/queue")
-WRITES = ("POST", "DELETE")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def status_of(client: TestClient, path: str, headers: dict[str, str]) -> int:
@@ -111,7 +115,12 @@ def test_route_table_covers_every_api_route(client: TestClient, world: dict[str,
         if path.startswith("/api/v1")
         for method in ops
     }
-    fake = {"deployment_id": "{deployment_id}", "version_id": "{version_id}", "job_id": "{job_id}"}
+    fake = {
+        "deployment_id": "{deployment_id}",
+        "version_id": "{version_id}",
+        "job_id": "{job_id}",
+        "environment": "{environment}",
+    }
     assert {(m, p) for m, p, _ in routes(fake)} == documented
 
 
@@ -178,7 +187,7 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 7
+    assert len(writes) == 9
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs

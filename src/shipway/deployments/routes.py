@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
 from shipway.deployments import service
 from shipway.deployments.models import Deployment
-from shipway.deployments.schemas import DeploymentCreate, DeploymentRead
+from shipway.deployments.policy import EnvironmentPolicy, PolicyRead, parse_policy
+from shipway.deployments.schemas import (
+    ENV_NAME_PATTERN,
+    DeploymentCreate,
+    DeploymentRead,
+    DeploymentUpdate,
+)
 from shipway.schemas import Page, error_responses
 
 router = APIRouter(tags=["deployments"])
@@ -79,3 +85,79 @@ def get_deployment(
             session, deployment_id=deployment_id, workspace_id=principal.workspace_id
         )
         return _read(session, deployment)
+
+
+@router.patch(
+    "/deployments/{deployment_id}",
+    response_model=DeploymentRead,
+    responses=error_responses(400, 401, 403, 404, 413, 422),
+)
+def update_deployment(
+    deployment_id: str,
+    body: DeploymentUpdate,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> DeploymentRead:
+    """Change runtime settings (replicas, port, command, health check, resources).
+
+    Running releases are untouched: the next promote or rollback uses the new settings.
+    """
+    with session.begin():
+        deployment = service.get_deployment(
+            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
+        )
+        service.update_deployment(session, deployment=deployment, data=body, actor=principal.actor)
+        return _read(session, deployment)
+
+
+ENVIRONMENT = Path(pattern=ENV_NAME_PATTERN, min_length=1, max_length=63)
+
+
+@router.get(
+    "/deployments/{deployment_id}/environments/{environment}/policy",
+    response_model=PolicyRead,
+    responses=error_responses(401, 403, 404, 422),
+)
+def get_policy(
+    deployment_id: str,
+    environment: str = ENVIRONMENT,
+    principal: Principal = Depends(reader),
+    session: Session = Depends(get_session),
+) -> PolicyRead:
+    """An environment's policy: default strategy, health monitoring, auto-rollback, auto-promote."""
+    with session.begin():
+        deployment = service.get_deployment(
+            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
+        )
+        env = service.get_environment(session, deployment=deployment, name=environment)
+        return PolicyRead(
+            deployment_id=deployment.id, environment=env.name, policy=parse_policy(env.policy)
+        )
+
+
+@router.put(
+    "/deployments/{deployment_id}/environments/{environment}/policy",
+    response_model=PolicyRead,
+    responses=error_responses(400, 401, 403, 404, 413, 422),
+)
+def put_policy(
+    body: EnvironmentPolicy,
+    deployment_id: str,
+    environment: str = ENVIRONMENT,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> PolicyRead:
+    """Replace an environment's policy (absent fields take their defaults).
+
+    Creates the environment if the deployment does not have it yet.
+    """
+    with session.begin():
+        deployment = service.get_deployment(
+            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
+        )
+        env = service.set_policy(
+            session, deployment=deployment, name=environment, policy=body, actor=principal.actor
+        )
+        return PolicyRead(
+            deployment_id=deployment.id, environment=env.name, policy=parse_policy(env.policy)
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shipway.schemas import ReadModel, Timestamp
 
@@ -52,6 +52,40 @@ class DeploymentCreate(BaseModel):
     health: HealthSettings = Field(default_factory=HealthSettings)
 
 
+class DeploymentUpdate(BaseModel):
+    """Body of ``PATCH /deployments/{id}``: runtime settings, applied by the next rollout.
+
+    Absent fields keep their value; ``health`` fields are merged into the current
+    health settings; ``resources`` replaces the current limits;
+    ``runtime_command: null`` clears the command.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime_command: str | None = Field(default=None, max_length=2000)
+    runtime_port: int | None = Field(default=None, ge=1, le=65535)
+    health_check_path: str | None = Field(default=None, max_length=500, pattern=r"^/")
+    replicas: int | None = Field(default=None, ge=1, le=50)
+    resources: Resources | None = None
+    health: dict[str, Any] | None = Field(
+        default=None, description="Fields of HealthSettings to change"
+    )
+
+    @field_validator("health")
+    @classmethod
+    def _health_fields_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            HealthSettings.model_validate(value)  # same limits as at creation
+        return value
+
+    @model_validator(mode="after")
+    def _no_null_settings(self) -> DeploymentUpdate:
+        for name in self.model_fields_set - {"runtime_command"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
 class EnvironmentRead(BaseModel):
     """One environment of a deployment with its active version and release."""
 
@@ -62,6 +96,10 @@ class EnvironmentRead(BaseModel):
     status: str | None
     replicas: int
     public_url: str | None = Field(description="Router address (null until a router serves it)")
+    policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The environment's policy, defaults filled in (see docs/policies.md)",
+    )
 
 
 class DeploymentRead(ReadModel):

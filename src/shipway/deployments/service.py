@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shipway.deployments.models import Deployment, Environment
-from shipway.deployments.schemas import ENV_NAME_PATTERN, DeploymentCreate, EnvironmentRead
+from shipway.deployments.policy import EnvironmentPolicy, dump_policy, parse_policy
+from shipway.deployments.schemas import (
+    ENV_NAME_PATTERN,
+    DeploymentCreate,
+    DeploymentUpdate,
+    EnvironmentRead,
+    HealthSettings,
+)
 from shipway.errors import Conflict, InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
 from shipway.releases.models import Release
@@ -116,6 +124,95 @@ def ensure_environment(session: Session, *, deployment: Deployment, name: str) -
     return env
 
 
+def update_deployment(
+    session: Session, *, deployment: Deployment, data: DeploymentUpdate, actor: str
+) -> Deployment:
+    """Change runtime settings (used by the next rollout); records what changed."""
+    changes: dict[str, Any] = {}
+    for name in ("runtime_command", "runtime_port", "health_check_path", "replicas"):
+        if name in data.model_fields_set and getattr(deployment, name) != getattr(data, name):
+            changes[name] = {"from": getattr(deployment, name), "to": getattr(data, name)}
+            setattr(deployment, name, getattr(data, name))
+    if "resources" in data.model_fields_set and data.resources is not None:
+        resources = data.resources.model_dump(exclude_none=True)
+        if resources != (deployment.resources or {}):
+            changes["resources"] = {"from": deployment.resources, "to": resources}
+            deployment.resources = resources
+    if data.health:
+        current = dict((deployment.settings or {}).get("health") or {})
+        health = HealthSettings.model_validate({**current, **data.health}).model_dump()
+        if health != current:
+            changes["health"] = {"from": current, "to": health}
+            deployment.settings = {**(deployment.settings or {}), "health": health}
+    if changes:
+        deployment.updated_at = utcnow()
+        record_event(
+            session,
+            workspace_id=deployment.workspace_id,
+            subject_type="deployment",
+            subject_id=deployment.id,
+            from_state=None,
+            to_state="updated",
+            reason="settings changed: " + ", ".join(sorted(changes)),
+            actor=actor,
+            deployment_id=deployment.id,
+            data={"changes": changes},
+        )
+        session.flush()
+    return deployment
+
+
+def get_environment(session: Session, *, deployment: Deployment, name: str) -> Environment:
+    """One environment of a deployment, or NotFound."""
+    env = session.scalars(
+        select(Environment).where(
+            Environment.deployment_id == deployment.id, Environment.name == name
+        )
+    ).first()
+    if env is None:
+        raise NotFound(
+            f"environment {name} of deployment {deployment.id} not found",
+            deployment_id=deployment.id,
+            environment=name,
+        )
+    return env
+
+
+def set_policy(
+    session: Session,
+    *,
+    deployment: Deployment,
+    name: str,
+    policy: EnvironmentPolicy,
+    actor: str,
+) -> Environment:
+    """Replace an environment's policy (creating the environment if missing); audited."""
+    validate_environment_name(name)
+    if policy.auto_promote is not None and policy.auto_promote.to_environment == name:
+        raise InvalidInput(
+            f"auto_promote.to_environment must differ from {name}",
+            field="auto_promote.to_environment",
+        )
+    env = ensure_environment(session, deployment=deployment, name=name)
+    before = env.policy
+    env.policy = dump_policy(policy)
+    env.updated_at = utcnow()
+    record_event(
+        session,
+        workspace_id=deployment.workspace_id,
+        subject_type="environment",
+        subject_id=str(env.id),
+        from_state=None,
+        to_state="policy_set",
+        reason=f"policy of {name} replaced",
+        actor=actor,
+        deployment_id=deployment.id,
+        data={"environment": name, "before": before, "after": env.policy},
+    )
+    session.flush()
+    return env
+
+
 def get_deployment(session: Session, *, deployment_id: str, workspace_id: str) -> Deployment:
     """One deployment; another workspace's is NotFound."""
     deployment = session.get(Deployment, deployment_id)
@@ -152,6 +249,7 @@ def environments_of(session: Session, *, deployment_id: str) -> list[Environment
             status=release.status if release else None,
             replicas=release.replicas if release else 0,
             public_url=_public_url(deployment_id, env.name),
+            policy=dump_policy(parse_policy(env.policy)),
         )
         for env, release, version in rows
     ]

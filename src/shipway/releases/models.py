@@ -35,6 +35,11 @@ class Release(Base):
     image_url: Mapped[str | None] = mapped_column(String(500))
     image_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rollout: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # Health monitoring after ACTIVE (releases/monitor.py): last probe round, counters.
+    health_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    unhealthy_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    recovered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
