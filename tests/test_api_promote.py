@@ -203,7 +203,11 @@ def test_same_key_other_body_is_422(
     assert_error(promote(client, deployment, other_version, "reuse"), 422, "idempotency_key_reused")
     assert_error(
         promote(
-            client, deployment, version_id, "reuse", {"strategy": {"type": "canary", "steps": []}}
+            client,
+            deployment,
+            version_id,
+            "reuse",
+            {"strategy": {"type": "canary", "steps": [{"weight": 10}]}},
         ),
         422,
         "idempotency_key_reused",

@@ -21,7 +21,18 @@ class JobFailed(Exception):
 
 
 class JobCancelled(Exception):
-    """Raised inside a handler when an operator cancelled the job."""
+    """Raised inside a handler when an operator cancelled the job (or aborted a canary)."""
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        reason: str = "cancelled",
+        diagnostics: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(job_id)
+        self.reason = reason
+        self.diagnostics = diagnostics
 
 
 class LeaseLost(Exception):
@@ -37,6 +48,8 @@ class JobContext:
     attempt: int
     session_maker: Callable[[], Session]
     lease_lost: Callable[[], bool] = field(default=lambda: False)
+    # Progress kept across phases (e.g. the canary state, mirrored on the job).
+    sticky: dict[str, Any] = field(default_factory=dict)
 
     def session(self) -> Session:
         """A new session; use ``with ctx.session() as s, s.begin():``."""
@@ -57,10 +70,16 @@ class JobContext:
         self.checkpoint()
         with self.session() as session, session.begin():
             service.set_phase(
-                session, job_id=self.job_id, owner=self.owner, phase=name, progress=progress
+                session,
+                job_id=self.job_id,
+                owner=self.owner,
+                phase=name,
+                progress={**self.sticky, **progress},
             )
 
     def progress(self, **progress: Any) -> None:
         """Report progress inside the current phase."""
         with self.session() as session, session.begin():
-            service.set_progress(session, job_id=self.job_id, owner=self.owner, progress=progress)
+            service.set_progress(
+                session, job_id=self.job_id, owner=self.owner, progress={**self.sticky, **progress}
+            )

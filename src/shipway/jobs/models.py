@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shipway.db import Base, JSONType, UTCDateTime
@@ -35,6 +35,10 @@ class Job(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(64))
     failure_diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Operator control of a canary rollout: held at its step, or one request
+    # ("promote_now" | "abort") the running job acts on at its next tick.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    control_request: Mapped[str | None] = mapped_column(String(20))
     serial_key: Mapped[str | None] = mapped_column(String(120))
     deployment_id: Mapped[str | None] = mapped_column(String(40))
     environment: Mapped[str | None] = mapped_column(String(63))

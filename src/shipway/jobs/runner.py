@@ -95,8 +95,9 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
 def _execute(ctx: JobContext, kind: str, maker: Any) -> str | None:
     try:
         result = handlers.handler_for(kind)(ctx)
-    except JobCancelled:
-        return _end(maker, ctx, "cancelled", "cancelled", service.cancelled_diagnostics("operator"))
+    except JobCancelled as stop:
+        diagnostics = stop.diagnostics or service.cancelled_diagnostics("operator")
+        return _end(maker, ctx, "cancelled", stop.reason, diagnostics)
     except JobFailed as failure:
         return _end(maker, ctx, "failed", failure.reason, failure.diagnostics)
     except LeaseLost:

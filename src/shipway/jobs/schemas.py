@@ -30,6 +30,10 @@ class JobRead(ReadModel):
     failure_reason: str | None
     failure_diagnostics: dict[str, Any] | None
     cancel_requested: bool
+    paused: bool = Field(default=False, description="A canary rollout held by an operator")
+    control_request: str | None = Field(
+        default=None, description="Pending operator request of a canary: promote_now or abort"
+    )
     deployment_id: str | None
     environment: str | None
     version_id: str | None

@@ -4,7 +4,8 @@ Used when HAProxy (or the whole host) restarted: the database says which
 release serves each environment and which ones drain; container labels say
 where their replicas listen. Servers of releases still DEPLOYING keep whatever
 the router had saved, so a rollout caught between its router switch and its
-database commit is not undone.
+database commit is not undone; a canary's servers and the stable ones get the
+weights of the step recorded in ``release.rollout["canary"]``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shipway.releases.canary import restored_weights
 from shipway.releases.models import Release
 from shipway.releases.replicas import RELEASE_LABEL, route_key
 from shipway.router.base import Route, Server, ServerState
@@ -45,11 +47,11 @@ def desired_routes(
     for release in releases:
         key = route_key(release.deployment_id, release.environment)
         servers = routes.setdefault(key, [])
-        if release.status == "DEPLOYING":
+        if release.status == "DEPLOYING" and not _in_canary(release):
             prefix = f"sw-{release.id}-"
             servers += [s for s in saved_by_key.get(key, []) if s.name.startswith(prefix)]
             continue
-        state: ServerState = "ready" if release.status in SERVING else "drain"
+        state: ServerState = "ready" if release.status in (*SERVING, "DEPLOYING") else "drain"
         for replica in runtime.replicas({RELEASE_LABEL: release.id}):
             if replica.running and replica.host_port:
                 servers.append(
@@ -61,7 +63,17 @@ def desired_routes(
                         state=state,
                     )
                 )
+    for release in releases:  # a canary in progress: its weights and the stable's
+        if release.status == "DEPLOYING" and _in_canary(release):
+            key = route_key(release.deployment_id, release.environment)
+            routes[key] = restored_weights(routes[key], release=release)
     return {Route(key): servers for key, servers in routes.items() if servers}
+
+
+def _in_canary(release: Release) -> bool:
+    """Whether the release is a canary whose weights the database records."""
+    state = ((release.rollout or {}).get("canary") or {}).get("state")
+    return state in ("analysing", "paused", "aborted")
 
 
 def reconcile_router(

@@ -24,6 +24,7 @@ from shipway.jobs import service as jobs
 from shipway.jobs.context import JobContext
 from shipway.jobs.handlers import compensator, handler
 from shipway.jobs.models import Job
+from shipway.releases import canary
 from shipway.releases.health import HealthPolicy, wait_until_healthy
 from shipway.releases.models import Release
 from shipway.releases.replicas import (
@@ -78,7 +79,10 @@ def run_rollout(ctx: JobContext) -> dict[str, Any]:
         job, release, _, _ = _load(session, ctx.job_id)
     if release.status == "DEPLOYING":
         replicas = _scale_and_check(ctx)
+        held = canary.run_canary(ctx, replicas)  # None unless the strategy is a canary
         _switch(ctx, replicas)
+        if held is not None:
+            canary.complete(held)
     return _after_switch(ctx)
 
 
@@ -531,6 +535,8 @@ def _restore_serving(session: Session, *, release: Release, key: str) -> None:
     for server in servers:  # traffic back first, so the route never lacks a ready server
         if server.name.startswith(prefix) and server.state != "ready":
             router.ready(key, server.name)
+        if server.name.startswith(prefix) and server.weight != FULL_WEIGHT:  # after a canary
+            router.set_weight(key, server.name, FULL_WEIGHT)
     for server in servers:
         if not server.name.startswith(prefix) and server.state == "ready":
             router.drain(key, server.name)

@@ -142,3 +142,13 @@ def _set_pinned(
             ReleaseRead.model_validate(r) for r in releases_of(session, version_id=version_id)
         ]
         return version_full(version, releases=releases, environment="production")
+
+
+def _include_canary_control() -> None:
+    """``/jobs/{id}/pause|resume|promote-now|abort`` (served with the release routes)."""
+    from shipway.releases.canary_routes import router as canary_control
+
+    router.include_router(canary_control)
+
+
+_include_canary_control()

@@ -5,19 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shipway.deployments.models import Environment
 from shipway.deployments.service import (
     ensure_environment,
     get_deployment,
     validate_environment_name,
 )
-from shipway.errors import Conflict, NotFound
+from shipway.errors import Conflict, InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
 from shipway.jobs import service as jobs
 from shipway.jobs.models import Job
 from shipway.releases.models import Release
+from shipway.releases.strategy import parse_strategy
 from shipway.states import record_event
 from shipway.versions.models import Version
 from shipway.versions.service import get_version
@@ -54,7 +57,7 @@ def promote_version(
     deployment_id: str,
     version_id: str,
     environment: str,
-    strategy: dict[str, Any],
+    strategy: dict[str, Any] | None,
     actor: str,
     supersede: bool = False,
 ) -> PromoteResult:
@@ -83,7 +86,9 @@ def promote_version(
             code="version_already_active",
             release_id=current.id,
         )
-    ensure_environment(session, deployment=deployment, name=environment)
+    env = ensure_environment(session, deployment=deployment, name=environment)
+    if strategy is None:
+        strategy = default_strategy(env)
     if supersede:
         supersede_queued(
             session,
@@ -95,6 +100,20 @@ def promote_version(
     return _queue_rollout(
         session, version=version, environment=environment, kind=kind, strategy=strategy, actor=actor
     )
+
+
+def default_strategy(env: Environment) -> dict[str, Any]:
+    """The environment policy's strategy (validated), else all at once."""
+    raw = (env.policy or {}).get("strategy")
+    try:
+        return parse_strategy(raw).model_dump(mode="json")
+    except ValidationError as error:
+        raise InvalidInput(
+            f"the default strategy of environment {env.name} is invalid; fix its policy "
+            "or pass a strategy",
+            field="strategy",
+            errors=[e["msg"] for e in error.errors()],
+        ) from None
 
 
 def _queue_rollout(

@@ -38,14 +38,23 @@ class CanaryAnalysis(BaseModel):
         default=50, ge=1, description="Fewer canary requests in an interval: inconclusive"
     )
     max_error_rate: float = Field(default=0.01, ge=0, le=1, description="5xx / requests")
-    max_p95_latency_ms: float | None = Field(default=None, gt=0)
-    failure_limit: int = Field(default=2, ge=1, description="Failed intervals before abort")
-    max_inconclusive: int | None = Field(
+    max_p95_latency_ms: float | None = Field(
         default=None,
-        ge=0,
+        gt=0,
         description=(
-            "Inconclusive intervals allowed in a row before the step can complete; "
-            "null: a step completes only after at least one passing interval"
+            "Latency limit; HAProxy has no percentiles, so it is checked against the "
+            "canary's average response time (rtime, last 1024 requests) - see docs/canary.md"
+        ),
+    )
+    failure_limit: int = Field(
+        default=2, ge=1, description="Failed intervals (in the whole canary) that abort it"
+    )
+    max_inconclusive: int | None = Field(
+        default=30,
+        ge=1,
+        description=(
+            "Inconclusive intervals (too little traffic) in a row that abort the canary; "
+            "null: hold at the current step for as long as it takes (an operator decides)"
         ),
     )
 

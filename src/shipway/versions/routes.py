@@ -21,6 +21,7 @@ from shipway.jobs import relay
 from shipway.jobs import service as jobs
 from shipway.jobs.schemas import JobRead
 from shipway.releases.service import promote_version
+from shipway.releases.strategy import Strategy
 from shipway.schemas import Page, error_responses
 from shipway.versions import service
 from shipway.versions.models import Version
@@ -44,9 +45,13 @@ class PromoteRequest(BaseModel):
     environment: str = Field(
         default="production", pattern=ENV_NAME_PATTERN, min_length=1, max_length=63
     )
-    strategy: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "all_at_once"},
-        description='Rollout strategy; default {"type": "all_at_once"}',
+    strategy: Strategy | None = Field(
+        default=None,
+        description=(
+            'Rollout strategy: {"type": "all_at_once"} or {"type": "canary", "steps": [...], '
+            '"analysis": {...}} (docs/canary.md); null: the environment policy\'s default, '
+            "else all at once"
+        ),
     )
     supersede: bool = Field(
         default=False,
@@ -214,7 +219,7 @@ def promote(
             deployment_id=deployment_id,
             version_id=version_id,
             environment=request.environment,
-            strategy=request.strategy,
+            strategy=request.strategy.model_dump(mode="json") if request.strategy else None,
             actor=principal.actor,
             supersede=request.supersede,
         )
