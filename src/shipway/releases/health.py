@@ -13,6 +13,7 @@ from shipway.jobs.context import JobFailed
 from shipway.runtime.base import Replica, Runtime
 
 BODY_EXCERPT = 300
+FIRST_PROBE_PAUSE = 0.02  # seconds; doubles each round while replicas refuse connections
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def wait_until_healthy(
     """
     started = time.monotonic()
     trackers = [_Tracker(replica) for replica in replicas]
+    rounds = 0
     if policy.grace_period_seconds:
         time.sleep(policy.grace_period_seconds)
     while True:
@@ -129,7 +131,22 @@ def wait_until_healthy(
             for tracker in trackers:
                 _crash_check(runtime, tracker)
             raise JobFailed("health_check_timeout", _timeout(trackers, path, policy))
-        time.sleep(policy.interval_seconds)
+        time.sleep(_pause(policy, rounds, trackers))
+        rounds += 1
+
+
+def _pause(policy: HealthPolicy, rounds: int, trackers: list[_Tracker]) -> float:
+    """Seconds until the next round of probes.
+
+    While replicas only refuse connections (the server is still starting) probes
+    start fast and back off to the policy's interval: a server that is up 60 ms
+    after start is not kept waiting a whole interval. Once any probe got an HTTP
+    answer the policy's interval applies, so thresholds keep their meaning.
+    """
+    answered = any(p.status_code is not None for t in trackers for p in t.probes)
+    if answered:
+        return policy.interval_seconds
+    return min(policy.interval_seconds, FIRST_PROBE_PAUSE * 2**rounds)
 
 
 def _crash_check(runtime: Runtime, tracker: _Tracker) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shipway.deployments.models import Deployment
@@ -13,6 +14,7 @@ from shipway.versions.models import Version
 
 RELEASE_LABEL = "shipway.release"
 REPLICA_LABEL = "shipway.replica"
+MAX_PARALLEL_STARTS = 8
 
 
 def replica_name(release_id: str, index: int) -> str:
@@ -79,9 +81,8 @@ def scale_up(*, runtime: Runtime, release: Release, target: Target) -> list[Repl
     Existing containers (from a crashed earlier attempt) are found by name and
     label and reused; extra ones are removed; none is ever duplicated.
     """
-    replicas: list[Replica] = []
-    for index in range(target.replicas):
-        spec = ReplicaSpec(
+    specs = [
+        ReplicaSpec(
             image=target.image,
             name=replica_name(release.id, index),
             labels=release_labels(release, index),
@@ -90,15 +91,28 @@ def scale_up(*, runtime: Runtime, release: Release, target: Target) -> list[Repl
             memory_mb=target.memory_mb,
             cpus=target.cpus,
         )
-        try:
-            replicas.append(runtime.run_replica(spec))
-        except RuntimeFailure as failure:
-            raise JobFailed(failure.reason, _runtime_diagnostics(failure, spec)) from None
+        for index in range(target.replicas)
+    ]
+    # The engine creates and starts containers concurrently: starting them one
+    # after another would make a promote's scale phase grow with the replica count.
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STARTS, len(specs) or 1)) as pool:
+        outcomes = list(pool.map(lambda spec: _start(runtime, spec), specs))
+    for outcome, spec in zip(outcomes, specs, strict=True):
+        if isinstance(outcome, RuntimeFailure):
+            raise JobFailed(outcome.reason, _runtime_diagnostics(outcome, spec))
+    replicas = [outcome for outcome in outcomes if isinstance(outcome, Replica)]
     wanted = {r.id for r in replicas}
     for extra in runtime.replicas({RELEASE_LABEL: release.id}):
         if extra.id not in wanted:
             runtime.remove_replica(extra.id)
     return replicas
+
+
+def _start(runtime: Runtime, spec: ReplicaSpec) -> Replica | RuntimeFailure:
+    try:
+        return runtime.run_replica(spec)
+    except RuntimeFailure as failure:
+        return failure
 
 
 def tear_down(*, runtime: Runtime, release_id: str, stop_timeout_seconds: float) -> int:
