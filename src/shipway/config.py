@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     gc_interval_seconds: float = Field(
         default=300.0, description="How often expired images are garbage-collected."
     )
+    monitor_interval_seconds: float = Field(
+        default=1.0,
+        description="How often the relay's health monitor looks for releases due for a probe "
+        "round (each environment policy sets its own probe interval); 0 disables it.",
+    )
+    monitor_max_parallel_probes: int = Field(
+        default=16, description="Most replica health probes one monitor pass runs at once."
+    )
+    auto_promote_interval_seconds: float = Field(
+        default=5.0,
+        description="How often the relay checks auto-promote policies; 0 disables them.",
+    )
     drain_timeout_seconds: float = Field(
         default=30.0, description="How long a replaced release may finish in-flight requests."
     )

@@ -137,10 +137,32 @@ def _collect_images() -> None:
         log.exception("image garbage collection failed")
 
 
+def start_policy_loops(stop: threading.Event) -> list[threading.Thread]:
+    """The health monitor and the auto-promote scan, each in a thread of its own.
+
+    A probe round waits on HTTP timeouts; in threads it never delays dispatching.
+    """
+    from shipway.releases import autopromote, monitor
+
+    threads = [
+        threading.Thread(target=monitor.run_forever, args=(stop,), name="monitor", daemon=True),
+        threading.Thread(
+            target=autopromote.run_forever, args=(stop,), name="auto-promote", daemon=True
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def run_forever(stop: threading.Event | None = None) -> None:
-    """Relay and reap every ``relay_interval_seconds`` until ``stop`` is set."""
+    """Relay and reap every ``relay_interval_seconds`` until ``stop`` is set.
+
+    Also runs the health monitor and auto-promote policies (in their own threads).
+    """
     stop = stop or threading.Event()
     interval = get_settings().relay_interval_seconds
+    start_policy_loops(stop)
     maker = session_factory()
     next_gc = time.monotonic() + get_settings().gc_interval_seconds
     log.info("relay started (every %.1fs)", interval)
