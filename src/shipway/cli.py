@@ -1,4 +1,4 @@
-"""The ``shipway`` command: run the services and administer tokens."""
+"""The ``shipway`` command: run the services, administer tokens, and the API client."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from shipway.client.commands import register as register_client_commands
 from shipway.config import get_settings
 
 app = typer.Typer(help="shipway: build-and-promote control plane.", no_args_is_help=True)
@@ -21,6 +22,7 @@ tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(db_app, name="db")
+register_client_commands(app)  # deployments, versions, jobs, publish, promote, queue, …
 console = Console(stderr=True)
 
 

@@ -1,0 +1,117 @@
+"""``shipway deployments create|list|show``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from shipway.client.api import ShipwayClient
+from shipway.client.common import JsonOption, connect, guarded, out, print_json
+from shipway.client.render import deployment_view, deployments_table
+
+app = typer.Typer(help="Deployments: one app or site each.", no_args_is_help=True)
+
+
+def create_deployment(
+    client: ShipwayClient,
+    *,
+    name: str,
+    kind: str,
+    environments: list[str],
+    replicas: int | None = None,
+    runtime_port: int | None = None,
+    runtime_command: str | None = None,
+    health_check_path: str | None = None,
+) -> dict[str, Any]:
+    """Create a deployment; only the settings given are sent (the API fills defaults)."""
+    body: dict[str, Any] = {"name": name, "kind": kind}
+    optional = {
+        "replicas": replicas,
+        "runtime_port": runtime_port,
+        "runtime_command": runtime_command,
+        "health_check_path": health_check_path,
+        "environments": environments or None,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return client.create_deployment(body=body)
+
+
+def list_all_deployments(client: ShipwayClient, *, limit: int) -> list[dict[str, Any]]:
+    """Deployments, following pages until ``limit`` rows."""
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(rows) < limit:
+        page = client.list_deployments(limit=min(200, limit - len(rows)), cursor=cursor)
+        rows += page["data"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return rows
+
+
+@app.command("create")
+@guarded
+def create(
+    name: Annotated[str, typer.Argument(help="Name (letters, digits, . _ -)")],
+    kind: Annotated[str, typer.Option(help="static (a folder of files) or container")] = "static",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="Environment (repeatable; default production)")
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replicas per environment")] = None,
+    port: Annotated[int | None, typer.Option(help="Port the app listens on")] = None,
+    command: Annotated[str | None, typer.Option(help="Runtime command")] = None,
+    health_path: Annotated[
+        str | None, typer.Option(help="Health check path, e.g. /healthz")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a deployment."""
+    with connect() as client:
+        row = create_deployment(
+            client,
+            name=name,
+            kind=kind,
+            environments=env or [],
+            replicas=replicas,
+            runtime_port=port,
+            runtime_command=command,
+            health_check_path=health_path,
+        )
+    if json_output:
+        print_json(row)
+    else:
+        out.print(f"created deployment [bold]{row['name']}[/] [cyan]{row['id']}[/]")
+        out.print(deployment_view(row))
+
+
+@app.command("list")
+@guarded
+def list_(
+    limit: Annotated[int, typer.Option(help="At most this many")] = 200,
+    json_output: JsonOption = False,
+) -> None:
+    """List deployments of the token's workspace."""
+    with connect() as client:
+        rows = list_all_deployments(client, limit=limit)
+    if json_output:
+        print_json(rows)
+    elif rows:
+        out.print(deployments_table(rows))
+    else:
+        out.print("no deployments yet: [bold]shipway deployments create NAME[/]")
+
+
+@app.command("show")
+@guarded
+def show(
+    deployment_id: Annotated[str, typer.Argument(help="dep_…")],
+    json_output: JsonOption = False,
+) -> None:
+    """A deployment with each environment's active version and release status."""
+    with connect() as client:
+        row = client.get_deployment(deployment_id=deployment_id)
+    if json_output:
+        print_json(row)
+    else:
+        out.print(deployment_view(row))
