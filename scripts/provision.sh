@@ -9,8 +9,8 @@
 #   DOCKER_WAIT_SECONDS  how long to wait for a freshly started engine (default: 60)
 #
 # Docker and HAProxy are needed by later features (builds, replicas, router), not by
-# the current tests: if they cannot be installed or started here, this prints a
-# WARNING and carries on.
+# the current tests, and Chromium only by the dashboard's browser tests: if they
+# cannot be installed or started here, this prints a WARNING and carries on.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -58,6 +58,8 @@ has_package() {
     docker.io) command -v dockerd >/dev/null ;;
     busybox-static) pkg_installed busybox-static ;;
     curl) command -v curl >/dev/null ;;
+    chromium) command -v chromium >/dev/null ;;
+    chromium-driver) command -v chromedriver >/dev/null ;;
     python3.11-venv) pkg_installed python3.11-venv ;;
     *) pkg_installed "$1" ;;
   esac
@@ -90,6 +92,8 @@ pick_python() {
 PY=$(pick_python)
 required=(redis-server postgresql busybox-static curl)
 optional=(haproxy docker.io)
+# Headless Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py).
+browser=(chromium chromium-driver)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
 if [ ! -x "$VENV/bin/python" ] && ! { command -v "$PY" >/dev/null && "$PY" -c 'import ensurepip, venv' 2>/dev/null; }; then
   required+=(python3.11 python3.11-venv)
@@ -110,6 +114,15 @@ for pkg in "${optional[@]}"; do
     changed "$pkg" "installed"
   else
     warn "$pkg" "could not be installed (needed later for containers and routing)"
+  fi
+done
+for pkg in "${browser[@]}"; do
+  if has_package "$pkg"; then
+    say "$pkg" "already present"
+  elif apt_install "$pkg" && has_package "$pkg"; then
+    changed "$pkg" "installed"
+  else
+    warn "$pkg" "could not be installed (the dashboard's browser tests will be skipped)"
   fi
 done
 

@@ -218,6 +218,7 @@ def _document_error_shape(app: FastAPI) -> None:
 def create_app() -> FastAPI:
     """Build the API application."""
     from shipway.builds.routes import router as builds
+    from shipway.dashboard.routes import mount_dashboard
     from shipway.deployments.routes import router as deployments
     from shipway.events.routes import router as events
     from shipway.jobs.routes import router as jobs
@@ -239,6 +240,7 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(metrics)
     app.include_router(_health_router())
+    mount_dashboard(app)
     _document_error_shape(app)
     app.add_exception_handler(errors.ShipwayError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
