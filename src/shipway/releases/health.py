@@ -13,7 +13,8 @@ from shipway.jobs.context import JobFailed
 from shipway.runtime.base import Replica, Runtime
 
 BODY_EXCERPT = 300
-FIRST_PROBE_PAUSE = 0.02  # seconds; doubles each round while replicas refuse connections
+CRASH_CHECK_EVERY = 0.2  # seconds between asking the engine whether a replica still runs
+FIRST_PROBE_PAUSE = 0.02  # seconds; grows 1.5x a round while replicas refuse connections
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class _Tracker:
     successes: int = 0
     http_failures: int = 0
     probes: list[Probe] = field(default_factory=list)
+    crash_checked_at: float = float("-inf")
 
     @property
     def url_base(self) -> str:
@@ -109,7 +111,9 @@ def wait_until_healthy(
         for tracker in trackers:
             if tracker.successes >= policy.healthy_threshold:
                 continue
-            _crash_check(runtime, tracker)
+            if time.monotonic() - tracker.crash_checked_at >= CRASH_CHECK_EVERY:
+                _crash_check(runtime, tracker)
+                tracker.crash_checked_at = time.monotonic()
             result = probe(tracker.url_base + path, timeout_seconds=policy.timeout_seconds)
             tracker.probes = [*tracker.probes[-4:], result]
             if result.ok:
@@ -146,7 +150,7 @@ def _pause(policy: HealthPolicy, rounds: int, trackers: list[_Tracker]) -> float
     answered = any(p.status_code is not None for t in trackers for p in t.probes)
     if answered:
         return policy.interval_seconds
-    return min(policy.interval_seconds, FIRST_PROBE_PAUSE * 2**rounds)
+    return min(policy.interval_seconds, FIRST_PROBE_PAUSE * 1.5**rounds)
 
 
 def _crash_check(runtime: Runtime, tracker: _Tracker) -> None:
