@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import stat
@@ -20,7 +21,8 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -210,29 +212,103 @@ def test_sse_parser_reads_events_ids_and_skips_pings() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
+class Running:
+    """A CLI command still running: its stderr lines as they come."""
+
+    def __init__(self, process: subprocess.Popen[str], stream: str = "stderr") -> None:
+        self.process = process
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.followed = process.stderr if stream == "stderr" else process.stdout
+        self.other = process.stdout if stream == "stderr" else process.stderr
+        self.reader = threading.Thread(target=self._read, args=(self.followed,), daemon=True)
+        self.reader.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(
+        self, match: Callable[[str], bool], *, timeout: float = 60, seen: bool = False
+    ) -> str:
+        """The first stderr line matching (``seen``: also among lines already read)."""
+        if seen:
+            for line in self.seen:
+                if match(line):
+                    return line
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if match(line):
+                return line
+        raise AssertionError("no matching line in:\n" + "\n".join(self.seen))
+
+    def finish(self, *, timeout: float) -> tuple[str, str]:
+        """Wait for the exit; the other stream's output, and all of the followed one."""
+        assert self.other is not None
+        other = self.other.read()
+        self.process.wait(timeout=timeout)
+        self.reader.join(timeout=5)
+        while (line := self.lines.get_nowait() if not self.lines.empty() else None) is not None:
+            self.seen.append(line)
+        return other, "\n".join(self.seen)
+
+
+@dataclass
+class Outcome:
+    """How a CLI command ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 class Cli:
-    """Runs ``.venv/bin/shipway`` as a subprocess with the client's environment."""
+    """Runs the CLI with the client's environment: in-process (CliRunner), or as a
+    subprocess of ``.venv/bin/shipway`` (``process=True``) the way CI would."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
     def __call__(
-        self, *args: str, token: str | None = None, timeout: float = 120, **env: str
-    ) -> subprocess.CompletedProcess[str]:
-        """Run one command; returns the finished process (text stdout/stderr)."""
-        extra = {"SHIPWAY_TOKEN": token} if token else {}
-        return subprocess.run(
+        self, *args: str, token: str | None = None, process: bool = False, **env: str
+    ) -> Outcome:
+        """Run one command to its end."""
+        full = {**self.env, **({"SHIPWAY_TOKEN": token} if token else {}), **env}
+        if not process:
+            result = CliRunner().invoke(app, list(args), env=full)
+            return Outcome(result.exit_code, result.stdout, result.stderr)
+        done = subprocess.run(
             [executable("shipway"), *args],
-            env={**self.env, **extra, **env},
+            env=full,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=120,
             check=False,
         )
+        return Outcome(done.returncode, done.stdout, done.stderr)
 
-    def json(self, *args: str, **env: str) -> Any:
+    def start(self, *args: str, stream: str = "stderr") -> Running:
+        """Start a command as a subprocess without waiting for it; follow ``stream``."""
+        process = subprocess.Popen(
+            [executable("shipway"), *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return Running(process, stream)
+
+    def json(self, *args: str, process: bool = False, **env: str) -> Any:
         """Run a ``--json`` command that must succeed; its parsed stdout."""
-        done = self(*args, "--json", **env)
+        done = self(*args, "--json", process=process, **env)
         assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
         return json.loads(done.stdout)
 
@@ -297,7 +373,7 @@ def test_cli_against_a_real_api_and_worker(
     (folder / ".git").mkdir(parents=True)
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (folder / "index.html").write_text("<h1>hello from the cli</h1>\n")
-    published = cli("publish", str(folder), "--deployment", site["id"])
+    published = cli("publish", str(folder), "--deployment", site["id"], process=True)
     assert published.returncode == 0, (published.stdout, published.stderr)
     assert "Idempotency-Key: cli-" in published.stderr
     assert "==> phase build" in published.stdout
@@ -309,7 +385,9 @@ def test_cli_against_a_real_api_and_worker(
 
     # The same with --json: stdout is one JSON document, progress on stderr.
     (folder / "index.html").write_text("<h1>v2</h1>\n")
-    second = cli.json("publish", str(folder), "-d", site["id"], "--idempotency-key", "ci-v2")
+    second = cli.json(
+        "publish", str(folder), "-d", site["id"], "--idempotency-key", "ci-v2", process=True
+    )
     v2 = second["version"]["id"]
     assert second["version"]["state"] == "ready" and second["job"]["state"] == "succeeded"
     assert second["version"]["version_number"] == 2
@@ -323,16 +401,33 @@ def test_cli_against_a_real_api_and_worker(
     assert followed.returncode == 0 and "shipway: build succeeded" in followed.stdout
 
     # Promote v1: follows the phases to ACTIVE.
-    promoted = cli("promote", v1, "--env", "production")
+    promoted = cli("promote", v1, "--env", "production", process=True)
     assert promoted.returncode == 0, (promoted.stdout, promoted.stderr)
     assert "==> phase health_check" in promoted.stdout
     assert "is ACTIVE" in promoted.stdout
     shown = cli.json("versions", "show", v1)
     assert shown["status"] == "ACTIVE" and shown["releases"][0]["environment"] == "production"
 
-    # Promote v2 (JSON), then roll back to v1's retained image.
-    result = cli.json("promote", v2, "-e", "production", "-d", site["id"])
+    # Promote v2 as a canary (JSON on stdout, live steps on stderr); pause it, then promote
+    # it at once from another command; the first one follows it to ACTIVE.
+    canary = cli.start(
+        "promote", v2, "-d", site["id"], "--canary", "20:60,50:60", "--min-requests", "1", "--json"
+    )
+    step = canary.wait_for(lambda line: line.startswith("canary ") and "weight 20%" in line)
+    job_id = canary.wait_for(lambda line: "job job_" in line, seen=True).split("job ")[-1]
+    job_id = job_id.split(",")[0].strip()
+    assert "step 1/2" in step
+    assert cli.json("jobs", "pause", job_id)["paused"] is True
+    canary.wait_for(lambda line: "PAUSED" in line)
+    assert cli("jobs", "promote-now", job_id).returncode == 0
+    stdout, stderr = canary.finish(timeout=60)
+    assert canary.process.returncode == 0, (stdout, stderr)
+    result = json.loads(stdout)
     assert result["release"]["status"] == "ACTIVE" and result["job"]["state"] == "succeeded"
+    assert result["release"]["rollout"]["canary"]["state"] == "completed"
+    assert "promote now requested" in stderr and "is ACTIVE" in stderr
+
+    # Roll back to v1's retained image.
     back = cli.json("rollback", "--to", v1)
     assert back["job"]["kind"] == "rollback" and back["job"]["state"] == "succeeded"
     assert back["release"]["status"] == "ACTIVE" and back["release"]["version_id"] == v1
@@ -361,7 +456,7 @@ def test_cli_against_a_real_api_and_worker(
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nRUN echo about-to-fail && false\n")
-    failed = cli("publish", str(bad), "-d", broken["id"])
+    failed = cli("publish", str(bad), "-d", broken["id"], process=True)
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
     assert "build_failed" in failed.stdout
     assert "What to do:" in failed.stdout and "Evidence:" in failed.stdout
@@ -374,18 +469,13 @@ def test_cli_against_a_real_api_and_worker(
     assert any(f["failure_reason"] == "build_failed" for f in view["failures_last_hour"])
     table = cli("queue")
     assert table.returncode == 0 and "Queues" in table.stdout and "build_failed" in table.stdout
-    watcher = subprocess.Popen(
-        [executable("shipway"), "queue", "--watch", "--interval", "0.3"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2.5)
-    watcher.send_signal(signal.SIGINT)
-    stdout, stderr = watcher.communicate(timeout=10)
-    assert watcher.returncode == 130, (stdout, stderr)
-    assert "builds" in stdout and "interrupted" in stderr
+    watcher = cli.start("queue", "--watch", "--interval", "0.3", stream="stdout")
+    for _ in range(2):  # piped: one snapshot per refresh
+        watcher.wait_for(lambda line: line.startswith("Queues"))
+    watcher.process.send_signal(signal.SIGINT)
+    stderr, _ = watcher.finish(timeout=10)
+    assert watcher.process.returncode == 130, stderr
+    assert "interrupted" in stderr
 
     # Unknown ids are the API's 404, exit 3.
     missing = cli("versions", "show", "ver_missing")

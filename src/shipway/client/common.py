@@ -44,7 +44,7 @@ IdempotencyOption = Annotated[
     ),
 ]
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.text import Text
 
@@ -157,6 +158,7 @@ class JobDisplay:
     analysis: Any = None
     health: tuple[Any, ...] | None = None
     status: Status | None = None
+    detail: str = ""
 
     def __enter__(self) -> JobDisplay:
         self.status = self.console.status(self._status_text(), spinner="dots")
@@ -170,7 +172,8 @@ class JobDisplay:
     def _status_text(self) -> str:
         elapsed = time.monotonic() - self.started
         phase = self.phase or "waiting for a worker"
-        return f"[cyan]{self.job_id}[/] {phase} · {elapsed:.0f}s"
+        detail = f" · {escape(self.detail)}" if self.detail else ""
+        return f"[cyan]{self.job_id}[/] {phase} · {elapsed:.0f}s{detail}"
 
     def __call__(self, update: Update) -> None:
         """Show one update."""
@@ -191,10 +194,18 @@ class JobDisplay:
                 self.console.print("[yellow]job requeued (its worker was lost)[/]")
         elif update.kind == "transition":
             subject = data.get("subject_type")
+            if subject == "canary":
+                if not str(data.get("to_state")).startswith("analysis"):  # progress shows those
+                    reason = data.get("reason") or data.get("to_state")
+                    self.console.print(f"[dim]canary: {reason}[/]")
+                return self._refresh()
             self.console.print(
                 f"[dim]{subject} {data.get('subject_id')}: "
                 f"{data.get('from_state') or '∅'} → [/]{data.get('to_state')}"
             )
+        self._refresh()
+
+    def _refresh(self) -> None:
         if self.status is not None:
             self.status.update(self._status_text())
 
@@ -207,10 +218,12 @@ class JobDisplay:
                 canary.get("weight"),
                 canary.get("paused"),
             )
-            analysis = canary.get("last_analysis")
-            if key != self.canary or analysis != self.analysis:
-                self.canary, self.analysis = key, analysis
+            analysis = canary.get("last_analysis") or {}
+            verdict = analysis.get("verdict") if isinstance(analysis, dict) else None
+            if key != self.canary or verdict != self.analysis:
+                self.canary, self.analysis = key, verdict
                 self.console.print(canary_line(canary))
+            self.detail = canary_line(canary).plain
         if "healthy" in progress and "total" in progress:
             health = (progress.get("healthy"), progress.get("total"))
             if health != self.health:

@@ -258,7 +258,22 @@ def canary_line(canary: Json) -> Text:
         text.append("  PAUSED", style="bold yellow")
     analysis = canary.get("last_analysis")
     if isinstance(analysis, dict) and analysis:
-        text.append("  last analysis: " + _scalars(analysis), style="dim")
+        text.append("  last analysis: ", style="dim")
+        text.append_text(analysis_summary(analysis))
+    return text
+
+
+ANALYSIS_FIELDS = ("requests", "errors_5xx", "error_rate", "p95_latency_ms", "avg_latency_ms")
+
+
+def analysis_summary(analysis: Json) -> Text:
+    """``pass: 120 requests, 0 errors_5xx, error_rate=0`` from one canary analysis."""
+    verdict = str(analysis.get("verdict") or analysis.get("result") or "?")
+    style = {"pass": "green", "passed": "green", "fail": "red", "failed": "red"}.get(verdict, "")
+    text = Text(verdict, style=style or "yellow")
+    shown = {k: analysis[k] for k in ANALYSIS_FIELDS if analysis.get(k) is not None}
+    if shown:
+        text.append(" (" + _scalars(shown) + ")", style="dim")
     return text
 
 
@@ -287,6 +302,8 @@ def job_view(row: Json) -> RenderableType:
             ("release", row.get("release_id")),
             ("worker", row.get("lease_owner")),
             ("cancel requested", row.get("cancel_requested")),
+            ("paused", row.get("paused")),
+            ("control request", row.get("control_request")),
             ("actor", row.get("actor")),
             ("created", row.get("created_at")),
             ("started", row.get("started_at")),
@@ -335,7 +352,9 @@ def diagnosis(reason: str | None, diagnostics: Json | None, *, subject: str = ""
 
 def _evidence_value(value: Any, *, max_lines: int = 12) -> str:
     if isinstance(value, list):
-        lines = [str(v) for v in value]
+        if any(isinstance(v, dict) for v in value):
+            max_lines = 4
+        lines = [_scalars(v) if isinstance(v, dict) else str(v) for v in value]
         shown = lines[-max_lines:]
         more = f"(… {len(lines) - len(shown)} earlier)\n    " if len(lines) > len(shown) else ""
         return ("\n    " + more + "\n    ".join(shown)) if shown else "[]"
@@ -372,7 +391,8 @@ def queue_view(view: Json) -> RenderableType:
             phase = Text(plain(job.get("phase")))
             canary = (job.get("progress") or {}).get("canary")
             if isinstance(canary, dict) and canary.get("weight") is not None:
-                phase.append(f" canary {canary['weight']}%", style="cyan")
+                label = "" if job.get("phase") == "canary" else " canary"
+                phase.append(f"{label} {canary['weight']}%", style="cyan")
             running.add_row(
                 job["id"],
                 job.get("kind", "-"),

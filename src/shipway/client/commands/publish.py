@@ -127,7 +127,7 @@ def publish(
         )
         version, job = accepted["version"], accepted["job"]
         console.print(
-            f"uploaded {files} files ({size / 1024:.1f} KiB): version "
+            f"uploaded {files} file{'' if files == 1 else 's'} ({size / 1024:.1f} KiB): version "
             f"[bold]v{version['version_number']}[/] [cyan]{version['id']}[/], "
             f"build job [cyan]{job['id']}[/]"
         )
