@@ -7,7 +7,10 @@
 # promote_to=production (2 replicas behind HAProxy), curl its public URL; publish
 # v2 and promote it; roll back to v1 (a warm rollback: a router switch only) and
 # time it; show the versions' lifecycle fields and the replica containers; cancel
-# a promote queued behind another; print the audit trail and a summary. At the
+# a promote queued behind another; promote a faulty v4 as a canary (10% → 30% → 60%
+# with analysis of the router's statistics, under local traffic) that advances, then
+# aborts when the traffic reaches its bug; print the audit trail and a summary. The web
+# dashboard's link (with the token) is printed at the start: open it to watch. At the
 # end it stops everything it started (server, worker, HAProxy) and removes the
 # demo's containers and images, so repeated runs leave nothing behind.
 #
@@ -69,6 +72,7 @@ now_ms() {                      # wall clock in milliseconds, without a subproce
 # the next one before it wipes the data directory.
 
 SERVER_PID=""
+TRAFFIC_PID=""
 RESPONSE=$(mktemp)
 
 process_matches() { # process_matches PID TEXT: the process runs and its command line holds TEXT
@@ -162,6 +166,7 @@ on_exit() {
     clean_up "$DATA" | sed 's/^/demo: /'
     SERVER_PID=""
   fi
+  stop_traffic
   rm -f "$RESPONSE"
   [ "$status" -eq 0 ] || echo "demo: FAILED (exit $status); the data directory $DATA is kept for a look" >&2
   exit "$status"
@@ -327,6 +332,7 @@ publish() {
   mkdir -p "$site"
   cp -R "$EXAMPLE/." "$site/"
   sed -i "s/{{VERSION}}/$label/g" "$site/index.html"
+  if [ -n "${SITE_HOOK:-}" ]; then "$SITE_HOOK" "$site"; fi
   tar -C "$site" -czf "$DATA/sites/$label.tar.gz" .
   fields=(-F "source=@$DATA/sites/$label.tar.gz" -F git_branch=main -F "git_message=hello-static $label" "$@")
   shown="curl -sS -X POST \"\$API/api/v1/deployments/$DEPLOYMENT/versions\" -H \"Authorization: Bearer \$TOKEN\" -H 'Idempotency-Key: $key' -F source=@$label.tar.gz -F git_branch=main -F 'git_message=hello-static $label'"
@@ -353,6 +359,48 @@ wait_built() { # wait_built VERSION_ID: until the build ended; fail unless it is
     fail "the build of $1 failed: $(json "$RESPONSE" 'd["build_failure_reason"]')"
   fi
 }
+
+# start_traffic PATH...: about 60 requests a second to the public URL in the background
+# (a new connection each), cycling through the paths in $DATA/traffic.paths, which
+# change_traffic rewrites; it stops when $DATA/traffic.on goes.
+start_traffic() {
+  echo "$*" >"$DATA/traffic.paths"
+  touch "$DATA/traffic.on"
+  "$BIN/python" - "$PUBLIC_URL" "$DATA" <<'PY' &
+import os, sys, time, urllib.error, urllib.request
+
+base, data = sys.argv[1].rstrip("/"), sys.argv[2]
+while os.path.exists(os.path.join(data, "traffic.on")):
+    try:
+        paths = open(os.path.join(data, "traffic.paths")).read().split() or ["/"]
+    except OSError:
+        paths = ["/"]
+    for path in paths:
+        started = time.monotonic()
+        try:
+            urllib.request.urlopen(base + path, timeout=2).read()
+        except (urllib.error.HTTPError, OSError):
+            pass  # a 4xx/5xx answer is still traffic
+        time.sleep(max(0.0, 1 / 60 - (time.monotonic() - started)))
+PY
+  TRAFFIC_PID=$!
+}
+change_traffic() { echo "$*" >"$DATA/traffic.paths.new" && mv "$DATA/traffic.paths.new" "$DATA/traffic.paths"; }
+stop_traffic() {
+  [ -n "${TRAFFIC_PID:-}" ] || return 0
+  rm -f "$DATA/traffic.on"
+  wait "$TRAFFIC_PID" 2>/dev/null || true
+  TRAFFIC_PID=""
+}
+
+# A site with a bug only some requests hit: /cgi-bin/page answers 500 (busybox httpd CGI).
+add_faulty_page() {
+  mkdir -p "$1/cgi-bin"
+  printf '#!/bin/sh\nprintf "Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nbug\\n"\n' >"$1/cgi-bin/page"
+  chmod 755 "$1/cgi-bin/page"
+}
+
+CANARY_LINE='(lambda c: "canary %-9s step %s/%s at %3s%%  last analysis: %s" % (c.get("state"), (c.get("step_index") or 0) + 1, c.get("step_count"), c.get("weight"), (lambda a: "%s (%s requests, %s 5xx)" % (a["verdict"], a["requests"], a["errors_5xx"]) if a else "none yet")(c.get("last_analysis"))) if c else "job %s, phase %s (no canary yet)" % (d["state"], d["phase"]))((d["progress"] or {}).get("canary"))'
 
 LIFECYCLE='"\n".join(f"{k}: {d[k]}" for k in ("id", "version_number", "state", "environment", "status", "replicas", "deployed_at", "rollback_count", "last_rollback_at", "rolled_back_at", "image_url"))'
 
@@ -402,6 +450,13 @@ TOKEN=$(json "$DATA/token.json" 'd["token"]')
 info "token $(json "$DATA/token.json" 'd["token_id"]') in workspace $(json "$DATA/token.json" 'd["workspace_id"]')"
 info "scopes: $(json "$DATA/token.json" '", ".join(d["scopes"])') (write implies read)"
 info "the secret is printed once; this demo keeps it in $DATA/token.json"
+DASHBOARD_URL="$API/dashboard#token=$TOKEN"
+echo "$DASHBOARD_URL" >"$DATA/dashboard.url"
+info ""
+info "${bold}Web dashboard: open this link in a browser now to watch the rest live${plain}"
+info "  $DASHBOARD_URL"
+info "  (the page keeps the token in the browser's localStorage and drops it from the URL;"
+info "   the canary near the end is on its Queue page and on the job's page)"
 
 step "Create a static deployment with 2 replicas per environment"
 call 201 POST /api/v1/deployments '{"name":"hello","kind":"static","replicas":2}' \
@@ -603,6 +658,47 @@ PY
   [ "$left" -eq 0 ] || fail "the cancelled promote of v3 left $left container(s)"
   curl_public v1
   remember "queued promote of v3 cancelled at once (and the one ahead of it too); v1 still answered"
+
+  step "Canary: promote v4 in steps 10% -> 30% -> 60% with analysis; it advances, then aborts"
+  info "v4's pages are fine, but its /cgi-bin/page answers 500 (a bug only some requests hit)"
+  SITE_HOOK=add_faulty_page publish v4 publish-v4
+  V4=$PUBLISHED_VERSION
+  wait_built "$V4"
+  info "local traffic to $PUBLIC_URL in the background: '/' only, for now"
+  start_traffic /
+  CANARY='{"type":"canary","steps":[{"weight":10,"pause_seconds":6},{"weight":30,"pause_seconds":6},{"weight":60,"pause_seconds":6}],"analysis":{"interval_seconds":2,"min_requests":5,"max_error_rate":0.05,"failure_limit":2}}'
+  HEADERS=("Idempotency-Key: promote-v4-canary")
+  call 202 POST "/api/v1/deployments/$DEPLOYMENT/versions/$V4/promote" \
+    "{\"environment\":\"production\",\"strategy\":$CANARY}" \
+    '"job %s %s; strategy %s" % (d["job"]["id"], d["job"]["state"], d["release"]["rollout"].get("strategy"))'
+  CANARY_JOB=$(json "$RESPONSE" 'd["job"]["id"]')
+  info "=> watch it live: $API/dashboard#/jobs/$CANARY_JOB (or the dashboard's Queue page)"
+  info "each analysis judges the canary's own requests and 5xx in HAProxy's statistics:"
+  last="" hit=""
+  deadline=$((SECONDS + JOB_TIMEOUT))
+  while :; do
+    get "/api/v1/jobs/$CANARY_JOB"
+    line=$(json "$RESPONSE" "$CANARY_LINE")
+    [ "$line" = "$last" ] || info "  $(date +%H:%M:%S)  $line"
+    last=$line
+    [ "$(json "$RESPONSE" "$ENDED")" = True ] && break
+    if [ -z "$hit" ] && [ "$(json "$RESPONSE" '((d["progress"] or {}).get("canary") or {}).get("step_index", 0)')" -ge 2 ]; then
+      hit=1
+      info "  the canary reached its last step: the traffic now also asks for /cgi-bin/page"
+      change_traffic / /cgi-bin/page
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || fail "the canary job $CANARY_JOB did not end within ${JOB_TIMEOUT}s"
+    sleep 0.5
+  done
+  stop_traffic
+  show '"\n".join(["job %s: %s, failure_reason %s" % (d["id"], d["state"], d["failure_reason"]), "title: %s" % (d["failure_diagnostics"] or {}).get("title"), "description: %s" % (d["failure_diagnostics"] or {}).get("description"), "action: %s" % (d["failure_diagnostics"] or {}).get("action")])'
+  [ "$(json "$RESPONSE" 'd["failure_reason"]')" = canary_analysis_failed ] ||
+    fail "the canary of v4 should have aborted with canary_analysis_failed"
+  [ -n "$hit" ] || fail "the canary aborted before it advanced to its last step"
+  info "=> the canary advanced 10% -> 30% -> 60% while it was healthy, then aborted: its weight"
+  info "   went back to 0 and stable v1 serves everything again"
+  curl_public v1
+  remember "canary of v4: advanced to 60%, then aborted (canary_analysis_failed) when the traffic hit its bug; v1 still answered"
 fi
 
 step "The deployment: each environment's active version and release status"
@@ -626,6 +722,7 @@ else
   running="stopped below; SHIPWAY_DEMO_KEEP=1 keeps it running"
 fi
 info "  API:            $API/api/v1 (token in $DATA/token.json; $running)"
+info "  dashboard:      $API/dashboard (link with the token in $DATA/dashboard.url)"
 info "  OpenAPI docs:   $API/docs (HTTP $docs_status; schema at $API/openapi.json)"
 info "  health:         $API/healthz, $API/readyz"
 info "  public URL:     ${PUBLIC_URL:-none} (production, through HAProxy)"
