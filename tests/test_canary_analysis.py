@@ -314,3 +314,26 @@ def test_control_of_a_queued_canary_is_recorded_and_audited(
     assert cancelled and "canary aborted by" in cancelled[0]["reason"]
     versions = client.get(f"/api/v1/versions/{version_id}", headers=headers).json()
     assert versions["status"] == "FAILED" and versions["failure_reason"] == "canary_aborted"
+
+
+def test_reconciliation_restores_the_recorded_canary_weights() -> None:
+    from shipway.releases.canary import restored_weights
+    from shipway.releases.models import Release
+    from shipway.router.base import Server
+
+    servers = [
+        Server("sw-rel_s-0", "127.0.0.1", 20001),
+        Server("sw-rel_s-1", "127.0.0.1", 20002),
+        Server("sw-rel_c-0", "127.0.0.1", 20003, state="maint"),
+        Server("sw-rel_old-0", "127.0.0.1", 20004, state="drain"),
+    ]
+    canary = Release(id="rel_c", rollout={"canary": {"state": "analysing", "weight": 10}})
+    weights = {s.name: (s.weight, s.state) for s in restored_weights(servers, release=canary)}
+    assert weights == {
+        "sw-rel_s-0": (90, "ready"),
+        "sw-rel_s-1": (90, "ready"),
+        "sw-rel_c-0": (20, "ready"),  # 1 canary server vs 2 stable: 20 / (20 + 180) = 10 %
+        "sw-rel_old-0": (100, "drain"),
+    }
+    done = Release(id="rel_c", rollout={"canary": {"state": "completed", "weight": 100}})
+    assert restored_weights(servers, release=done) == servers
