@@ -120,6 +120,10 @@ def test_bad_canary_spec_is_a_usage_error(cli_env: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 2 and "need --canary" in result.stderr
     result = CliRunner().invoke(app, ["promote"])  # click's own usage error
     assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["rollback"])
+    assert result.exit_code == 2 and "--deployment" in result.stderr
+    result = CliRunner().invoke(app, ["publish", "/nonexistent", "-d", "dep_x"])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
 
 
 def test_canary_steps_become_a_strategy() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import secrets
 import sys
 from collections.abc import Callable
@@ -44,8 +45,16 @@ IdempotencyOption = Annotated[
     ),
 ]
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = 160  # piped (CI logs, files): wide rows rather than wrapped ids
+    return console
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def progress_console(json_output: bool) -> Console:

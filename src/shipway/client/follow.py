@@ -243,5 +243,13 @@ def watch_job(
     poll_interval: float = POLL_SECONDS,
 ) -> Json:
     """Follow a job with a ``JobDisplay``; returns its end (prints nothing about the end)."""
-    with JobDisplay(console=console, job_id=job_id, show_log=show_log) as display:
-        return follow_job(client, job_id=job_id, on_update=display, poll_interval=poll_interval)
+    try:
+        with JobDisplay(console=console, job_id=job_id, show_log=show_log) as display:
+            return follow_job(client, job_id=job_id, on_update=display, poll_interval=poll_interval)
+    except KeyboardInterrupt:
+        console.print(
+            f"\n[yellow]stopped following; {job_id} keeps running on the server[/] "
+            f"(follow again: shipway jobs show {job_id} --follow; stop it: shipway jobs cancel "
+            f"{job_id})"
+        )
+        raise

@@ -79,7 +79,9 @@ def age_of(timestamp: str | None, now: datetime | None = None) -> float | None:
 
 
 def _table(*columns: str, title: str | None = None) -> Table:
-    table = Table(*columns, box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for name in columns:
+        table.add_column(name, overflow="fold")  # ids wrap whole, never cut with "…"
     return table
 
 

@@ -71,7 +71,10 @@ def publish_folder(
     form: dict[str, str],
 ) -> tuple[dict[str, Any], int, int]:
     """Pack and upload ``folder``; the 202 answer ``{"version", "job"}``, files and bytes."""
-    packed = pack_folder(folder)
+    try:
+        packed = pack_folder(folder)
+    except OSError as error:
+        raise UsageError(f"cannot pack {folder}: {error}") from None
     try:
         accepted = client.publish(
             deployment_id=deployment_id,
