@@ -88,6 +88,10 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/api/v1/jobs", {}),
         ("GET", f"/api/v1/jobs/{job}", {}),
         ("POST", f"/api/v1/jobs/{job}/cancel", {}),
+        ("POST", f"/api/v1/jobs/{job}/pause", {}),
+        ("POST", f"/api/v1/jobs/{job}/resume", {}),
+        ("POST", f"/api/v1/jobs/{job}/promote-now", {}),
+        ("POST", f"/api/v1/jobs/{job}/abort", {}),
         ("GET", f"/api/v1/jobs/{job}/audit", {}),
         ("GET", f"/api/v1/jobs/{job}/events", {}),
         ("POST", f"/api/v1/deployments/{dep}/rollback", {"json": {}}),
@@ -187,7 +191,7 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 9
+    assert len(writes) == 13
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs
