@@ -5,13 +5,14 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test demo bench clean distclean
+.PHONY: help provision lint format test test-chaos demo bench clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make format     apply ruff's fixes and formatting"
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
+	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
 	@echo "make bench      promote/rollback benchmark against raw docker (writes bench/RESULTS-*.md)"
 	@echo "make clean      remove scratch data and caches (keeps .venv)"
@@ -36,6 +37,12 @@ format: $(BIN)/ruff
 test: provision
 	@$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+# The full-size chaos suite (docs/chaos.md). `make test` runs tests/chaos too, in smoke size.
+# SHIPWAY_CHAOS_DOCKER=1 restarts the Docker engine: every container on it is stopped.
+test-chaos: provision
+	SHIPWAY_CHAOS_SCALE=full SHIPWAY_CHAOS_DOCKER=$${SHIPWAY_CHAOS_DOCKER:-1} \
+		$(BIN)/pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
 
 demo: provision
 	@bash scripts/demo.sh

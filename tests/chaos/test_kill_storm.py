@@ -112,6 +112,7 @@ class Tally:
 
     answers: collections.Counter[str] = field(default_factory=collections.Counter)
     traffic: collections.Counter[str] = field(default_factory=collections.Counter)
+    failed: list[tuple[float, str, str]] = field(default_factory=list)  # (when, url, outcome)
     unexpected: list[str] = field(default_factory=list)
 
 
@@ -187,8 +188,13 @@ class Traffic(threading.Thread):
                 try:
                     response = client.get(f"{site.url}/cgi-bin/slow?2")
                     self.tally.traffic[str(response.status_code)] += 1
+                    if response.status_code != 200:
+                        outcome = f"{response.status_code} {response.text.strip()[:60]}"
+                        self.tally.failed.append((time.monotonic(), site.url, outcome))
+                        time.sleep(0.2)
                 except httpx.HTTPError as error:
                     self.tally.traffic[type(error).__name__] += 1
+                    self.tally.failed.append((time.monotonic(), site.url, type(error).__name__))
                     time.sleep(0.2)
 
 
@@ -212,6 +218,7 @@ class Kill:
     kind: str
     target: str
     phase: str
+    at: float = field(default_factory=time.monotonic)
 
 
 class Killer:
@@ -473,6 +480,19 @@ def test_kill_storm_leaves_every_job_terminal_and_engine_db_router_in_agreement(
         f"requests {dict(driver.tally.answers)}; traffic {dict(driver.tally.traffic)}; "
         f"max ACTIVE per env {sampler.most} ({sampler.samples} samples)"
     )
+    if driver.tally.failed:
+        chaos_report(f"chaos kill storm: failed requests: {_timeline(driver.tally, killer.kills)}")
+
+
+def _timeline(tally: Tally, kills: list[Kill]) -> str:
+    """Failed requests (first few), each with the kill that came last before it."""
+    lines = []
+    for at, url, outcome in tally.failed[:12]:
+        before = [k for k in kills if k.at <= at]
+        last = before[-1] if before else None
+        where = f"{at - last.at:+.1f}s after kill in {last.phase} ({last.kind})" if last else "-"
+        lines.append(f"{url} {outcome} {where}")
+    return "; ".join(lines)
 
 
 def _releases(deployment_id: str) -> list[Release]:

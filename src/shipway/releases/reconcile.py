@@ -11,6 +11,7 @@ weights of the step recorded in ``release.rollout["canary"]``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -26,6 +27,9 @@ from shipway.runtime.base import Runtime
 log = logging.getLogger(__name__)
 SERVING = ("ACTIVE", "UNHEALTHY")
 ROUTED = (*SERVING, "DRAINING", "DEPLOYING")
+REVIVED = (*SERVING, "DRAINING")  # releases whose stopped replicas are started again
+REVIVE_BACKOFF_MAX = 300.0
+_revivals: dict[str, tuple[int, float]] = {}  # container id -> (starts, next start allowed)
 
 
 @dataclass
@@ -99,14 +103,78 @@ def reconcile_router(
     return report
 
 
+def revive_replicas(session: Session, *, runtime: Runtime) -> int:
+    """Start again the stopped replicas of releases that serve or drain; returns how many.
+
+    shipway never stops a replica of an ACTIVE, UNHEALTHY or DRAINING release
+    itself (a retire runs inside a job), so a stopped one was stopped from outside:
+    typically a restart of the Docker engine, which stops every container without a
+    restart policy. Releases whose environment has a job running are left to that
+    job. A replica that keeps stopping is started again with an exponential backoff
+    (1 s, 2 s, … 5 min), so a crashing server is not restarted in a tight loop.
+    """
+    from shipway.jobs.models import Job
+
+    now = time.monotonic()
+    for container_id, (_, not_before) in list(_revivals.items()):
+        if now - not_before > 2 * REVIVE_BACKOFF_MAX:  # quiet for long enough: forgiven
+            del _revivals[container_id]
+    stopped = runtime.stopped_replicas(RELEASE_LABEL)
+    if not stopped:
+        return 0
+    owners = {r.labels.get(RELEASE_LABEL, "") for r in stopped}
+    releases = {
+        r.id: r
+        for r in session.scalars(
+            select(Release).where(Release.id.in_(owners), Release.status.in_(REVIVED))
+        ).all()
+    }
+    busy = set(
+        session.scalars(
+            select(Job.serial_key).where(Job.state == "running", Job.serial_key.is_not(None))
+        ).all()
+    )
+    revived = 0
+    for replica in stopped:
+        release = releases.get(replica.labels.get(RELEASE_LABEL, ""))
+        if release is None or f"{release.deployment_id}:{release.environment}" in busy:
+            continue  # another database's container, or a job owns this environment now
+        count, not_before = _revivals.get(replica.id, (0, 0.0))
+        if now < not_before:
+            continue
+        _revivals[replica.id] = (count + 1, now + min(REVIVE_BACKOFF_MAX, 2.0**count))
+        started = runtime.start_replica(replica.id)
+        if started is not None and started.running:
+            revived += 1
+            log.warning(
+                "replica %s of %s release %s was %s; started it again (port %s)",
+                replica.name,
+                release.status,
+                release.id,
+                replica.status,
+                started.host_port,
+            )
+    return revived
+
+
 def watch_router() -> ReconcileReport | None:
-    """Periodic safety net: restart a dead HAProxy that has routes, rebuilt from the database."""
+    """Periodic safety net: restart stopped replicas of serving releases, and a dead HAProxy
+    that has routes; either way the router is rebuilt from the database and the engine."""
     from shipway.db import transaction
     from shipway.router.current import router_config
     from shipway.runtime import get_runtime
 
     router = router_config()
-    if router.is_running() or not router.desired():
+    revived = 0
+    try:
+        runtime = get_runtime()
+        with transaction() as session:
+            revived = revive_replicas(session, runtime=runtime)
+    except Exception as error:  # engine unreachable: the router part still runs
+        log.warning("replica watch skipped: %s", error)
+    if (router.is_running() and not revived) or not router.desired():
         return None
     with transaction() as session:
-        return reconcile_router(session, router=router, runtime=get_runtime(), only_if_down=True)
+        return reconcile_router(
+            session, router=router, runtime=get_runtime(), only_if_down=not revived
+        )

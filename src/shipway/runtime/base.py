@@ -104,6 +104,15 @@ class Runtime(Protocol):
         """One container, or None if it is gone."""
         ...
 
+    def stopped_replicas(self, label: str) -> list[Replica]:
+        """Every container carrying ``label`` (any value) that is not running."""
+        ...
+
+    def start_replica(self, container_id: str) -> Replica | None:
+        """Start a stopped replica again (same name, labels and command; its host port may
+        change); None if it is gone."""
+        ...
+
     def logs(self, container_id: str, *, tail: int = 20) -> list[str]:
         """The last lines a container printed."""
         ...

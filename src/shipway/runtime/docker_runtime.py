@@ -291,6 +291,24 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return None
 
+    def stopped_replicas(self, label: str) -> list[Replica]:
+        """Every container carrying ``label`` that is not running (one filtered listing)."""
+        filters = {"label": [label], "status": ["created", "exited"]}
+        found = []
+        for summary in self.client.api.containers(all=True, filters=filters):
+            replica = self.inspect_replica(summary["Id"])
+            if replica is not None and not replica.running:
+                found.append(replica)
+        return found
+
+    def start_replica(self, container_id: str) -> Replica | None:
+        """``docker start`` a stopped container; None if it is gone."""
+        try:
+            self.client.api.start(container_id)
+        except docker.errors.NotFound:
+            return None
+        return self.inspect_replica(container_id)
+
     def logs(self, container_id: str, *, tail: int = 20) -> list[str]:
         """The last lines a container printed (stdout and stderr)."""
         try:
