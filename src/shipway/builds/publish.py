@@ -93,18 +93,24 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
     tag = image_tag(version)
     port = version.runtime_port or deployment.runtime_port
     workdir = settings.data_dir.resolve() / "builds" / version.id
-    if version.kind == "static":
-        context = prepare_static(
-            tree=store.tree(version.id), workdir=workdir, base_image=settings.base_image, port=port
-        )
-    else:
-        context = store.tree(version.id)
     image_labels = labels(
         deployment=version.deployment_id,
         version=version.id,
         workspace=version.workspace_id,
         version_number=str(version.version_number),
     )
+    build_labels = image_labels
+    if version.kind == "static":
+        context = prepare_static(
+            tree=store.tree(version.id),
+            workdir=workdir,
+            base_image=settings.base_image,
+            port=port,
+            labels=image_labels,
+        )
+        build_labels = {}  # in the generated Dockerfile: one build step, not one per label
+    else:
+        context = store.tree(version.id)
     try:
         with store.log_writer(version.id, truncate=True) as log:
             log.write(
@@ -114,7 +120,7 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
             outcome = get_runtime().build_image(
                 context=context,
                 tag=tag,
-                labels=image_labels,
+                labels=build_labels,
                 timeout_seconds=settings.build_timeout_seconds,
                 on_line=lambda line: print(line, file=log),
                 should_stop=lambda: _should_stop(ctx),
