@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test test-chaos demo bench clean distclean
+.PHONY: help provision lint format test test-chaos demo bench bench-quick bench-promote clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
@@ -14,7 +14,8 @@ help:
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
 	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
-	@echo "make bench      promote/rollback benchmark against raw docker (writes bench/RESULTS-*.md)"
+	@echo "make bench      every benchmark against its raw baseline (writes bench/RESULTS.md)"
+	@echo "make bench-quick  the same, small sizes (a smoke run; BENCH_OUTPUT=... to keep it)"
 	@echo "make clean      remove scratch data and caches (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv"
 
@@ -48,6 +49,13 @@ demo: provision
 	@bash scripts/demo.sh
 
 bench: provision
+	$(BIN)/python -m bench
+
+BENCH_OUTPUT ?= /tmp/shipway-bench-quick.md
+bench-quick: provision
+	$(BIN)/python -m bench --quick --output $(BENCH_OUTPUT)
+
+bench-promote: provision
 	$(BIN)/python -m bench.promote
 
 clean:

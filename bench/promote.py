@@ -2,7 +2,7 @@
 
 Run from the repository root (Docker engine and HAProxy required)::
 
-    .venv/bin/python -m bench.promote            # or: make bench
+    .venv/bin/python -m bench.promote            # (make bench runs it through bench/__main__.py)
     .venv/bin/python -m bench.promote --rounds 5 --health-interval 0.05
 
 Measured for a 3-replica static site (busybox httpd, built FROM the base image):
@@ -565,6 +565,82 @@ def report(rounds: list[Round], worker: tuple[float, float] | None, interval: fl
         ),
     ]
     return "\n".join(lines)
+
+
+def section(rounds: list[Round], worker: tuple[float, float] | None) -> Any:
+    """The figures as a results Section of ``bench/RESULTS.md``."""
+    from bench.common import Section, ms
+
+    out = Section("promote", "Promote and rollback vs the raw Docker floor")
+    raw = median([r.raw for r in rounds])
+    cold_raw = median([r.cold_raw for r in rounds])
+    out.add("raw floor: 3 x docker create+start, parallel, until /healthz 200", ms(raw))
+    for name, attr, base in (
+        ("promote to ACTIVE, first in environment (route created)", "first", raw),
+        ("promote to ACTIVE, replacing (route exists)", "replace", raw),
+        ("cold rollback: POST /rollback → old version answers", "cold", cold_raw),
+    ):
+        value = median([getattr(r, attr) for r in rounds])
+        out.add(
+            name,
+            ms(value),
+            baseline=ms(base),
+            ratio=value / base,
+            target=f"≤ {PROMOTE_TARGET}x",
+            met=value / base <= PROMOTE_TARGET,
+        )
+    warm = median([r.warm for r in rounds])
+    out.add(
+        "warm rollback: POST /rollback → old version answers",
+        ms(warm),
+        target=f"< {WARM_TARGET_MS:.0f} ms",
+        met=warm * 1000 < WARM_TARGET_MS,
+    )
+    if worker is not None:
+        for name, value in zip(("its first job", "the next job"), worker, strict=True):
+            out.add(
+                f"promote via a real `shipway worker` (filesystem broker), {name}",
+                ms(value),
+                baseline=ms(raw),
+                ratio=value / raw,
+                target="for information",
+            )
+    out.notes += [
+        f"medians over {len(rounds)} round(s), {REPLICAS} replicas, default health-check "
+        "interval; jobs run in-process (`run_job`), so no broker latency is counted.",
+        "where a promote's time goes (median ms): "
+        + "; ".join(
+            f"{label}: "
+            + ", ".join(
+                f"{step} {median([getattr(r, attr)[step] for r in rounds]) * 1000:.0f}"
+                for step in getattr(rounds[0], attr)
+            )
+            for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
+        ),
+    ]
+    return out
+
+
+def run(quick: bool = False, rounds: int | None = None, worker: bool | None = None) -> Any:
+    """Measure ``rounds`` rounds (and the real-worker figure); the results as a Section."""
+    count = rounds or (1 if quick else 3)
+    with_worker = (not quick) if worker is None else worker
+    engine = docker.from_env()
+    scratch = Path(tempfile.mkdtemp(prefix="shipway-bench-"))
+    images: list[Image] = []
+    try:
+        engine.images.get(BASE_IMAGE)
+        images = [build_image(engine, "bench-v1"), build_image(engine, "bench-v2")]
+        with shipway_in(scratch) as ship:
+            results = [one_round(ship, engine, images, None) for _ in range(count)]
+            figures = end_to_end_with_worker(ship, images, None) if with_worker else None
+    finally:
+        for image in images:
+            with suppress(docker.errors.ImageNotFound):
+                engine.images.remove(image.tag, force=True)
+        engine.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return section(results, figures)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,406 @@
+"""Read latency on big tables: ``GET …/versions`` with 1,000,000 versions, ``GET /queue``
+with 1,000,000 finished jobs, on PostgreSQL and on SQLite.
+
+Each database is migrated with shipway's Alembic migrations, then seeded by cloning
+one row made through shipway's own services (``INSERT … SELECT`` over a number series,
+so every NOT NULL column holds what shipway writes):
+
+- versions: one deployment holds all but 10 x 1,000 of them (the 10 others hold
+  1,000 each); 2 % are ``failed``; ``external_workspace_id`` cycles over 10 values;
+  every 100th version of the big deployment has an archived release in
+  ``production``;
+- jobs: 1,000,000 finished ``noop`` jobs, one accepted every second before now (so
+  about 11.5 days of history; 3 % failed, about 110 of them in the last hour) plus 5
+  queued ones.
+
+Requests go through the ASGI app in-process (FastAPI's TestClient: routing, auth,
+the ORM, pydantic, JSON) with a bearer token. The baseline of each versions query is
+the same page read with plain SQL through SQLAlchemy Core; the baseline of the queue
+view is the same request before the 1,000,000 jobs were added. Percentiles over
+``requests`` calls after 5 untimed ones.
+
+    .venv/bin/python -m bench.reads [--quick] [--backend postgresql|sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from bench.common import Section, median, migrate, ms, percentile, scratch, use_settings
+from tests.support.services import start_postgres
+
+P99_TARGET = 0.020
+SMALL_DEPLOYMENTS = 10
+SMALL_VERSIONS = 1_000
+
+
+@dataclass
+class Seeded:
+    """What a seeded database holds."""
+
+    big: str
+    versions: int
+    big_versions: int
+    jobs: int
+    seconds: float
+
+
+def _series(dialect: str, low: int, high: int) -> tuple[str, str]:
+    """(WITH prefix, FROM item) giving rows ``s.i`` for i in [low, high]."""
+    if dialect == "postgresql":
+        return "", f"generate_series({low}, {high}) AS s(i)"
+    return (
+        f"WITH RECURSIVE s(i) AS (SELECT {low} UNION ALL SELECT i + 1 FROM s WHERE i < {high}) ",
+        "s",
+    )
+
+
+def _seconds_before(dialect: str, column: str, seconds: str) -> str:
+    if dialect == "postgresql":
+        return f"({column} - make_interval(secs => {seconds}))"
+    return f"datetime({column}, '-' || ({seconds}) || ' seconds')"
+
+
+def _clone(
+    engine: Engine,
+    table: Any,
+    *,
+    template_id: str,
+    low: int,
+    high: int,
+    values: dict[str, str],
+    where: str = "",
+) -> None:
+    """Insert one row per i in [low, high], copying the template row but for ``values``."""
+    columns = [c.name for c in table.columns]
+    select_list = ", ".join(values.get(name, f"t.{name}") for name in columns)
+    prefix, series = _series(engine.dialect.name, low, high)
+    sql = (
+        f"{prefix}INSERT INTO {table.name} ({', '.join(columns)}) SELECT {select_list} "
+        f"FROM {table.name} t, {series} WHERE t.id = :template {where}"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(sql), {"template": template_id})
+
+
+def seed(engine: Engine, client: Any, headers: dict[str, str], versions: int, jobs: int) -> Seeded:
+    """Fill the database: deployments, versions, releases, finished jobs (see module doc)."""
+    from shipway.db import transaction
+    from shipway.deployments.models import Deployment
+    from shipway.ids import new_id, utcnow
+    from shipway.jobs import service as job_service
+    from shipway.jobs.models import Job
+    from shipway.releases.models import Release
+    from shipway.versions.models import Version
+    from shipway.versions.service import create_version
+
+    started = time.perf_counter()
+    dialect = engine.dialect.name
+    deployments = []
+    for index in range(SMALL_DEPLOYMENTS + 1):
+        response = client.post(
+            "/api/v1/deployments",
+            json={"name": f"reads-{index}", "kind": "container"},
+            headers=headers,
+        )
+        assert response.status_code == 201, response.text
+        deployments.append(response.json()["id"])
+    big, small = deployments[0], deployments[1:]
+    small_versions = min(SMALL_VERSIONS, versions // 100)
+    big_versions = versions - small_versions * len(small)
+    with transaction() as session:
+        deployment = session.get(Deployment, big)
+        assert deployment is not None
+        template = create_version(session, deployment=deployment, actor="bench")
+        template.state = "ready"
+        template_id, workspace_id = template.id, template.workspace_id
+        session.add(
+            Release(
+                id=new_id("rel"),
+                workspace_id=workspace_id,
+                deployment_id=big,
+                version_id=template_id,
+                environment="production",
+                status="ARCHIVED",
+                replicas=0,
+                rollback_count=0,
+                rollout={},
+            )
+        )
+    template_release = None
+    with engine.connect() as conn:
+        template_release = conn.execute(
+            text("SELECT id FROM releases WHERE version_id = :v"), {"v": template_id}
+        ).scalar_one()
+
+    def version_values(dep: str, tag: str) -> dict[str, str]:
+        return {
+            "id": f"'v{tag}_' || CAST(s.i AS VARCHAR)",
+            "deployment_id": f"'{dep}'",
+            "version_number": "s.i",
+            "state": "CASE WHEN s.i % 50 = 0 THEN 'failed' ELSE 'ready' END",
+            "external_workspace_id": "'ext-' || CAST(s.i % 10 AS VARCHAR)",
+        }
+
+    _clone(
+        engine,
+        Version.__table__,
+        template_id=template_id,
+        low=2,
+        high=big_versions,
+        values=version_values(big, "b"),
+    )
+    for index, dep in enumerate(small):
+        _clone(
+            engine,
+            Version.__table__,
+            template_id=template_id,
+            low=1,
+            high=small_versions,
+            values=version_values(dep, f"s{index}"),
+        )
+    _clone(
+        engine,
+        Release.__table__,
+        template_id=template_release,
+        low=1,
+        high=big_versions // 100,
+        values={
+            "id": "'rb_' || CAST(s.i AS VARCHAR)",
+            "version_id": "'vb_' || CAST(s.i * 100 AS VARCHAR)",
+        },
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE deployments SET latest_version_number = :n WHERE id = :d"),
+            {"n": big_versions, "d": big},
+        )
+        for dep in small:
+            conn.execute(
+                text("UPDATE deployments SET latest_version_number = :n WHERE id = :d"),
+                {"n": small_versions, "d": dep},
+            )
+    # Jobs: one finished template, cloned; then 5 queued ones made by enqueue.
+    with transaction() as session:
+        job = job_service.enqueue(
+            session, workspace_id=workspace_id, kind="noop", actor="bench", params={"seconds": 0}
+        )
+        job_id = job.id
+    with transaction() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+        now = utcnow()
+        row.state, row.attempts, row.started_at, row.finished_at = "succeeded", 1, now, now
+    if jobs:
+        _clone(
+            engine,
+            Job.__table__,
+            template_id=job_id,
+            low=1,
+            high=jobs - 1,
+            values={
+                "id": "'jb_' || CAST(s.i AS VARCHAR)",
+                "state": "CASE WHEN s.i % 33 = 0 THEN 'failed' ELSE 'succeeded' END",
+                "failure_reason": "CASE WHEN s.i % 33 = 0 THEN 'internal_error' ELSE NULL END",
+                "created_at": _seconds_before(dialect, "t.created_at", "s.i"),
+                "updated_at": _seconds_before(dialect, "t.created_at", "s.i - 1"),
+                "started_at": _seconds_before(dialect, "t.created_at", "s.i"),
+                "finished_at": _seconds_before(dialect, "t.created_at", "s.i - 1"),
+            },
+        )
+    with transaction() as session:
+        for _ in range(5):
+            job_service.enqueue(
+                session,
+                workspace_id=workspace_id,
+                kind="noop",
+                actor="bench",
+                params={"seconds": 0},
+            )
+    # A bulk load leaves no visibility map nor hint bits: the first reads would write
+    # them. Autovacuum does this in a live database; here it is done at once.
+    if dialect == "postgresql":
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+    else:
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+    return Seeded(
+        big=big,
+        versions=versions,
+        big_versions=big_versions,
+        jobs=jobs,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def timings(call: Callable[[], Any], count: int) -> list[float]:
+    """``count`` timings of ``call`` after 5 untimed calls."""
+    for _ in range(5):
+        call()
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _versions_cases(seeded: Seeded) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+    """(label, query params, SQL condition, SQL params) of each measured page."""
+    from shipway.versions.service import encode_cursor
+
+    middle = seeded.big_versions // 2
+    return [
+        ("first page", {}, "", {}),
+        (
+            f"deep page (cursor at #{middle})",
+            {"cursor": encode_cursor(middle)},
+            "AND v.version_number < :n",
+            {"n": middle},
+        ),
+        ("state=failed (2 %)", {"state": "failed"}, "AND v.state = :state", {"state": "failed"}),
+        (
+            "external_workspace_id=ext-3 (10 %)",
+            {"external_workspace_id": "ext-3"},
+            "AND v.external_workspace_id = :ext",
+            {"ext": "ext-3"},
+        ),
+        (
+            "environment=production (1 % released)",
+            {"environment": "production"},
+            "AND EXISTS (SELECT 1 FROM releases r WHERE r.version_id = v.id "
+            "AND r.environment = :env)",
+            {"env": "production"},
+        ),
+    ]
+
+
+def measure(
+    section: Section,
+    label: str,
+    database_url: str,
+    folder: Path,
+    versions: int,
+    jobs: int,
+    requests: int,
+) -> None:
+    """Seed one database and add its rows to ``section``."""
+    from fastapi.testclient import TestClient
+
+    from shipway.api import create_app
+    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.db import engine_for, transaction
+
+    use_settings(
+        {
+            "SHIPWAY_DATABASE_URL": database_url,
+            "SHIPWAY_DATA_DIR": str(folder / "data"),
+            "SHIPWAY_ROUTER_DIR": str(folder / "router"),
+            "SHIPWAY_BROKER_URL": "",
+        }
+    )
+    migrate(database_url)
+    engine = engine_for(database_url)
+    with transaction() as session:
+        workspace = get_or_create_workspace(session, name="bench")
+        _, secret = create_token(session, workspace_id=workspace.id, scopes=["deployments:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(), raise_server_exceptions=True) as client:
+
+        def get(path: str, params: dict[str, Any]) -> Callable[[], Any]:
+            def call() -> None:
+                response = client.get(path, params=params, headers=headers)
+                assert response.status_code == 200, response.text
+
+            return call
+
+        # The queue view before the job history exists: its baseline.
+        empty_queue = timings(get("/api/v1/queue", {}), requests)
+        seeded = seed(engine, client, headers, versions, jobs)
+        section.notes.append(
+            f"{label}: seeded {seeded.versions:,} versions ({seeded.big_versions:,} in the "
+            f"listed deployment) and {seeded.jobs:,} finished jobs in {seeded.seconds:.0f} s."
+        )
+        path = f"/api/v1/deployments/{seeded.big}/versions"
+        for case, params, condition, sql_params in _versions_cases(seeded):
+            http = timings(get(path, {"limit": 50, **params}), requests)
+            sql = text(
+                f"SELECT v.* FROM versions v WHERE v.deployment_id = :dep {condition} "
+                "ORDER BY v.version_number DESC LIMIT 51"
+            )
+
+            def raw(sql: Any = sql, sql_params: dict[str, Any] = sql_params) -> None:
+                with engine.connect() as conn:
+                    rows = conn.execute(sql, {"dep": seeded.big, **sql_params}).all()
+                    assert rows
+
+            base = timings(raw, requests)
+            p99 = percentile(http, 99)
+            section.add(
+                f"{label}: GET …/versions {case}, p50 / p99",
+                f"{ms(median(http))} / {ms(p99)}",
+                baseline=f"{ms(median(base))} / {ms(percentile(base, 99))}",
+                ratio=median(http) / median(base),
+                target="p99 < 20 ms",
+                met=p99 < P99_TARGET,
+            )
+        queue = timings(get("/api/v1/queue", {}), requests)
+        section.add(
+            f"{label}: GET /queue with {seeded.jobs:,} finished jobs, p50 / p99 "
+            "(baseline: no history)",
+            f"{ms(median(queue))} / {ms(percentile(queue, 99))}",
+            baseline=f"{ms(median(empty_queue))} / {ms(percentile(empty_queue, 99))}",
+            ratio=median(queue) / median(empty_queue),
+            target="history costs nothing (≈ 1x)",
+            met=percentile(queue, 99) < P99_TARGET,
+        )
+    engine.dispose()
+
+
+def run(quick: bool = False, backends: tuple[str, ...] = ("postgresql", "sqlite")) -> Section:
+    """Seed and measure each backend; the results as a Section."""
+    versions = 10_000 if quick else 1_000_000
+    jobs = 10_000 if quick else 1_000_000
+    requests = 20 if quick else 300
+    section = Section("reads", "Reads on big tables: version listing and queue view")
+    for backend in backends:
+        with scratch(f"swb-reads-{backend}-") as folder:
+            if backend == "postgresql":
+                postgres = start_postgres(folder / "pg")
+                try:
+                    measure(section, "PostgreSQL", postgres.url(), folder, versions, jobs, requests)
+                finally:
+                    postgres.stop("immediate")
+            else:
+                url = f"sqlite:///{folder / 'shipway.db'}"
+                measure(section, "SQLite", url, folder, versions, jobs, requests)
+    section.notes.append(
+        f"{requests} requests per figure, p50 / p99; ratio = shipway p50 / baseline p50. "
+        "The HTTP figure includes the token check and the deployment lookup "
+        "(two more indexed queries) and the JSON encoding of 50 rows."
+    )
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--backend", choices=["postgresql", "sqlite"], action="append")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    section = run(quick=args.quick, backends=tuple(args.backend or ("postgresql", "sqlite")))
+    section.seconds = time.perf_counter() - started
+    print(section.markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""`make bench` in miniature: every benchmark's quick mode runs and reports numbers.
+
+Runs ``python -m bench --quick`` into a temporary file (never bench/RESULTS.md) and
+checks that every section is there, none failed, and each row has a figure. Times are
+never asserted: the benchmarks only print ratios.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import BENCHMARKS, RESULTS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+NUMBER = re.compile(r"\d")
+
+
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    output = tmp_path / "results.md"
+    before = RESULTS.read_bytes() if RESULTS.exists() else None
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    text = output.read_text()
+    assert "Machine: " in text and "## Summary" in text
+    for key in BENCHMARKS:  # each one has a row with a target in the summary
+        assert f"\n| {key} | " in text, key
+    assert "**failed:**" not in text
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
+    # Section tables: | measurement | shipway | …; the summary's rows start with a key.
+    figures = [
+        cells[2].strip()
+        for cells in rows
+        if cells[1].strip() not in {*BENCHMARKS, "measurement", "benchmark"}
+        and not cells[1].startswith("---")
+    ]
+    assert figures and all(NUMBER.search(figure) for figure in figures), figures
+    # The ratios each benchmark exists for are present.
+    for needle in ("raw", "p50 / p99", "failed requests", "promote", "publish"):
+        assert needle in text, needle
+    assert (RESULTS.read_bytes() if RESULTS.exists() else None) == before
