@@ -699,6 +699,30 @@ PY
   info "   went back to 0 and stable v1 serves everything again"
   curl_public v1
   remember "canary of v4: advanced to 60%, then aborted (canary_analysis_failed) when the traffic hit its bug; v1 still answered"
+
+  step "Why was v4's canary aborted? Ask the API: the release's diagnosis and its evidence"
+  call 200 GET "/api/v1/versions/$V4?environment=production" "" \
+    '"\n".join(["status: %s, failure_reason: %s" % (d["status"], d["failure_reason"]), "title: %s" % d["failure_diagnostics"]["title"], "description: %s" % d["failure_diagnostics"]["description"], "action: %s" % d["failure_diagnostics"]["action"], "thresholds: %s" % d["failure_diagnostics"]["evidence"].get("thresholds")] + ["interval %s at %s%%: %s requests, %s 5xx, error rate %s -> %s" % (i, a.get("weight"), a.get("requests"), a.get("errors_5xx"), a.get("error_rate"), a.get("verdict")) for i, a in enumerate(d["failure_diagnostics"]["evidence"].get("intervals", [])[-4:])])'
+  [ "$(json "$RESPONSE" 'd["failure_reason"]')" = canary_analysis_failed ] ||
+    fail "GET /versions/$V4 should carry failure_reason canary_analysis_failed"
+  remember "GET /versions/$V4?environment=production explains the abort: measured error rates against max_error_rate, and what to do"
+
+  step "A healthy v5 as a canary with the CLI: 'shipway promote --canary' follows each step live"
+  publish v5 publish-v5
+  V5=$PUBLISHED_VERSION
+  wait_built "$V5"
+  start_traffic /
+  info "\$ SHIPWAY_API_URL=\$API SHIPWAY_TOKEN=\$TOKEN shipway promote $V5 --env production --canary 20:4,50:4 --analysis-interval 1 --min-requests 3"
+  info "  (in another terminal 'shipway queue --watch' shows the same rollout live)"
+  SHIPWAY_API_URL=$API SHIPWAY_TOKEN=$TOKEN "$BIN/shipway" promote "$V5" --env production \
+    --canary 20:4,50:4 --analysis-interval 1 --min-requests 3 2>&1 | sed 's/^/    | /'
+  cli_status=${PIPESTATUS[0]}
+  stop_traffic
+  [ "$cli_status" -eq 0 ] || fail "shipway promote --canary of v5 exited $cli_status"
+  curl_public v5
+  call 200 GET "/api/v1/versions/$V5?environment=production" "" "$LIFECYCLE"
+  [ "$(json "$RESPONSE" 'd["status"]')" = ACTIVE ] || fail "v5 should be ACTIVE after its canary"
+  remember "canary of v5 with the CLI: 20% -> 50% -> 100%, ACTIVE; $PUBLIC_URL answered v5"
 fi
 
 step "The deployment: each environment's active version and release status"
