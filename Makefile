@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test test-chaos demo bench bench-quick bench-promote clean distclean
+.PHONY: help provision lint format test test-chaos test-fuzz demo bench bench-quick bench-promote clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
@@ -13,6 +13,7 @@ help:
 	@echo "make format     apply ruff's fixes and formatting"
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
 	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
+	@echo "make test-fuzz  provision, then a long API fuzz run (SHIPWAY_FUZZ_EXAMPLES=200 per operation)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
 	@echo "make bench      every benchmark against its raw baseline (writes bench/RESULTS.md)"
 	@echo "make bench-quick  the same, small sizes (a smoke run; BENCH_OUTPUT=... to keep it)"
@@ -44,6 +45,11 @@ test: provision
 test-chaos: provision
 	SHIPWAY_CHAOS_SCALE=full SHIPWAY_CHAOS_DOCKER=$${SHIPWAY_CHAOS_DOCKER:-1} \
 		$(BIN)/pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
+
+# `make test` fuzzes every API operation with 25 fixed examples; this explores 200 new ones.
+test-fuzz: provision
+	SHIPWAY_FUZZ_EXAMPLES=$${SHIPWAY_FUZZ_EXAMPLES:-200} \
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz_api.py $(PYTEST_ARGS)
 
 demo: provision
 	@bash scripts/demo.sh

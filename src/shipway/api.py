@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -95,6 +95,16 @@ def _database_down(_request: Request, exc: Exception) -> JSONResponse:
         error_body("database_unavailable", "the database is unreachable; retry shortly"),
         503,
         headers={"Retry-After": "2"},
+    )
+
+
+def _value_refused(_request: Request, exc: Exception) -> JSONResponse:
+    # Input the validators let through but the database cannot store or compare,
+    # e.g. a NUL character in an id, cursor or name (PostgreSQL text refuses it).
+    log.warning("database refused a value: %s", exc)
+    return JSONResponse(
+        error_body("invalid_input", "a value in the request cannot be stored or searched for"),
+        422,
     )
 
 
@@ -246,6 +256,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DataError, _value_refused)
     app.add_exception_handler(Exception, _unexpected)
     settings = get_settings()
     app.add_middleware(
