@@ -486,8 +486,12 @@ def fail_release(
     if release is None:
         return
     key = route_key(release.deployment_id, release.environment)
+    owns_router = job.started_at is not None and not _other_rollout_running(session, job)
     if release.status == "DEPLOYING":
         if job.started_at is not None:  # a job that never ran started nothing to clean up
+            if owns_router:  # traffic back first: the route must never lack a ready server
+                with suppress(RouterError, OSError):
+                    _restore_serving(session, release=release, key=key)
             with suppress(RouterError, OSError):
                 _remove_from_router(key, release.id)
             tear_down(runtime=get_runtime(), release_id=release.id, stop_timeout_seconds=0)
@@ -507,7 +511,7 @@ def fail_release(
                     "replicas": 0,
                 },
             )
-    if job.started_at is not None and not _other_rollout_running(session, job):
+    if owns_router:
         with suppress(RouterError, OSError):
             _restore_serving(session, release=release, key=key)
 
