@@ -60,15 +60,22 @@ class JobContext:
         if self.lease_lost():
             raise LeaseLost(self.job_id)
         with self.session() as session, session.begin():
-            if not service.holds_lease(session, job_id=self.job_id, owner=self.owner):
-                raise LeaseLost(self.job_id)
-            if service.cancel_requested(session, job_id=self.job_id):
-                raise JobCancelled(self.job_id)
+            self._check(session)
+
+    def _check(self, session: Session) -> None:
+        """Raise LeaseLost or JobCancelled, read in one query."""
+        holds, cancelled = service.lease_and_cancel(session, job_id=self.job_id, owner=self.owner)
+        if not holds:
+            raise LeaseLost(self.job_id)
+        if cancelled:
+            raise JobCancelled(self.job_id)
 
     def phase(self, name: str, **progress: Any) -> None:
-        """Enter a phase (checks cancellation first)."""
-        self.checkpoint()
+        """Enter a phase (checks cancellation first, in the same transaction)."""
+        if self.lease_lost():
+            raise LeaseLost(self.job_id)
         with self.session() as session, session.begin():
+            self._check(session)
             service.set_phase(
                 session,
                 job_id=self.job_id,

@@ -88,7 +88,8 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     finally:
         beat.stopped.set()
         _notify(None)
-    _dispatch_next(maker, job_id)
+    if claim.serial_key is not None:  # only a job in a serial line has a next one
+        _dispatch_next(maker, job_id)
     return state
 
 

@@ -137,6 +137,7 @@ class Claim:
     kind: str
     attempt: int
     owner: str
+    serial_key: str | None = None
 
 
 def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
@@ -181,7 +182,13 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
         return None  # another job of this serial key is running (unique index)
     except Conflict:
         return None  # a concurrent claimer won
-    return Claim(job_id=job_id, kind=job.kind, attempt=job.attempts, owner=owner)
+    return Claim(
+        job_id=job_id,
+        kind=job.kind,
+        attempt=job.attempts,
+        owner=owner,
+        serial_key=job.serial_key,
+    )
 
 
 def heartbeat(session: Session, *, job_id: str, owner: str) -> bool:
@@ -203,6 +210,16 @@ def holds_lease(session: Session, *, job_id: str, owner: str) -> bool:
     """Whether ``owner`` still runs this job."""
     row = session.execute(select(Job.state, Job.lease_owner).where(Job.id == job_id)).first()
     return row is not None and row.state == "running" and row.lease_owner == owner
+
+
+def lease_and_cancel(session: Session, *, job_id: str, owner: str) -> tuple[bool, bool]:
+    """(whether ``owner`` still runs this job, whether an operator asked it to stop)."""
+    row = session.execute(
+        select(Job.state, Job.lease_owner, Job.cancel_requested).where(Job.id == job_id)
+    ).first()
+    if row is None:
+        return False, False
+    return row.state == "running" and row.lease_owner == owner, bool(row.cancel_requested)
 
 
 def cancel_requested(session: Session, *, job_id: str) -> bool:
