@@ -103,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         title, fn = BENCHMARKS[name]
         print(f"bench: {title} …", file=sys.stderr, flush=True)
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), os.getloadavg()[0]
         try:
             section = fn(quick)
         except Exception:
             section = Section(name, title, error=traceback.format_exc()[-4000:])
         section.seconds = time.perf_counter() - started
+        section.notes.append(
+            f"machine load average (1 min) {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after this section ({os.cpu_count()} CPUs)."
+        )
         print(section.markdown(), flush=True)
         sections.append(section)
     header = [
