@@ -117,11 +117,13 @@ class World:
         op: Operation,
         token: dict[str, str] | None,
         path_ids: dict[str, str] | None = None,
+        key: bool = True,
         **kwargs: Any,
     ) -> httpx.Response:
         """``op`` on acme's rows with ``token`` (none: no Authorization) and a fresh key."""
         headers = auth(token) if token else {}
-        headers["Idempotency-Key"] = f"hostile-{secrets.token_hex(4)}"
+        if key:
+            headers["Idempotency-Key"] = f"hostile-{secrets.token_hex(4)}"
         headers.update(kwargs.pop("headers", {}))
         return self.client.request(op.method, self.url(op, path_ids), headers=headers, **kwargs)
 
@@ -358,6 +360,31 @@ def test_another_workspaces_ids_are_404(world: World, op: Operation, unchanged: 
 
     assert blind(response.text, real) == blind(lost.text, ghost)
     assert "acme" not in response.text
+
+
+KEYED = [
+    op
+    for op in OPERATIONS
+    if any(p["name"] == "Idempotency-Key" for p in op.spec.get("parameters", []))
+]
+
+
+@pytest.mark.parametrize("op", KEYED, ids=ids)
+def test_missing_idempotency_key_is_400(world: World, op: Operation, unchanged: None) -> None:
+    header = next(p for p in op.spec["parameters"] if p["name"] == "Idempotency-Key")
+    assert header["required"] is True, f"{op} documents Idempotency-Key as optional"
+    response = world.send(op, world.admin, key=False, **valid_request(op))
+    op.assert_refused(response, 400, "idempotency_key_required")
+
+
+@pytest.mark.parametrize("path", sorted(SPEC["paths"]))
+def test_other_methods_are_405_with_every_allowed_method(world: World, path: str) -> None:
+    documented = {method.upper() for method in SPEC["paths"][path]}
+    url = path.format(**{name: world.ids.get(name, "x") for name in re.findall(r"{(\w+)}", path)})
+    for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - documented):
+        response = world.client.request(method, url, headers=auth(world.admin))
+        assert_error(response, 405, "method_not_allowed")
+        assert set(response.headers["allow"].split(", ")) == documented, (method, path)
 
 
 @pytest.mark.parametrize("path", sorted(path for _, path in PUBLIC))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -78,15 +79,26 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI's generic "error parsing the body": a JSON body that is not UTF-8.
         return JSONResponse(error_body("malformed_json", "request body is not valid JSON"), 400)
     code = HTTP_CODES.get(exc.status_code, "error")
-    return JSONResponse(
-        error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request, allow: str) -> str:
+    """Every documented method of the path: Starlette's 405 names only one route's methods."""
+    methods = {method.strip() for method in allow.split(",") if method.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^/}]+\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods))
 
 
 def _database_down(_request: Request, exc: Exception) -> JSONResponse:
@@ -203,7 +215,9 @@ def _document_error_shape(app: FastAPI) -> None:
 
     FastAPI documents its own ``HTTPValidationError`` for 422 and uses a route's
     ``response_class`` media type (e.g. text/plain) for error responses; every error
-    shipway sends is ``ErrorResponse`` JSON (see ``_validation_error``).
+    shipway sends is ``ErrorResponse`` JSON (see ``_validation_error``). Routes read
+    ``Idempotency-Key`` as optional so that its absence is a 400 with its own code, but
+    the header is required.
     """
     generate = app.openapi
 
@@ -216,6 +230,9 @@ def _document_error_shape(app: FastAPI) -> None:
                 for status, response in operation.get("responses", {}).items():
                     if str(status)[0] in "45":
                         response["content"] = {"application/json": {"schema": ERROR_SCHEMA}}
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "header" and parameter["name"] == "Idempotency-Key":
+                        parameter["required"] = True
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)

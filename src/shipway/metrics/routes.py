@@ -30,6 +30,8 @@ def metrics_access(
     "/metrics",
     response_class=Response,
     dependencies=[Depends(metrics_access)],
+    # The token is optional (appended to the bearer requirement): public by default.
+    openapi_extra={"security": [{}]},
     responses={
         200: {
             "content": {"text/plain": {}, "application/openmetrics-text": {}},
