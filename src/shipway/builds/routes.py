@@ -98,7 +98,7 @@ def publish_version(
     finally:
         store.drop_staged(staged)
     if created:
-        background.add_task(relay.dispatch, created)
+        background.add_task(relay.dispatch_after_commit, created)
     else:
         for version_id in moved:
             store.discard(version_id)

@@ -30,18 +30,37 @@ def send_to_broker(job_id: str, queue: str) -> None:
     current_celery().send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
 
 
+# After a failed send, request handlers leave new jobs to the relay for this long instead of
+# each waiting out a connection attempt (about 2 s) while the broker is down.
+BROKER_BACKOFF_SECONDS = 5.0
+_broker_down_until = 0.0
+
+
+def dispatch_after_commit(jobs: Sequence[tuple[str, str]]) -> int:
+    """``dispatch`` for API requests: skipped while the broker was just seen down.
+
+    The jobs stay queued and never dispatched, so the relay sends them on its next
+    pass; the API's threads and connections are not held by a dead broker.
+    """
+    if time.monotonic() < _broker_down_until:
+        return 0
+    return dispatch(jobs)
+
+
 def dispatch(
     jobs: Sequence[tuple[str, str]],
     *,
     session_maker: Callable[[], Session] | None = None,
 ) -> int:
     """Send (id, queue) pairs to the broker; marks those sent. Never raises."""
+    global _broker_down_until
     maker = session_maker or session_factory()
     sent: list[str] = []
     for job_id, queue in jobs:
         try:
             send_to_broker(job_id, queue)
         except Exception as error:  # broker down: the relay retries later
+            _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
             log.warning("broker unreachable, %d job(s) left for the relay: %s", len(jobs), error)
             break
         sent.append(job_id)

@@ -92,7 +92,7 @@ def rollback(
         action=action,
     )
     if created:
-        background.add_task(relay.dispatch, created)
+        background.add_task(relay.dispatch_after_commit, created)
     return JSONResponse(status_code=status, content=payload)
 
 

@@ -240,5 +240,5 @@ def promote(
         action=action,
     )
     if created:
-        background.add_task(relay.dispatch, created)
+        background.add_task(relay.dispatch_after_commit, created)
     return JSONResponse(status_code=status, content=payload)
