@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from shipway.schemas import ReadModel, Timestamp
 
@@ -63,13 +64,17 @@ class DeploymentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runtime_command: str | None = Field(default=None, max_length=2000)
-    runtime_port: int | None = Field(default=None, ge=1, le=65535)
-    health_check_path: str | None = Field(default=None, max_length=500, pattern=r"^/")
-    replicas: int | None = Field(default=None, ge=1, le=50)
-    resources: Resources | None = None
-    health: dict[str, Any] | None = Field(
-        default=None, description="Fields of HealthSettings to change"
-    )
+    # ``SkipJsonSchema[None]``: absent is allowed, null is not (and the schema says so).
+    runtime_port: Annotated[int, Field(ge=1, le=65535)] | SkipJsonSchema[None] = None
+    health_check_path: (
+        Annotated[str, Field(max_length=500, pattern=r"^/")] | SkipJsonSchema[None]
+    ) = None
+    replicas: Annotated[int, Field(ge=1, le=50)] | SkipJsonSchema[None] = None
+    resources: Resources | SkipJsonSchema[None] = None
+    health: (
+        Annotated[dict[str, Any], Field(description="Fields of HealthSettings to change")]
+        | SkipJsonSchema[None]
+    ) = None
 
     @field_validator("health")
     @classmethod
