@@ -54,8 +54,9 @@ test-fuzz: provision
 demo: provision
 	@bash scripts/demo.sh
 
+BENCH_ARGS ?=
 bench: provision
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 BENCH_OUTPUT ?= /tmp/shipway-bench-quick.md
 bench-quick: provision

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--only", default="", help=f"comma-separated of {', '.join(BENCHMARKS)}")
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS}")
+    parser.add_argument("--note", default="", help="a remark printed under the header")
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("BENCH_QUICK") == "1"
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHMARKS)
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {machine()}.",
         "",
+        *([args.note, ""] if args.note else []),
         "Each figure is measured beside its baseline in the same run; ratio = shipway / "
         "baseline (lower is better). Benchmarks never assert times: `met` only compares "
         "with the targets of issue 8. On a shared machine expect ±20 % between runs; "
