@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -99,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     output = args.output or RESULTS
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in shown:  # the note is printed on its own below the header
+        at = shown.index("--note")
+        del shown[at : at + 2]
+    shown = [a for a in shown if not a.startswith("--note=")]
+    command = shlex.join(["python", "-m", "bench", *shown])
     sections: list[Section] = []
     for name in chosen:
         title, fn = BENCHMARKS[name]

@@ -38,6 +38,9 @@ from bench.common import Section, median, migrate, ms, percentile, scratch, use_
 from tests.support.services import start_postgres
 
 P99_TARGET = 0.020
+# The issue sets no latency target for the queue view: what must hold is that a million
+# finished jobs cost it nothing (within the noise of a shared machine).
+QUEUE_RATIO_TARGET = 1.2
 RECENT_JOBS = 3_600  # one hour of history: the queue view's baseline has these too
 SMALL_DEPLOYMENTS = 10
 SMALL_VERSIONS = 1_000
@@ -383,8 +386,8 @@ def measure(
             f"{ms(median(queue))} / {ms(percentile(queue, 99))}",
             baseline=f"{ms(median(hour_only))} / {ms(percentile(hour_only, 99))}",
             ratio=median(queue) / median(hour_only),
-            target="history costs nothing (≈ 1x)",
-            met=percentile(queue, 99) < P99_TARGET,
+            target=f"≈ 1x (≤ {QUEUE_RATIO_TARGET}x): history costs nothing",
+            met=median(queue) / median(hour_only) <= QUEUE_RATIO_TARGET,
         )
     engine.dispose()
 
