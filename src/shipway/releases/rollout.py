@@ -514,6 +514,40 @@ def fail_release(
     if owns_router:
         with suppress(RouterError, OSError):
             _restore_serving(session, release=release, key=key)
+    if release.status == "ACTIVE":
+        _retire_left_behind(session, job=job, release=release)
+
+
+def _retire_left_behind(session: Session, *, job: Job, release: Release) -> None:
+    """The job died after its switch (drain or retire): its replaced release still
+    runs, DRAINING, with nothing to retire it; queue the retire the job never reached."""
+    replaced_id = (release.rollout or {}).get("replaced_release_id")
+    replaced = session.get(Release, replaced_id) if replaced_id else None
+    if replaced is None or replaced.status != "DRAINING":
+        return
+    pending = session.scalar(
+        select(Job.id)
+        .where(
+            Job.kind == "retire",
+            Job.release_id == replaced.id,
+            Job.state.in_(("queued", "running")),
+        )
+        .limit(1)
+    )
+    if pending is not None:
+        return
+    jobs.enqueue(
+        session,
+        workspace_id=replaced.workspace_id,
+        kind="retire",
+        actor=job.actor,
+        params={"release_id": replaced.id},
+        deployment_id=replaced.deployment_id,
+        environment=replaced.environment,
+        release_id=replaced.id,
+        serial_key=jobs.serial_key_for(replaced.deployment_id, replaced.environment),
+        not_before=utcnow() + timedelta(seconds=get_settings().scale_down_delay_seconds),
+    )
 
 
 def _other_rollout_running(session: Session, job: Job) -> bool:
