@@ -62,7 +62,9 @@ class DockerRuntime:
 
     def _api(self) -> _CancellableAPIClient:
         params = docker.utils.kwargs_from_env()
-        return _CancellableAPIClient(version="auto", **params)
+        # The API version this engine speaks was negotiated when self.client was made;
+        # "auto" would ask the engine again (a request, ~5 ms) for every build.
+        return _CancellableAPIClient(version=self.client.api.api_version, **params)
 
     def build_image(
         self,
