@@ -27,7 +27,10 @@ from shipway.runtime.base import Runtime
 log = logging.getLogger(__name__)
 SERVING = ("ACTIVE", "UNHEALTHY")
 ROUTED = (*SERVING, "DRAINING", "DEPLOYING")
-REVIVED = (*SERVING, "DRAINING")  # releases whose stopped replicas are started again
+# Releases whose stopped replicas are started again. Not DRAINING: a retire stops
+# those replicas on purpose, and reviving one mid-retire (after a worker was lost
+# between stop and remove) put a server back in the router with no container.
+REVIVED = SERVING
 REVIVE_BACKOFF_MAX = 300.0
 _revivals: dict[str, tuple[int, float]] = {}  # container id -> (starts, next start allowed)
 
@@ -104,10 +107,10 @@ def reconcile_router(
 
 
 def revive_replicas(session: Session, *, runtime: Runtime) -> int:
-    """Start again the stopped replicas of releases that serve or drain; returns how many.
+    """Start again the stopped replicas of releases that serve; returns how many.
 
-    shipway never stops a replica of an ACTIVE, UNHEALTHY or DRAINING release
-    itself (a retire runs inside a job), so a stopped one was stopped from outside:
+    shipway never stops a replica of an ACTIVE or UNHEALTHY release itself, so a
+    stopped one was stopped from outside:
     typically a restart of the Docker engine, which stops every container without a
     restart policy. Releases whose environment has a job running are left to that
     job. A replica that keeps stopping is started again with an exponential backoff
