@@ -157,21 +157,16 @@ def promote(
             idempotency_key=key,
         )
         _announce(console, accepted, f"promoting {version_id} to [bold]{env}[/]")
-        if not follow:
-            if json_output:
-                print_json(accepted)
-            return
-        code, result = follow_rollout(
+        _follow_or_print(
             client,
             accepted=accepted,
             deployment_id=deployment_id,
             environment=env,
             console=console,
             what=f"{accepted['job'].get('kind', 'promote')} to {env}",
+            follow=follow,
+            json_output=json_output,
         )
-    if json_output:
-        print_json(result)
-    raise typer.Exit(code)
 
 
 @guarded
@@ -200,18 +195,42 @@ def rollback(
         )
         target = accepted["release"]["version_id"]
         _announce(console, accepted, f"rolling [bold]{env}[/] back to {target}")
-        if not follow:
-            if json_output:
-                print_json(accepted)
-            return
-        code, result = follow_rollout(
+        _follow_or_print(
             client,
             accepted=accepted,
             deployment_id=deployment_id,
             environment=env,
             console=console,
             what=f"rollback of {env}",
+            follow=follow,
+            json_output=json_output,
         )
+
+
+def _follow_or_print(
+    client: ShipwayClient,
+    *,
+    accepted: dict[str, Any],
+    deployment_id: str,
+    environment: str,
+    console: Console,
+    what: str,
+    follow: bool,
+    json_output: bool,
+) -> None:
+    """The accepted rollout as JSON when not following; else follow it and exit with its code."""
+    if not follow:
+        if json_output:
+            print_json(accepted)
+        return
+    code, result = follow_rollout(
+        client,
+        accepted=accepted,
+        deployment_id=deployment_id,
+        environment=environment,
+        console=console,
+        what=what,
+    )
     if json_output:
         print_json(result)
     raise typer.Exit(code)
