@@ -7,6 +7,9 @@ bench.raw_celery worker``) with the same Celery options (late ack, prefetch 1).
 
 - raw round trip: ``noop.apply_async().get()`` — publish, a worker runs a task that
   does nothing, its result comes back through Redis;
+- durable floor: the least any queue that keeps its jobs in PostgreSQL does — commit a
+  row, send its id, the raw worker commits "running" then "succeeded" with plain SQL,
+  the caller polls the row like shipway's (``durable_noop`` in bench/raw_celery.py);
 - shipway no-op job, as the API does it: ``jobs.service.enqueue(kind="noop",
   seconds=0)`` committed, then ``relay.dispatch`` right after commit (what the API's
   background task does), until the job row reads ``succeeded`` (polled every ms);
@@ -27,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import bindparam, text
 
@@ -49,6 +53,7 @@ class Bench:
         self.redis = start_redis(folder / "redis")
         self.postgres = start_postgres(folder / "pg")
         self.database_url = self.postgres.url()
+        self.plain_database_url = self.database_url.replace("+psycopg", "")
         self.settings = {
             "SHIPWAY_DATABASE_URL": self.database_url,
             "SHIPWAY_BROKER_URL": self.redis.url,
@@ -65,12 +70,20 @@ class Bench:
 
         with transaction() as session:
             self.workspace_id = get_or_create_workspace(session, name="bench").id
+        import psycopg
+
+        from bench.raw_celery import FLOOR_TABLE_SQL
+
+        # One open connection, as shipway's pool keeps its own.
+        self.floor_database: Any = psycopg.connect(self.plain_database_url, autocommit=True)
+        self.floor_database.execute(FLOOR_TABLE_SQL)
 
     def close(self) -> None:
         """Stop every process started here."""
         from shipway.db import get_engine
 
         self.supervisor.stop_all(grace=3)
+        self.floor_database.close()
         get_engine().dispose()
         self.redis.stop()
         self.postgres.stop("immediate")
@@ -98,7 +111,9 @@ class Bench:
     def raw_worker(self, concurrency: int) -> Service:
         """A bare Celery worker with the same options, on the same Redis."""
         name = f"raw{concurrency}-{len(self.supervisor.services)}"
-        env = child_env({"BENCH_BROKER_URL": self.redis.url})
+        env = child_env(
+            {"BENCH_BROKER_URL": self.redis.url, "BENCH_DATABASE_URL": self.plain_database_url}
+        )
         env["PYTHONPATH"] = str(ROOT)
         service = self.supervisor.spawn(
             name,
@@ -188,7 +203,39 @@ class Bench:
         started = time.perf_counter()
         jobs = self.enqueue()
         relay.dispatch(jobs)
-        self.wait_done([jobs[0][0]])
+        self.await_succeeded("jobs", jobs[0][0])
+        return time.perf_counter() - started
+
+    def await_succeeded(self, table: str, job_id: str, timeout: float = 60) -> None:
+        """Poll one row (plain SQL, every ``POLL_SECONDS``) until its job ended.
+
+        The same observer for shipway's jobs and the floor's rows, so neither pays
+        for the other's client library.
+        """
+        query = f"SELECT state FROM {table} WHERE id = %s"
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.floor_database.execute(query, (job_id,)).fetchone()
+            state = row[0] if row else None
+            if state in ("succeeded", "failed", "cancelled"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{table} {job_id} still {state} after {timeout}s")
+            time.sleep(POLL_SECONDS)
+        if state != "succeeded":
+            raise RuntimeError(f"{table} {job_id} ended {state}")
+
+    def floor_job(self) -> float:
+        """Seconds from committing a floor_jobs row to reading it succeeded (durable floor)."""
+        from bench.raw_celery import durable_noop
+
+        started = time.perf_counter()
+        job_id = f"floor-{time.perf_counter_ns()}"
+        self.floor_database.execute(
+            "INSERT INTO floor_jobs (id, state) VALUES (%s, 'queued')", (job_id,)
+        )
+        durable_noop.apply_async(args=[job_id])
+        self.await_succeeded("floor_jobs", job_id)
         return time.perf_counter() - started
 
     def relay_job(self) -> float:
@@ -275,6 +322,7 @@ def run(quick: bool = False) -> Section:
             raw = sample(raw_round_trip, samples)
             ship = sample(bench.shipway_job, samples)
             steps = bench.phases(samples)
+            floor = sample(bench.floor_job, samples)
             ratio = median(ship) / median(raw)
             section.add(
                 "one job, p50: enqueue → succeeded (shipway) / apply_async().get() (raw)",
@@ -289,6 +337,14 @@ def run(quick: bool = False) -> Section:
                 ms(percentile(ship, 99)),
                 baseline=ms(percentile(raw, 99)),
                 ratio=percentile(ship, 99) / percentile(raw, 99),
+            )
+            section.add(
+                "one job, p50, against the durable floor (raw Celery + the same PostgreSQL "
+                "commits in plain SQL)",
+                ms(median(ship)),
+                baseline=ms(median(floor)),
+                ratio=median(ship) / median(floor),
+                target="for information",
             )
             section.add(
                 "one job, p50, from the job row's timestamps: created → finished",

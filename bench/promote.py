@@ -501,6 +501,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def per_round(rounds: list[Round]) -> str:
+    """Every round's figures, to show the spread behind the medians."""
+    return "per round (ms): " + "; ".join(
+        f"raw {r.raw * 1000:.0f} first {r.first * 1000:.0f} replace {r.replace * 1000:.0f} "
+        f"warm {r.warm * 1000:.0f} cold raw {r.cold_raw * 1000:.0f} cold {r.cold * 1000:.0f}"
+        for r in rounds
+    )
+
+
 def report(rounds: list[Round], worker: tuple[float, float] | None, interval: float | None) -> str:
     raw = median([r.raw for r in rounds])
     first = median([r.first for r in rounds])
@@ -557,12 +566,7 @@ def report(rounds: list[Round], worker: tuple[float, float] | None, interval: fl
             for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
         ),
         "",
-        "per round (ms): "
-        + "; ".join(
-            f"raw {r.raw * 1000:.0f} first {r.first * 1000:.0f} replace {r.replace * 1000:.0f} "
-            f"warm {r.warm * 1000:.0f} cold {r.cold * 1000:.0f}"
-            for r in rounds
-        ),
+        per_round(rounds),
     ]
     return "\n".join(lines)
 
@@ -617,6 +621,7 @@ def section(rounds: list[Round], worker: tuple[float, float] | None) -> Any:
             )
             for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
         ),
+        per_round(rounds),
     ]
     return out
 

@@ -90,11 +90,17 @@ def get_engine() -> Engine:
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     """A session factory bound to ``engine`` (default: the configured one)."""
+    return _session_factory_for(engine or get_engine())
+
+
+@lru_cache(maxsize=8)
+def _session_factory_for(engine: Engine) -> sessionmaker[Session]:
+    # One per engine: a sessionmaker builds a Session class, too slow for every job.
     # Map every table before the first flush: a worker or relay process imports only
     # some models, and a foreign key to an unimported table cannot be resolved.
     import shipway.models  # noqa: F401
 
-    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager

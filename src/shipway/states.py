@@ -8,9 +8,9 @@ raises :class:`InvalidTransition` and leaves the row unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, insert, update
 from sqlalchemy.orm import Session
 
 from shipway.db import Base
@@ -20,6 +20,9 @@ from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.releases.models import Release
 from shipway.versions.models import Version
+
+# A declarative class's __table__ is a Table (typed as the wider FromClause).
+_EVENTS = cast(Table, Event.__table__)
 
 
 @dataclass(frozen=True)
@@ -111,23 +114,30 @@ def record_event(
     deployment_id: str | None = None,
     job_id: str | None = None,
     data: dict[str, Any] | None = None,
-) -> Event:
-    """Append one Event row in the caller's transaction."""
-    event = Event(
-        workspace_id=workspace_id,
-        deployment_id=deployment_id,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        from_state=from_state,
-        to_state=to_state,
-        reason=reason,
-        actor=actor,
-        job_id=job_id,
-        data=data or {},
-        created_at=utcnow(),
+) -> None:
+    """Append one Event row in the caller's transaction.
+
+    A plain INSERT on the session's connection, written at once: an audit row is never
+    read back or changed, so the unit of work (and its RETURNING of the new id) is
+    skipped. Event ids still follow the order of the calls. Pending ORM changes are
+    flushed first, as an ORM statement would (the workspace row may be new).
+    """
+    session.flush()
+    session.execute(
+        insert(_EVENTS).values(
+            workspace_id=workspace_id,
+            deployment_id=deployment_id,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            actor=actor,
+            job_id=job_id,
+            data=data or {},
+            created_at=utcnow(),
+        )
     )
-    session.add(event)
-    return event
 
 
 def transition(

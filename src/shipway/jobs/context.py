@@ -48,6 +48,8 @@ class JobContext:
     attempt: int
     session_maker: Callable[[], Session]
     lease_lost: Callable[[], bool] = field(default=lambda: False)
+    # The job's parameters as read by the claim (no further query needed).
+    params: dict[str, Any] = field(default_factory=dict)
     # Progress kept across phases (e.g. the canary state, mirrored on the job).
     sticky: dict[str, Any] = field(default_factory=dict)
 

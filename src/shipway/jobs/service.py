@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,10 +101,10 @@ def get_job(session: Session, *, job_id: str, workspace_id: str | None = None) -
     return job
 
 
-def _earlier_in_line(job: Job) -> Any:
+def _earlier_in_line(*, job_id: str, serial_key: str | None, created_at: datetime) -> Any:
     return and_(
-        Job.serial_key == job.serial_key,
-        Job.id != job.id,
+        Job.serial_key == serial_key,
+        Job.id != job_id,
         or_(
             Job.state == "running",
             and_(
@@ -111,8 +112,8 @@ def _earlier_in_line(job: Job) -> Any:
                 # a delayed job (retire after the scale-down delay) blocks no one until due
                 or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
                 or_(
-                    Job.created_at < job.created_at,
-                    and_(Job.created_at == job.created_at, Job.id < job.id),
+                    Job.created_at < created_at,
+                    and_(Job.created_at == created_at, Job.id < job_id),
                 ),
             ),
         ),
@@ -125,19 +126,26 @@ def queue_position(session: Session, *, job: Job) -> int | None:
         return None
     if job.serial_key is None:
         return 1
-    ahead = session.scalar(select(func.count()).select_from(Job).where(_earlier_in_line(job)))
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            _earlier_in_line(job_id=job.id, serial_key=job.serial_key, created_at=job.created_at)
+        )
+    )
     return int(ahead or 0) + 1
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed job: its id, kind, attempt number and lease owner."""
+    """A claimed job: its id, kind, attempt number, lease owner and parameters."""
 
     job_id: str
     kind: str
     attempt: int
     owner: str
     serial_key: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
@@ -147,20 +155,44 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     finished), or another job of the same (deployment, environment) is running
     or queued before it.
     """
-    job = session.get(Job, job_id, populate_existing=True)
+    # Plain columns, not the ORM object: nothing to refresh after the conditional UPDATE.
+    job = session.execute(
+        select(
+            Job.id,
+            Job.kind,
+            Job.state,
+            Job.attempts,
+            Job.params,
+            Job.serial_key,
+            Job.not_before,
+            Job.created_at,
+        ).where(Job.id == job_id)
+    ).first()
     if job is None or job.state != "queued":
         return None
     if job.not_before is not None and job.not_before > utcnow():
-        job.dispatched_at = None  # too early: the relay sends it again once it is due
+        # too early: the relay sends it again once it is due
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )
         return None
     if job.serial_key is not None:
-        blocker = session.scalar(select(Job.id).where(_earlier_in_line(job)).limit(1))
+        earlier = _earlier_in_line(
+            job_id=job.id, serial_key=job.serial_key, created_at=job.created_at
+        )
+        blocker = session.scalar(select(Job.id).where(earlier).limit(1))
         if blocker is not None:
             return None
     now = utcnow()
     lease = timedelta(seconds=get_settings().lease_seconds)
+    # Only a job in a serial line can hit the one-running-per-line unique index; the
+    # savepoint that lets this transaction survive that error is kept for those alone.
+    guard = session.begin_nested() if job.serial_key is not None else nullcontext()
     try:
-        with session.begin_nested():
+        with guard:
             transition(
                 session,
                 JOB,
@@ -185,9 +217,10 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     return Claim(
         job_id=job_id,
         kind=job.kind,
-        attempt=job.attempts,
+        attempt=job.attempts + 1,
         owner=owner,
         serial_key=job.serial_key,
+        params=dict(job.params or {}),
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
@@ -15,6 +16,8 @@ from shipway.db import session_factory
 from shipway.workers_registry import service
 
 log = logging.getLogger(__name__)
+# How long a job change waits before it is written (see Presence.run).
+CURRENT_JOB_DEBOUNCE_SECONDS = 0.2
 
 
 class Presence(threading.Thread):
@@ -38,32 +41,51 @@ class Presence(threading.Thread):
         self.hostname, self.pid = socket.gethostname(), os.getpid()
         self.worker_id: str | None = None
         self.current_job_id: str | None = None
+        self.written_job_id: str | None = None
         self.stopped = threading.Event()
         self.wake = threading.Event()
         self.registered = threading.Event()
 
     def run(self) -> None:
-        """Register (retrying), then heartbeat until stopped; wakes early on a job change."""
+        """Register (retrying), then heartbeat until stopped; wakes early on a job change.
+
+        A job change is written after ``CURRENT_JOB_DEBOUNCE_SECONDS`` and only if the
+        current job still differs from the one last written: a burst of short jobs costs
+        one write, not two per job, and a job that runs longer shows up at once.
+        """
         interval = get_settings().heartbeat_seconds
         while not self.stopped.is_set():
             try:
                 self._beat()
             except Exception as error:  # database unreachable: try again next interval
                 log.warning("worker heartbeat failed: %s", error)
-            self.wake.wait(interval)
+            self._wait_for_change(interval)
+
+    def _wait_for_change(self, interval: float) -> None:
+        deadline = time.monotonic() + interval
+        while not self.stopped.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.wake.wait(left):
+                return
             self.wake.clear()
+            self.stopped.wait(min(CURRENT_JOB_DEBOUNCE_SECONDS, interval))
+            if self.current_job_id != self.written_job_id:
+                return
 
     def _beat(self) -> None:
         with self.maker() as session, session.begin():
+            current_job_id = self.current_job_id
             if self.worker_id is not None and service.heartbeat(
-                session, worker_id=self.worker_id, current_job_id=self.current_job_id
+                session, worker_id=self.worker_id, current_job_id=current_job_id
             ):
+                self.written_job_id = current_job_id
                 return
             worker = service.register(
                 session, hostname=self.hostname, pid=self.pid, queues=self.queues, node=self.node
             )
-            worker.current_job_id = self.current_job_id
+            worker.current_job_id = current_job_id
             self.worker_id = worker.id
+        self.written_job_id = current_job_id
         self.registered.set()
         log.info("registered as worker %s (%s/%d)", self.worker_id, self.hostname, self.pid)
 
