@@ -113,15 +113,17 @@ def raw_floor(engine: docker.DockerClient, image: Image, replicas: int = REPLICA
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                if poll.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
                     return str(container.id)
             except httpx.HTTPError:
                 pass
             time.sleep(0.01)
         raise RuntimeError(f"raw container {container.name} never became healthy")
 
+    # One client, made before the clock starts, without keep-alive: as shipway probes.
+    poll = httpx.Client(timeout=1, limits=httpx.Limits(max_keepalive_connections=0))
     started = time.perf_counter()
-    with ThreadPoolExecutor(replicas) as pool:
+    with poll, ThreadPoolExecutor(replicas) as pool:
         ids = list(pool.map(one, range(replicas)))
     elapsed = time.perf_counter() - started
     for container_id in ids:

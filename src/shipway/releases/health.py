@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ from shipway.runtime.base import Replica, Runtime
 
 BODY_EXCERPT = 300
 CRASH_CHECK_EVERY = 0.2  # seconds between asking the engine whether a replica still runs
-FIRST_PROBE_PAUSE = 0.02  # seconds; grows 1.5x a round while replicas refuse connections
+FIRST_PROBE_PAUSE = 0.01  # seconds; grows 1.5x a round while replicas refuse connections
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,21 @@ class Probe:
         }
 
 
+@lru_cache(maxsize=1)
+def _probe_client() -> httpx.Client:
+    """One client per process: building one costs about 20 ms (its TLS context).
+
+    No keep-alive: every probe opens its own connection, as a load balancer's check
+    does, so a connection pooled to a replica that has since gone never fails a probe.
+    """
+    return httpx.Client(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def probe(url: str, *, timeout_seconds: float) -> Probe:
     """GET ``url`` once."""
     started = time.monotonic()
     try:
-        response = httpx.get(url, timeout=timeout_seconds, follow_redirects=False)
+        response = _probe_client().get(url, timeout=timeout_seconds)
     except httpx.HTTPError as error:
         return Probe(None, f"{type(error).__name__}: {error}", "", _ms(started))
     return Probe(response.status_code, None, response.text[:BODY_EXCERPT], _ms(started))
@@ -79,7 +90,9 @@ class _Tracker:
     successes: int = 0
     http_failures: int = 0
     probes: list[Probe] = field(default_factory=list)
-    crash_checked_at: float = float("-inf")
+    # The scale phase saw the container start: the first question to the engine can
+    # wait CRASH_CHECK_EVERY (an inspect costs 5-15 ms, asked for every replica in turn).
+    crash_checked_at: float = field(default_factory=time.monotonic)
 
     @property
     def url_base(self) -> str:
@@ -111,10 +124,16 @@ def wait_until_healthy(
         for tracker in trackers:
             if tracker.successes >= policy.healthy_threshold:
                 continue
-            if time.monotonic() - tracker.crash_checked_at >= CRASH_CHECK_EVERY:
+            # no published port: the container stopped before the scale phase could read it
+            no_port = tracker.replica.host_port is None
+            if no_port or time.monotonic() - tracker.crash_checked_at >= CRASH_CHECK_EVERY:
                 _crash_check(runtime, tracker)
                 tracker.crash_checked_at = time.monotonic()
-            result = probe(tracker.url_base + path, timeout_seconds=policy.timeout_seconds)
+            result = (
+                Probe(None, "the container has no published port", "", 0.0)
+                if no_port
+                else probe(tracker.url_base + path, timeout_seconds=policy.timeout_seconds)
+            )
             tracker.probes = [*tracker.probes[-4:], result]
             if result.ok:
                 tracker.successes += 1
