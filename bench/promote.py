@@ -179,34 +179,18 @@ class Shipway:
         return dep
 
     def version(self, dep: str, image: Image) -> str:
-        from shipway.db import transaction
-        from shipway.deployments.models import Deployment
-        from shipway.states import VERSION, transition
-        from shipway.versions.service import create_version
+        from tests.support.seed import ready_version
 
-        with transaction() as session:
-            deployment = session.get(Deployment, dep)
-            assert deployment is not None
-            version = create_version(
-                session, deployment=deployment, actor="bench", source_sha256=secrets.token_hex(32)
-            )
-            transition(
-                session, VERSION, subject_id=version.id, from_state="created", to_state="building"
-            )
-            transition(
-                session,
-                VERSION,
-                subject_id=version.id,
-                from_state="building",
-                to_state="ready",
-                values={
-                    "artifact_sha256": image.id,
-                    "runtime_image": image.tag,
-                    "runtime_port": 8080,
-                    "runtime_command": "httpd -f -p 8080 -h /srv/www",
-                },
-            )
-            return version.id
+        return ready_version(
+            dep,
+            actor="bench",
+            values={
+                "artifact_sha256": image.id,
+                "runtime_image": image.tag,
+                "runtime_port": 8080,
+                "runtime_command": "httpd -f -p 8080 -h /srv/www",
+            },
+        )
 
     def promote(self, dep: str, version_id: str) -> dict[str, Any]:
         response = self.client.post(

@@ -157,30 +157,15 @@ def seed_ready_version(deployment_id: str, *, image: str) -> str:
     ``image`` serves HTTP on port 8080 (as the session's ``static_image`` does), the way a
     finished build of a static site would leave it.
     """
-    from shipway.deployments.models import Deployment
-    from shipway.states import VERSION, transition
-    from shipway.versions.service import create_version
+    from tests.support.seed import ready_version
 
-    with transaction() as session:
-        deployment = session.get(Deployment, deployment_id)
-        assert deployment is not None, deployment_id
-        version = create_version(
-            session, deployment=deployment, actor="test", source_sha256=secrets.token_hex(32)
-        )
-        transition(
-            session, VERSION, subject_id=version.id, from_state="created", to_state="building"
-        )
-        transition(
-            session,
-            VERSION,
-            subject_id=version.id,
-            from_state="building",
-            to_state="ready",
-            values={
-                "artifact_sha256": "sha256:" + secrets.token_hex(32),
-                "runtime_image": image,
-                "runtime_port": 8080,
-                "runtime_command": "httpd -f -p 8080 -h /srv/www",
-            },
-        )
-        return version.id
+    return ready_version(
+        deployment_id,
+        actor="test",
+        values={
+            "artifact_sha256": "sha256:" + secrets.token_hex(32),
+            "runtime_image": image,
+            "runtime_port": 8080,
+            "runtime_command": "httpd -f -p 8080 -h /srv/www",
+        },
+    )

@@ -169,34 +169,20 @@ def site_version(
     health_check_path: str | None = None,
 ) -> str:
     """A version walked to ``ready`` as a finished build records it (real image id and tag)."""
-    from shipway.states import VERSION, transition
-    from shipway.versions.service import create_version
+    from tests.support.seed import ready_version
 
-    with transaction() as session:
-        deployment = session.get(Deployment, deployment_id)
-        assert deployment is not None
-        version = create_version(
-            session, deployment=deployment, actor="test", source_sha256=secrets.token_hex(32)
-        )
-        transition(
-            session, VERSION, subject_id=version.id, from_state="created", to_state="building"
-        )
-        transition(
-            session,
-            VERSION,
-            subject_id=version.id,
-            from_state="building",
-            to_state="ready",
-            values={
-                "artifact_sha256": image.id,
-                "runtime_image": image.tag,
-                "runtime_port": 8080,
-                "runtime_command": command,
-                "health_check_path": health_check_path,
-                "artifact_manifest": {"image_id": image.id, "tags": [image.tag]},
-            },
-        )
-        return version.id
+    return ready_version(
+        deployment_id,
+        actor="test",
+        values={
+            "artifact_sha256": image.id,
+            "runtime_image": image.tag,
+            "runtime_port": 8080,
+            "runtime_command": command,
+            "health_check_path": health_check_path,
+            "artifact_manifest": {"image_id": image.id, "tags": [image.tag]},
+        },
+    )
 
 
 def auth(deployment: dict[str, Any], key: str | None = None) -> dict[str, str]:

@@ -16,6 +16,33 @@ from shipway.workers_registry import service as registry
 from shipway.workers_registry.models import Worker
 
 
+def ready_version(deployment_id: str, *, actor: str, values: dict[str, Any]) -> str:
+    """A version of the deployment walked created → building → ready, as a finished build
+    leaves it; ``values`` are the columns the build would record (runtime image, port, …)."""
+    from shipway.deployments.models import Deployment
+    from shipway.states import VERSION, transition
+    from shipway.versions.service import create_version
+
+    with transaction() as session:
+        deployment = session.get(Deployment, deployment_id)
+        assert deployment is not None, deployment_id
+        version = create_version(
+            session, deployment=deployment, actor=actor, source_sha256=secrets.token_hex(32)
+        )
+        transition(
+            session, VERSION, subject_id=version.id, from_state="created", to_state="building"
+        )
+        transition(
+            session,
+            VERSION,
+            subject_id=version.id,
+            from_state="building",
+            to_state="ready",
+            values=values,
+        )
+        return version.id
+
+
 def ago(seconds: float) -> datetime:
     """``seconds`` before now (UTC)."""
     return utcnow() - timedelta(seconds=seconds)
