@@ -250,7 +250,7 @@ class Bench:
         """Seconds from enqueue to succeeded when only the relay dispatches."""
         started = time.perf_counter()
         jobs = self.enqueue()
-        self.wait_done([jobs[0][0]])
+        self.await_succeeded("jobs", jobs[0][0])
         return time.perf_counter() - started
 
     def shipway_burst(self, count: int) -> float:

@@ -487,6 +487,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def steps_breakdown(rounds: list[Round]) -> str:
+    """Median time of each promote phase, first and replacing promotes."""
+    return "where a promote's time goes (median ms): " + "; ".join(
+        f"{label}: "
+        + ", ".join(
+            f"{step} {median([getattr(r, attr)[step] for r in rounds]) * 1000:.0f}"
+            for step in getattr(rounds[0], attr)
+        )
+        for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
+    )
+
+
 def per_round(rounds: list[Round]) -> str:
     """Every round's figures, to show the spread behind the medians."""
     return "per round (ms): " + "; ".join(
@@ -542,15 +554,7 @@ def report(rounds: list[Round], worker: tuple[float, float] | None, interval: fl
         f"{replace / raw:.2f}x, cold rollback {cold / cold_raw:.2f}x (target ≤ {PROMOTE_TARGET}x); "
         f"warm rollback {warm * 1000:.0f} ms (target < {WARM_TARGET_MS:.0f} ms).",
         "",
-        "where a promote's time goes (median ms): "
-        + "; ".join(
-            f"{label}: "
-            + ", ".join(
-                f"{step} {median([getattr(r, attr)[step] for r in rounds]) * 1000:.0f}"
-                for step in getattr(rounds[0], attr)
-            )
-            for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
-        ),
+        steps_breakdown(rounds),
         "",
         per_round(rounds),
     ]
@@ -598,15 +602,7 @@ def section(rounds: list[Round], worker: tuple[float, float] | None) -> Any:
     out.notes += [
         f"medians over {len(rounds)} round(s), {REPLICAS} replicas, default health-check "
         "interval; jobs run in-process (`run_job`), so no broker latency is counted.",
-        "where a promote's time goes (median ms): "
-        + "; ".join(
-            f"{label}: "
-            + ", ".join(
-                f"{step} {median([getattr(r, attr)[step] for r in rounds]) * 1000:.0f}"
-                for step in getattr(rounds[0], attr)
-            )
-            for label, attr in (("first", "first_steps"), ("replacing", "replace_steps"))
-        ),
+        steps_breakdown(rounds),
         per_round(rounds),
     ]
     return out
