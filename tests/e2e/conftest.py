@@ -41,6 +41,15 @@ def _router_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="swe-"))
 
 
+def _haproxy_log(router_dir: Path, limit: int = 20_000) -> str:
+    """The end of HAProxy's log of a failed test (its folder is removed at teardown)."""
+    try:
+        text = (router_dir / "haproxy.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no HAProxy log in {router_dir})"
+    return f"--- {router_dir}/haproxy.log (last {limit} characters)\n{text[-limit:]}"
+
+
 @dataclass
 class Api:
     """A running ``shipway api`` (or ``shipway up``) process and its base URL."""
@@ -174,12 +183,13 @@ def stack(
             worker.kill()
         supervisor.stop_all()
         redis.stop()
-        clean_up_rollouts(database_url, router_dir)  # HAProxy and replica containers
-        engine_for(database_url).dispose()
-        get_settings.cache_clear()
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(supervisor.logs())
+            print(_haproxy_log(router_dir))
+        clean_up_rollouts(database_url, router_dir)  # HAProxy and replica containers
+        engine_for(database_url).dispose()
+        get_settings.cache_clear()
 
 
 @pytest.fixture
