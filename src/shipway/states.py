@@ -23,6 +23,8 @@ from shipway.versions.models import Version
 
 # A declarative class's __table__ is a Table (typed as the wider FromClause).
 _EVENTS = cast(Table, Event.__table__)
+# Built once: constructing an INSERT and its cache key per call cost about 0.2 ms of CPU.
+_INSERT_EVENT = insert(_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -124,19 +126,20 @@ def record_event(
     """
     session.flush()
     session.execute(
-        insert(_EVENTS).values(
-            workspace_id=workspace_id,
-            deployment_id=deployment_id,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            from_state=from_state,
-            to_state=to_state,
-            reason=reason,
-            actor=actor,
-            job_id=job_id,
-            data=data or {},
-            created_at=utcnow(),
-        )
+        _INSERT_EVENT,
+        {
+            "workspace_id": workspace_id,
+            "deployment_id": deployment_id,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "from_state": from_state,
+            "to_state": to_state,
+            "reason": reason,
+            "actor": actor,
+            "job_id": job_id,
+            "data": data or {},
+            "created_at": utcnow(),
+        },
     )
 
 

@@ -75,11 +75,15 @@ def release_labels(release: Release, index: int) -> dict[str, str]:
     )
 
 
-def scale_up(*, runtime: Runtime, release: Release, target: Target) -> list[Replica]:
+def scale_up(
+    *, runtime: Runtime, release: Release, target: Target, retried: bool = True
+) -> list[Replica]:
     """Ensure exactly ``target.replicas`` replicas of ``release`` exist and run.
 
     Existing containers (from a crashed earlier attempt) are found by name and
-    label and reused; extra ones are removed; none is ever duplicated.
+    reused; none is ever duplicated. When the job is ``retried``, containers of the
+    release beyond the target (an earlier attempt with more replicas) are removed;
+    a first attempt skips that listing, as no container of a new release exists yet.
     """
     specs = [
         ReplicaSpec(
@@ -101,6 +105,8 @@ def scale_up(*, runtime: Runtime, release: Release, target: Target) -> list[Repl
         if isinstance(outcome, RuntimeFailure):
             raise JobFailed(outcome.reason, _runtime_diagnostics(outcome, spec))
     replicas = [outcome for outcome in outcomes if isinstance(outcome, Replica)]
+    if not retried:
+        return replicas
     wanted = {r.id for r in replicas}
     for extra in runtime.replicas({RELEASE_LABEL: release.id}):
         if extra.id not in wanted:

@@ -94,7 +94,7 @@ def _scale_and_check(ctx: JobContext) -> list[Replica]:
         path = version.health_check_path or deployment.health_check_path
         policy = HealthPolicy.from_settings((deployment.settings or {}).get("health"))
     ctx.phase("scale", replicas=target.replicas, image=target.image)
-    replicas = scale_up(runtime=runtime, release=release, target=target)
+    replicas = scale_up(runtime=runtime, release=release, target=target, retried=ctx.attempt > 1)
     with ctx.session() as session, session.begin():
         _set_replicas(session, release.id, sum(r.running for r in replicas))
     ctx.phase("health_check", healthy=0, total=len(replicas), path=path)

@@ -199,54 +199,79 @@ class DockerRuntime:
             return
 
     def run_replica(self, spec: ReplicaSpec) -> Replica:
-        """Create and start a replica, reusing a container of the same name."""
-        existing = self._by_name(spec.name)
-        if existing is not None and existing.running:
-            return existing
-        if existing is not None:
-            self.remove_replica(existing.id)
-        kwargs: dict[str, Any] = {
-            "image": spec.image,
-            "name": spec.name,
-            "labels": spec.labels,
-            "detach": True,
-            "ports": {f"{spec.container_port}/tcp": ("127.0.0.1", None)},
-            "environment": spec.env,
-            "restart_policy": {"Name": "no"},
+        """Create and start a replica, reusing a running container of the same name.
+
+        Create first, look second: a job's first attempt finds no container of that
+        name, so it costs one create, one start and one inspect. The engine refuses a
+        second container of one name (409), which is how an earlier attempt's
+        container is found: reused while it runs, else replaced.
+        """
+        container_id = self._create(spec)
+        if container_id is None:
+            existing = self._by_name(spec.name)
+            if existing is not None and existing.running:
+                return existing
+            if existing is not None:
+                self.remove_replica(existing.id)
+            container_id = self._create(spec)
+            if container_id is None:
+                raise RuntimeFailure(
+                    "scheduling_failed", f"another container keeps the name {spec.name}"
+                )
+        try:
+            self.client.api.start(container_id)
+        except docker.errors.APIError as error:
+            self.remove_replica(container_id)
+            raise _scheduling_failure(spec, error) from None
+        replica = self.inspect_replica(container_id)
+        if replica is None:
+            raise RuntimeFailure("scheduling_failed", f"{spec.name} vanished right after start")
+        return replica
+
+    def _create(self, spec: ReplicaSpec) -> str | None:
+        """Create (not start) the container of ``spec``; None if its name is taken.
+
+        The low-level call: ``containers.create`` inspects the new container once more,
+        and ``containers.run`` would try to pull a missing image from a registry (its
+        failure would look like a scheduling error).
+        """
+        api = self.client.api
+        host_config = api.create_host_config(
+            port_bindings={f"{spec.container_port}/tcp": ("127.0.0.1", None)},
+            restart_policy={"Name": "no"},
             # An init as PID 1 forwards SIGTERM: a server that installs no handler
             # (busybox httpd) stops at once instead of after the whole stop timeout.
-            "init": True,
-        }
-        if spec.command:
-            kwargs["command"] = spec.command
-        if spec.memory_mb:
-            kwargs["mem_limit"] = f"{spec.memory_mb}m"
-        if spec.cpus:
-            kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
-        if spec.network:
-            kwargs["network"] = spec.network
+            init=True,
+            mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
+            nano_cpus=int(spec.cpus * 1_000_000_000) if spec.cpus else None,
+            network_mode=spec.network,
+        )
+        networking = (
+            api.create_networking_config({spec.network: api.create_endpoint_config()})
+            if spec.network
+            else None
+        )
         try:
-            # create + start, not containers.run: run() would try to pull a missing image
-            # from a registry, and its failure would look like a scheduling error.
-            container = self.client.containers.create(**kwargs)
-            container.start()
+            created = api.create_container(
+                image=spec.image,
+                command=spec.command or None,
+                name=spec.name,
+                labels=spec.labels,
+                environment=spec.env,
+                ports=[spec.container_port],
+                host_config=host_config,
+                networking_config=networking,
+                detach=True,
+            )
         except docker.errors.ImageNotFound as error:
             raise RuntimeFailure(
                 "image_pull_failed", f"image {spec.image} is not on the engine", error=str(error)
             ) from None
         except docker.errors.APIError as error:
-            leftover = self._by_name(spec.name)
-            if leftover is not None:
-                self.remove_replica(leftover.id)
-            raise RuntimeFailure(
-                "scheduling_failed",
-                f"the engine could not create or start {spec.name}: {error.explanation or error}",
-                error=str(error.explanation or error),
-            ) from None
-        replica = self.inspect_replica(container.id)
-        if replica is None:
-            raise RuntimeFailure("scheduling_failed", f"{spec.name} vanished right after start")
-        return replica
+            if error.status_code == 409:
+                return None
+            raise _scheduling_failure(spec, error) from None
+        return str(created["Id"])
 
     def _by_name(self, name: str) -> Replica | None:
         try:
@@ -333,3 +358,11 @@ class DockerRuntime:
         except docker.errors.APIError as error:
             if "already in progress" not in str(error):
                 raise
+
+
+def _scheduling_failure(spec: ReplicaSpec, error: docker.errors.APIError) -> RuntimeFailure:
+    return RuntimeFailure(
+        "scheduling_failed",
+        f"the engine could not create or start {spec.name}: {error.explanation or error}",
+        error=str(error.explanation or error),
+    )
