@@ -9,6 +9,7 @@ release serving, untouched, and removes the new replicas.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -94,7 +95,12 @@ def _scale_and_check(ctx: JobContext) -> list[Replica]:
         path = version.health_check_path or deployment.health_check_path
         policy = HealthPolicy.from_settings((deployment.settings or {}).get("health"))
     ctx.phase("scale", replicas=target.replicas, image=target.image)
-    replicas = scale_up(runtime=runtime, release=release, target=target, retried=ctx.attempt > 1)
+    key = route_key(release.deployment_id, release.environment)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="route") as pool:
+        pool.submit(_prepare_route, key)
+        replicas = scale_up(
+            runtime=runtime, release=release, target=target, retried=ctx.attempt > 1
+        )
     with ctx.session() as session, session.begin():
         _set_replicas(session, release.id, sum(r.running for r in replicas))
     ctx.phase("health_check", healthy=0, total=len(replicas), path=path)
@@ -118,10 +124,23 @@ def _servers(replicas: list[Replica]) -> list[Server]:
 
 
 def _route(release: Release) -> str:
-    router = get_router()
-    key = route_key(release.deployment_id, release.environment)
-    router.ensure_route(Route(key))
+    return _ensure_route(route_key(release.deployment_id, release.environment))
+
+
+def _ensure_route(key: str) -> str:
+    get_router().ensure_route(Route(key))
     return key
+
+
+def _prepare_route(key: str) -> None:
+    """Create a new environment's route (an HAProxy reload) while containers start.
+
+    Only on a running HAProxy: one started from this short-lived thread would die
+    with it when not daemonised. A failure is raised again by the switch's own
+    ensure_route, in its phase; meanwhile a route without servers answers 503.
+    """
+    if router_config().is_running():
+        _ensure_route(key)
 
 
 def _switch(ctx: JobContext, replicas: list[Replica]) -> None:
