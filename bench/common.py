@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -9,7 +10,8 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +164,19 @@ def migrate(database_url: str) -> None:
         else:
             os.environ["SHIPWAY_DATABASE_URL"] = previous
         get_settings.cache_clear()
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m bench.<name>``: the module's first line, and ``--quick``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    return parser
+
+
+def print_section(measure: Callable[[], Section]) -> int:
+    """Run one benchmark alone: time it and print its section as markdown."""
+    started = time.perf_counter()
+    section = measure()
+    section.seconds = time.perf_counter() - started
+    print(section.markdown())
+    return 0

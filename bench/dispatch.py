@@ -25,7 +25,6 @@ bench.raw_celery worker``) with the same Celery options (late ack, prefetch 1).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -36,7 +35,17 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 
-from bench.common import ROOT, Section, median, ms, percentile, scratch, use_settings
+from bench.common import (
+    ROOT,
+    Section,
+    arguments,
+    median,
+    ms,
+    percentile,
+    print_section,
+    scratch,
+    use_settings,
+)
 from tests.support.processes import Service, Supervisor, child_env, executable
 from tests.support.services import start_postgres, start_redis
 
@@ -420,14 +429,8 @@ def run(quick: bool = False) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    section = run(quick=args.quick)
-    section.seconds = time.perf_counter() - started
-    print(section.markdown())
-    return 0
+    args = arguments(__doc__).parse_args(argv)
+    return print_section(lambda: run(quick=args.quick))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ body that is none of the three versions.
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ import docker
 import docker.errors
 import httpx
 
-from bench.common import Section, median, ms
+from bench.common import Section, arguments, median, ms, print_section
 from bench.promote import BASE_IMAGE, Image, build_image, run_job, set_delay, shipway_in
 
 CLIENTS = 4
@@ -150,15 +149,10 @@ def run(quick: bool = False, promotes: int | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--promotes", type=int, default=None)
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    section = run(quick=args.quick, promotes=args.promotes)
-    section.seconds = time.perf_counter() - started
-    print(section.markdown())
-    return 0
+    return print_section(lambda: run(quick=args.quick, promotes=args.promotes))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ removed at the end. Results are printed (``make bench`` puts them in bench/RESUL
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
@@ -50,6 +49,8 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
+
+from bench.common import arguments, print_section
 
 BASE_IMAGE = "shipway/busybox:local"
 BENCH_LABEL = "shipway.bench"
@@ -614,8 +615,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = arguments(__doc__)
+    parser.add_argument("--rounds", type=int, default=None, help="default 5 (quick: 1)")
     parser.add_argument(
         "--health-interval",
         type=float,
@@ -624,11 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-worker", action="store_true", help="skip the real-worker figure")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(rounds=args.rounds, worker=not args.no_worker, interval=args.health_interval)
-    result.seconds = time.perf_counter() - started
-    print(result.markdown())
-    return 0
+    worker = False if args.no_worker else None
+    return print_section(
+        lambda: run(
+            quick=args.quick, rounds=args.rounds, worker=worker, interval=args.health_interval
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ the base image. Medians over rounds; raw and shipway alternate within a round.
 
 from __future__ import annotations
 
-import argparse
 import io
 import secrets
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from bench.common import Section, median, ms, scratch
+from bench.common import Section, arguments, median, ms, print_section, scratch
 from bench.promote import BASE_IMAGE, BENCH_LABEL, shipway_in
 
 TARGET = 1.2
@@ -179,15 +178,10 @@ def run(quick: bool = False, rounds: int | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    section = run(quick=args.quick, rounds=args.rounds)
-    section.seconds = time.perf_counter() - started
-    print(section.markdown())
-    return 0
+    return print_section(lambda: run(quick=args.quick, rounds=args.rounds))
 
 
 if __name__ == "__main__":

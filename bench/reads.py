@@ -25,7 +25,6 @@ jobs and recent failures) were there, before the older history was added. Percen
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,17 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from bench.common import Section, median, migrate, ms, percentile, scratch, use_settings
+from bench.common import (
+    Section,
+    arguments,
+    median,
+    migrate,
+    ms,
+    percentile,
+    print_section,
+    scratch,
+    use_settings,
+)
 from tests.support.services import start_postgres
 
 P99_TARGET = 0.020
@@ -418,15 +427,11 @@ def run(quick: bool = False, backends: tuple[str, ...] = ("postgresql", "sqlite"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], action="append")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    section = run(quick=args.quick, backends=tuple(args.backend or ("postgresql", "sqlite")))
-    section.seconds = time.perf_counter() - started
-    print(section.markdown())
-    return 0
+    backends = tuple(args.backend or ("postgresql", "sqlite"))
+    return print_section(lambda: run(quick=args.quick, backends=backends))
 
 
 if __name__ == "__main__":
