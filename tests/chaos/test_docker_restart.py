@@ -131,10 +131,10 @@ def test_docker_engine_restart_during_a_rollout_fails_cleanly_or_resumes(
     probe.stopped.set()
     probe.join(10)
     # Requests fail while the engine is down; once shipway restored a consistent state, none.
-    late = probe.failures(after=recovered_at + 0.5)
+    late = probe.failures(sent_after=recovered_at + 0.5)
     assert late == [], collections.Counter(late)
-    assert probe.outcomes[-1][1] == "200"
-    failed = [at for at, outcome in probe.outcomes if at > stopped_at and outcome != "200"]
+    assert probe.outcomes[-1][2] == "200"
+    failed = [at for _, at, outcome in probe.outcomes if at > stopped_at and outcome != "200"]
     window = f"{failed[0] - stopped_at:.1f}s-{failed[-1] - stopped_at:.1f}s" if failed else "none"
     if job.state == "failed":
         assert marker == markers[v1], "a failed rollout must leave v1 serving"
@@ -142,7 +142,7 @@ def test_docker_engine_restart_during_a_rollout_fails_cleanly_or_resumes(
         f"chaos docker restart: engine down {down_seconds:.1f}s during the health check; "
         f"rollout {job.state} (attempts {job.attempts}, {job.failure_reason or 'no failure'}); "
         f"{marker} serves, consistent {recovered_at - stopped_at:.1f}s after the stop; failed "
-        f"requests {dict(collections.Counter(probe.failures(after=stopped_at)))} in {window}"
+        f"requests {dict(collections.Counter(probe.failures(sent_after=stopped_at)))} in {window}"
     )
 
 
@@ -186,12 +186,12 @@ def test_replicas_stopped_behind_shipways_back_are_started_again_and_routed(
     time.sleep(2)
     probe.stopped.set()
     probe.join(10)
-    late = probe.failures(after=recovered_at + 0.5)
+    late = probe.failures(sent_after=recovered_at + 0.5)
     assert late == [], collections.Counter(late)
-    assert probe.outcomes[-1][1] == "200"
+    assert probe.outcomes[-1][2] == "200"
     chaos_report(
         f"chaos replicas stopped: {len(before)} replicas of the ACTIVE release stopped; "
         f"started again and routed after {recovered_at - stopped_at:.1f}s "
         f"(ports {sorted(before.values())} -> {sorted(after.values())}); failed requests "
-        f"meanwhile {dict(collections.Counter(probe.failures(after=stopped_at)))}"
+        f"meanwhile {dict(collections.Counter(probe.failures(sent_after=stopped_at)))}"
     )
