@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,14 @@ from sqlalchemy import create_engine, text
 
 from shipway.config import get_settings
 from tests.support.services import Postgres, Redis, start_postgres, start_redis
+
+# A suite started in the background by a non-interactive shell (`make test &`, CI
+# wrappers) inherits SIGINT as ignored, and so would every process it starts: a
+# Python child then never turns Ctrl-C into KeyboardInterrupt, and the tests that
+# interrupt a CLI (`queue --watch`, followed jobs) would wait forever. Handled here,
+# SIGINT is reset to its default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

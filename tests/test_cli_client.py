@@ -257,8 +257,12 @@ class Running:
     def finish(self, *, timeout: float) -> tuple[str, str]:
         """Wait for the exit; the other stream's output, and all of the followed one."""
         assert self.other is not None
+        try:
+            self.process.wait(timeout=timeout)  # a command that never ends fails here
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
         other = self.other.read()
-        self.process.wait(timeout=timeout)
         self.reader.join(timeout=5)
         while (line := self.lines.get_nowait() if not self.lines.empty() else None) is not None:
             self.seen.append(line)
