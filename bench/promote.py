@@ -180,17 +180,14 @@ class Shipway:
         return dep
 
     def version(self, dep: str, image: Image) -> str:
-        from tests.support.seed import ready_version
+        from tests.support.seed import built_version
 
-        return ready_version(
+        return built_version(
             dep,
+            image_id=image.id,
+            image_tag=image.tag,
+            command="httpd -f -p 8080 -h /srv/www",
             actor="bench",
-            values={
-                "artifact_sha256": image.id,
-                "runtime_image": image.tag,
-                "runtime_port": 8080,
-                "runtime_command": "httpd -f -p 8080 -h /srv/www",
-            },
         )
 
     def promote(self, dep: str, version_id: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from shipway.api import create_app
 from shipway.config import get_settings
 from tests.conftest import VersionFactory, auth, new_postgres_database
 from tests.e2e.conftest import wait_for_api
+from tests.e2e.helpers import seed_ready_version
 from tests.support.processes import Supervisor, child_env, executable
 from tests.support.services import Postgres, free_port
 from tests.test_api_auth import assert_error, source_archive
@@ -138,49 +139,6 @@ def _token(*scopes: str, workspace: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}", "workspace_id": ws.id}
 
 
-def _ready_version(deployment_id: str) -> str:
-    """A version walked created → building → ready (as ``conftest.make_version`` does)."""
-    from shipway.db import transaction
-    from shipway.deployments.models import Deployment
-    from shipway.states import VERSION, transition
-    from shipway.versions.service import create_version
-
-    with transaction() as session:
-        deployment = session.get(Deployment, deployment_id)
-        assert deployment is not None
-        version = create_version(
-            session,
-            deployment=deployment,
-            actor="test",
-            source_sha256=secrets.token_hex(32),
-            external_user_id=None,
-            provenance={},
-        )
-        transition(
-            session,
-            VERSION,
-            subject_id=version.id,
-            from_state="created",
-            to_state="building",
-            actor="test",
-        )
-        transition(
-            session,
-            VERSION,
-            subject_id=version.id,
-            from_state="building",
-            to_state="ready",
-            actor="test",
-            values={
-                "artifact_sha256": "sha256:" + secrets.token_hex(32),
-                "runtime_image": NEVER_RUN_IMAGE,
-                "runtime_port": 8080,
-                "runtime_command": "httpd -f -p 8080",
-            },
-        )
-        return version.id
-
-
 @pytest.fixture(scope="module")
 def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One seeded PostgreSQL database for the module: the checks below must not change it."""
@@ -205,7 +163,8 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                 )
                 assert created.status_code == 201, created.text
                 dep = created.json()["id"]
-                version = _ready_version(dep)
+                # an image that is never run: these tests only read versions
+                version = seed_ready_version(dep, image=NEVER_RUN_IMAGE, command="httpd -f -p 8080")
                 promoted = client.post(
                     f"/api/v1/deployments/{dep}/versions/{version}/promote",
                     headers=auth(admin, **{"Idempotency-Key": "seed"}),

@@ -151,7 +151,9 @@ def api_token(*scopes: str, workspace: str = "e2e") -> str:
         return secret
 
 
-def seed_ready_version(deployment_id: str, *, image: str) -> str:
+def seed_ready_version(
+    deployment_id: str, *, image: str, command: str = "httpd -f -p 8080 -h /srv/www"
+) -> str:
     """Record a version of the deployment and walk it to ``ready`` with a built ``image``.
 
     ``image`` serves HTTP on port 8080 (as the session's ``static_image`` does), the way a
@@ -166,6 +168,6 @@ def seed_ready_version(deployment_id: str, *, image: str) -> str:
             "artifact_sha256": "sha256:" + secrets.token_hex(32),
             "runtime_image": image,
             "runtime_port": 8080,
-            "runtime_command": "httpd -f -p 8080 -h /srv/www",
+            "runtime_command": command,
         },
     )

@@ -169,19 +169,15 @@ def site_version(
     health_check_path: str | None = None,
 ) -> str:
     """A version walked to ``ready`` as a finished build records it (real image id and tag)."""
-    from tests.support.seed import ready_version
+    from tests.support.seed import built_version
 
-    return ready_version(
+    return built_version(
         deployment_id,
+        image_id=image.id,
+        image_tag=image.tag,
+        command=command,
         actor="test",
-        values={
-            "artifact_sha256": image.id,
-            "runtime_image": image.tag,
-            "runtime_port": 8080,
-            "runtime_command": command,
-            "health_check_path": health_check_path,
-            "artifact_manifest": {"image_id": image.id, "tags": [image.tag]},
-        },
+        health_check_path=health_check_path,
     )
 
 

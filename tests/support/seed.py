@@ -29,18 +29,41 @@ def ready_version(deployment_id: str, *, actor: str, values: dict[str, Any]) -> 
         version = create_version(
             session, deployment=deployment, actor=actor, source_sha256=secrets.token_hex(32)
         )
-        transition(
-            session, VERSION, subject_id=version.id, from_state="created", to_state="building"
-        )
-        transition(
-            session,
-            VERSION,
-            subject_id=version.id,
-            from_state="building",
-            to_state="ready",
-            values=values,
-        )
+        for from_state, to_state in (("created", "building"), ("building", "ready")):
+            transition(
+                session,
+                VERSION,
+                subject_id=version.id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                values=values if to_state == "ready" else None,
+            )
         return version.id
+
+
+def built_version(
+    deployment_id: str,
+    *,
+    image_id: str,
+    image_tag: str,
+    command: str | None,
+    actor: str,
+    health_check_path: str | None = None,
+) -> str:
+    """A ready version of a real built image (its id and tag), as a publish job records it."""
+    return ready_version(
+        deployment_id,
+        actor=actor,
+        values={
+            "artifact_sha256": image_id,
+            "runtime_image": image_tag,
+            "runtime_port": 8080,
+            "runtime_command": command,
+            "health_check_path": health_check_path,
+            "artifact_manifest": {"image_id": image_id, "tags": [image_tag]},
+        },
+    )
 
 
 def ago(seconds: float) -> datetime:

@@ -25,7 +25,7 @@ from shipway.router.runtime_api import MasterCLI, ProcStatus, RuntimeAPI
 _PR_SET_PDEATHSIG = 1
 
 # A reload takes 50-100 ms: asking the master socket every 10 ms (a cheap local query)
-# notices it done about 20 ms sooner than every 50 ms; a route's first promote waits on it.
+# notices it done about 20 ms sooner than every 50 ms; whoever changes routes waits on it.
 RELOAD_POLL_SECONDS = 0.01
 
 
