@@ -219,7 +219,8 @@ def test_same_key_other_body_is_422(
 def test_empty_body_defaults_to_production(
     client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
 ) -> None:
-    for i, kwargs in enumerate(({}, {"content": b""}, {"json": {}}, {"json": None})):
+    bodies: tuple[dict[str, Any], ...] = ({}, {"content": b""}, {"json": {}}, {"json": None})
+    for i, kwargs in enumerate(bodies):
         version_id = make_version(deployment["id"], "ready")
         response = client.post(
             promote_url(deployment, version_id),

@@ -238,9 +238,9 @@ class Running:
     ) -> str:
         """The first stderr line matching (``seen``: also among lines already read)."""
         if seen:
-            for line in self.seen:
-                if match(line):
-                    return line
+            for earlier in self.seen:
+                if match(earlier):
+                    return earlier
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

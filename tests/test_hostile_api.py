@@ -264,12 +264,18 @@ def valid_request(op: Operation) -> dict[str, Any]:
 def wrong_types(op: Operation) -> list[Any]:
     """JSON bodies that parse but have the wrong type: whole, or one property at a time."""
     schema = _resolve(op.body_schema())
-    bodies: list[Any] = [value for value in ([], "production", 42) if "any" not in _types(schema)]
+    whole: tuple[Any, ...] = ([], "production", 42)
+    bodies: list[Any] = [value for value in whole if "any" not in _types(schema)]
     base = minimal(schema)
     target = _resolve(next((b for b in schema.get("anyOf", []) if "$ref" in b), schema))
     for name, prop in target.get("properties", {}).items():
         accepted = _types(prop)
-        for value, kind in (({"wrong": 1}, "object"), (["wrong"], "array"), ("wrong", "string")):
+        wrong: tuple[tuple[Any, str], ...] = (
+            ({"wrong": 1}, "object"),
+            (["wrong"], "array"),
+            ("wrong", "string"),
+        )
+        for value, kind in wrong:
             if kind not in accepted and "any" not in accepted:
                 bodies.append({**(base or {}), name: value})
                 break

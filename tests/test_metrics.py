@@ -203,7 +203,7 @@ def test_releases_rollbacks_and_canary_aborts(
     version_id = make_version(deployment["id"])
     ws = deployment["token"]["workspace_id"]
     now = utcnow()
-    statuses = [
+    statuses: list[tuple[str, dict[str, Any]]] = [
         ("ACTIVE", {}),
         ("RETIRED", {}),
         ("RETIRED", {"last_rollback_at": now}),

@@ -192,6 +192,12 @@ def test_replicas_stopped_behind_shipways_back_are_started_again_and_routed(
     chaos_report(
         f"chaos replicas stopped: {len(before)} replicas of the ACTIVE release stopped; "
         f"started again and routed after {recovered_at - stopped_at:.1f}s "
-        f"(ports {sorted(before.values())} -> {sorted(after.values())}); failed requests "
+        f"(ports {sorted(before.values(), key=port_order)} -> "
+        f"{sorted(after.values(), key=port_order)}); failed requests "
         f"meanwhile {dict(collections.Counter(probe.failures(sent_after=stopped_at)))}"
     )
+
+
+def port_order(port: int | None) -> int:
+    """Sort key for host ports (a container not running has none)."""
+    return port or 0

@@ -129,25 +129,34 @@ def test_killed_haproxy_is_restarted_and_rebuilt_from_the_database_under_traffic
         deployment, versions = sites[0]
         rollout = _promote(client, deployment, versions[1 + number % 2])
         rollouts.append(rollout)
-        wait_until(  # kill while the new replicas boot: the rollout must cope with it
-            lambda job_id=rollout: _phase(job_id) == "health_check",
-            timeout=60,
-            interval=0.05,
-        )
+
+        def booting(job_id: str = rollout) -> bool:
+            return _phase(job_id) == "health_check"
+
+        wait_until(booting, timeout=60, interval=0.05)  # kill while the new replicas boot
+
         pid = haproxy_pid(router_dir)
         assert pid is not None and router_config().is_running()
         killed_at = time.monotonic()
         os.killpg(pid, signal.SIGKILL)  # master and workers
+
+        def restarted(old: int = pid) -> bool:
+            return router_config().is_running() and haproxy_pid(router_dir) != old
+
         wait_until(
-            lambda old=pid: router_config().is_running() and haproxy_pid(router_dir) != old,
+            restarted,
             timeout=30,
             interval=0.05,
             message="HAProxy was not restarted",
         )
         restarted_at = time.monotonic()
         for probe in probes:
+
+            def answered(p: Probe = probe, t: float = restarted_at) -> float | None:
+                return p.first_ok(sent_after=t)
+
             wait_until(
-                lambda p=probe, t=restarted_at: p.first_ok(sent_after=t),
+                answered,
                 timeout=30,
                 message=f"{probe.url} never answered again",
             )

@@ -388,13 +388,14 @@ def test_kill_storm_leaves_every_job_terminal_and_engine_db_router_in_agreement(
     for _ in range(DEPLOYMENTS):
         deployment = create_deployment(client, headers, replicas=2, health={"deadline_seconds": 60})
         leftovers.deployment_ids.append(deployment["id"])
-        versions, markers = [], {}
+        ready: list[str] = []
+        markers: dict[str, str] = {}
         for name in ("v1", "v2", "v3"):
             image = site_images[name]
             version_id = site_version(deployment["id"], image, command=SLOW_BOOT)
-            versions.append(version_id)
+            ready.append(version_id)
             markers[version_id] = image.marker
-        sites.append(Site(deployment=deployment, versions=versions, markers=markers))
+        sites.append(Site(deployment=deployment, versions=ready, markers=markers))
     static = client.post(
         "/api/v1/deployments", json={"name": unique_marker("pub"), "kind": "static"}
     )

@@ -123,7 +123,12 @@ def text_of(driver: WebDriver | WebElement, testid: str) -> str:
 
 def click(driver: WebDriver, testid: str) -> None:
     """Click an element (looked up again if a refresh replaced it meanwhile)."""
-    wait_for(driver, lambda: by_testid(driver, testid).click() or True, what=f"click {testid}")
+
+    def clicked() -> bool:
+        by_testid(driver, testid).click()
+        return True
+
+    wait_for(driver, clicked, what=f"click {testid}")
 
 
 def page_text(driver: WebDriver) -> str:
@@ -134,7 +139,8 @@ def page_text(driver: WebDriver) -> str:
 
 def console(driver: WebDriver) -> list[str]:
     """Browser console messages so far (each read once)."""
-    return [entry["message"] for entry in driver.get_log("browser")]
+    # Chrome's driver has get_log; selenium's WebDriver base type does not declare it.
+    return [entry["message"] for entry in driver.get_log("browser")]  # type: ignore[attr-defined]
 
 
 def assert_no_script_errors(driver: WebDriver) -> None:

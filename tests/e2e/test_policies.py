@@ -199,6 +199,7 @@ def test_unhealthy_release_recovers_then_is_rolled_back_by_policy(
     wait_for_status(r2, "UNHEALTHY")
     unhealthy = release(r2)
     assert unhealthy.failure_reason == "unhealthy" and unhealthy.unhealthy_since is not None
+    assert unhealthy.failure_diagnostics is not None
     evidence = unhealthy.failure_diagnostics["evidence"]
     assert evidence["path"] == "/healthz"
     assert [p["status_code"] for p in evidence["rounds"][-1]["replicas"]] == [404]
@@ -230,6 +231,7 @@ def test_unhealthy_release_recovers_then_is_rolled_back_by_policy(
     rolled_back = release(r2)
     assert rolled_back.status == "ROLLED_BACK" and rolled_back.rolled_back_at is not None
     assert rolled_back.failure_reason == "unhealthy"
+    assert rolled_back.failure_diagnostics is not None
     assert rolled_back.failure_diagnostics["evidence"]["auto_rollback"]["job_id"] == rollback.id
     restored = release(str(rollback.release_id))
     assert restored.status == "ACTIVE" and restored.version_id == v1

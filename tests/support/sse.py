@@ -19,7 +19,7 @@ class Message:
 
 def parse(lines: Iterable[str]) -> Iterator[Message]:
     """Messages from the lines of a stream (comments such as pings are skipped)."""
-    event, event_id, data = "message", None, []
+    event, event_id, data = "message", None, list[str]()
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:
