@@ -481,8 +481,11 @@ def test_kill_storm_leaves_every_job_terminal_and_engine_db_router_in_agreement(
         f"requests {dict(driver.tally.answers)}; traffic {dict(driver.tally.traffic)}; "
         f"max ACTIVE per env {sampler.most} ({sampler.samples} samples)"
     )
+    # The serving release keeps answering through every kill: a rollout cut short after its
+    # switch gives traffic back (its compensation) before anything else.
     if driver.tally.failed:
         chaos_report(f"chaos kill storm: failed requests: {_timeline(driver.tally, killer.kills)}")
+    assert not driver.tally.failed, _timeline(driver.tally, killer.kills)
 
 
 def _timeline(tally: Tally, kills: list[Kill]) -> str:
