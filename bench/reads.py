@@ -279,30 +279,32 @@ def seed(engine: Engine, client: Any, headers: dict[str, str], versions: int, jo
 
 def timings(call: Callable[[], Any], count: int) -> list[float]:
     """``count`` timings of ``call`` after 5 untimed calls."""
-    for _ in range(5):
-        call()
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - started)
-    return out
+    return timings_in_turn([call], count)[0]
 
 
-def alternating(
-    first: Callable[[], Any], second: Callable[[], Any], count: int
-) -> tuple[list[float], list[float]]:
-    """``count`` timings of each call, taken in turn (after 5 untimed calls of each)."""
+def timings_in_turn(calls: list[Callable[[], Any]], count: int) -> list[list[float]]:
+    """``count`` timings of each call, the calls taken in turn (after 5 untimed rounds)."""
     for _ in range(5):
-        first()
-        second()
-    out: tuple[list[float], list[float]] = ([], [])
+        for call in calls:
+            call()
+    out: list[list[float]] = [[] for _ in calls]
     for _ in range(count):
-        for call, times in ((first, out[0]), (second, out[1])):
+        for call, times in zip(calls, out, strict=True):
             started = time.perf_counter()
             call()
             times.append(time.perf_counter() - started)
     return out
+
+
+def workspace_headers(name: str) -> tuple[str, dict[str, str]]:
+    """(id, bearer headers) of workspace ``name`` with a ``deployments:write`` token."""
+    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.db import transaction
+
+    with transaction() as session:
+        workspace = get_or_create_workspace(session, name=name)
+        _, secret = create_token(session, workspace_id=workspace.id, scopes=["deployments:write"])
+        return workspace.id, {"Authorization": f"Bearer {secret}"}
 
 
 def _versions_cases(seeded: Seeded) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
@@ -348,8 +350,7 @@ def measure(
     from fastapi.testclient import TestClient
 
     from shipway.api import create_app
-    from shipway.auth.service import create_token, get_or_create_workspace
-    from shipway.db import engine_for, transaction
+    from shipway.db import engine_for
 
     use_settings(
         {
@@ -361,10 +362,7 @@ def measure(
     )
     migrate(database_url)
     engine = engine_for(database_url)
-    with transaction() as session:
-        workspace = get_or_create_workspace(session, name="bench")
-        _, secret = create_token(session, workspace_id=workspace.id, scopes=["deployments:write"])
-    headers = {"Authorization": f"Bearer {secret}"}
+    _, headers = workspace_headers("bench")
     with TestClient(create_app(), raise_server_exceptions=True) as client:
 
         def get(
@@ -381,12 +379,7 @@ def measure(
         # the last hour of jobs (and the same queued ones); measured in alternation with
         # the big workspace, so both see the same caches and the same machine moment.
         started = time.perf_counter()
-        with transaction() as session:
-            hour = get_or_create_workspace(session, name="bench-last-hour")
-            _, hour_secret = create_token(
-                session, workspace_id=hour.id, scopes=["deployments:write"]
-            )
-            hour_id = hour.id
+        hour_id, hour_headers = workspace_headers("bench-last-hour")
         seed_jobs(engine, workspace_id=hour_id, tag="h", history=RECENT_JOBS)
         analyze(engine)
         section.notes.append(
@@ -417,9 +410,8 @@ def measure(
                 target="p99 < 20 ms",
                 met=p99 < P99_TARGET,
             )
-        hour_headers = {"Authorization": f"Bearer {hour_secret}"}
-        queue, hour_only = alternating(
-            get("/api/v1/queue", {}), get("/api/v1/queue", {}, hour_headers), requests
+        queue, hour_only = timings_in_turn(
+            [get("/api/v1/queue", {}), get("/api/v1/queue", {}, hour_headers)], requests
         )
         section.add(
             f"{label}: GET /queue with {seeded.jobs:,} finished jobs, p50 / p99 "
