@@ -143,7 +143,7 @@ def resolve_deployment(client: ShipwayClient, *, version_id: str, given: str | N
 
 def report_end(end: dict[str, Any], *, console: Console, what: str) -> ExitCode:
     """Say how a followed job ended; print its diagnosis if it did not succeed."""
-    from shipway.client.render import diagnosis
+    from shipway.client.render.diagnosis import diagnosis
 
     state = end.get("state")
     if state == "succeeded":

@@ -21,7 +21,8 @@ from rich.status import Status
 from rich.text import Text
 
 from shipway.client.api import ClientError, ShipwayClient
-from shipway.client.render import _scalars, canary_line
+from shipway.client.render.canary import canary_line
+from shipway.client.render.cells import scalars
 
 Json = dict[str, Any]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -184,7 +185,7 @@ class JobDisplay:
         elif update.kind == "phase":
             self.phase = str(data.get("phase"))
             details = data.get("data") if isinstance(data.get("data"), dict) else {}
-            suffix = f" [dim]({_scalars(details)})[/]" if details and _scalars(details) else ""
+            suffix = f" [dim]({scalars(details)})[/]" if details and scalars(details) else ""
             self.console.print(f"[bold]==>[/] phase [bold]{self.phase}[/]{suffix}")
         elif update.kind == "progress":
             self._progress(data.get("progress") or {})

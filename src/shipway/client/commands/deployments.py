@@ -8,7 +8,7 @@ import typer
 
 from shipway.client.api import ShipwayClient
 from shipway.client.common import JsonOption, connect, guarded, out, print_json
-from shipway.client.render import deployment_view, deployments_table
+from shipway.client.render.records import deployment_view, deployments_table
 
 app = typer.Typer(help="Deployments: one app or site each.", no_args_is_help=True)
 

@@ -18,7 +18,7 @@ from shipway.client.common import (
     report_end,
 )
 from shipway.client.follow import watch_job
-from shipway.client.render import job_view, jobs_table
+from shipway.client.render.records import job_view, jobs_table
 
 app = typer.Typer(help="Jobs: publish, promote, rollback, retire.", no_args_is_help=True)
 

@@ -22,7 +22,7 @@ from shipway.client.common import (
     resolve_deployment,
 )
 from shipway.client.follow import watch_job
-from shipway.client.render import styled
+from shipway.client.render.cells import styled
 
 EnvOption = Annotated[str, typer.Option("--env", "-e", help="Environment")]
 FollowOption = Annotated[

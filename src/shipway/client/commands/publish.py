@@ -24,7 +24,7 @@ from shipway.client.common import (
 )
 from shipway.client.follow import watch_job
 from shipway.client.pack import pack_folder
-from shipway.client.render import diagnosis
+from shipway.client.render.diagnosis import diagnosis
 
 
 def git_metadata(folder: Path) -> dict[str, str]:

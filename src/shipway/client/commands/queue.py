@@ -12,7 +12,7 @@ from rich.text import Text
 
 from shipway.client.api import ClientError, ShipwayClient
 from shipway.client.common import JsonOption, UsageError, connect, guarded, out, print_json
-from shipway.client.render import queue_view
+from shipway.client.render.queue import queue_view
 
 
 @guarded

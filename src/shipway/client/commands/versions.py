@@ -9,7 +9,7 @@ import typer
 
 from shipway.client.api import ShipwayClient
 from shipway.client.common import JsonOption, connect, guarded, out, print_json, resolve_deployment
-from shipway.client.render import version_view, versions_table
+from shipway.client.render.records import version_view, versions_table
 
 app = typer.Typer(help="Versions: immutable builds of a deployment.", no_args_is_help=True)
 
