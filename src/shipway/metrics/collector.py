@@ -1,7 +1,7 @@
 """A Prometheus collector that reads the database on each scrape.
 
 Fleet-wide (every workspace). Gauges are read fresh on each scrape with the indexed
-queries of :mod:`shipway.queue.service` (queued and running rows, releases by status,
+queries of :mod:`shipway.queue.queries` (queued and running rows, releases by status,
 living workers). Counters and histograms over finished jobs would need every finished
 job on each scrape; instead the collector keeps totals of jobs that finished before a
 watermark (``SETTLE`` ago: a finished job never changes again) and on each scrape adds
@@ -35,7 +35,7 @@ from shipway.events.models import Event
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.jobs.service import QUEUE_OF_KIND
-from shipway.queue import service as queue
+from shipway.queue import queries as queue
 from shipway.releases.models import Release
 from shipway.states import RELEASE, TERMINAL_JOB_STATES
 from shipway.workers_registry import service as registry

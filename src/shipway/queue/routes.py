@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader
 from shipway.auth.service import Principal
-from shipway.queue import service
+from shipway.queue import view
 from shipway.queue.schemas import QueueView
 from shipway.schemas import error_responses
 
@@ -25,8 +25,8 @@ def queue_view(
     the workspace's own); a ``deployments:read`` token sees ``workers_summary`` and the
     worker holding each of its running jobs, and ``workers`` is null.
     """
-    viewer = service.Viewer(
+    viewer = view.Viewer(
         workspace_id=principal.workspace_id, sees_workers="admin" in principal.scopes
     )
     with session.begin():
-        return service.queue_view(session, viewer=viewer)
+        return view.queue_view(session, viewer=viewer)

@@ -1,12 +1,13 @@
-"""The operator view of the queue, computed with a handful of indexed queries.
+"""The indexed queries behind the operator view of the queue (and ``/metrics``).
 
 No query reads the whole job table: each one is an index range starting with the job
 state, so it reads only queued rows, running rows, or the last hour's failures, never
 the history of finished jobs. Migration 0003 adds the per-workspace indexes;
 ``tests/test_queue_view.py`` runs ``EXPLAIN`` (PostgreSQL, with sequential scans
 disabled so tiny test tables still show the access path) and ``EXPLAIN QUERY PLAN``
-(SQLite) on every statement issued here and fails if the jobs table is read other
-than through an index condition on ``state``.
+(SQLite) on every statement the queue view issues (these, and the few of
+:mod:`shipway.queue.view`) and fails if the jobs table is read other than through an
+index condition on ``state``.
 
 - queued counts per queue: ``(workspace_id, state, queue, created_at)`` (fleet-wide,
   for /metrics: ``(state, queue, created_at)``);
@@ -18,14 +19,13 @@ than through an index condition on ``state``.
   i.e. every job the workspace ever had);
 - failures: ``(workspace_id, state, finished_at)`` (fleet-wide ``(state, finished_at)``)
   with ``finished_at >= now - 1h``;
-- workers: ``ix_workers_heartbeat`` with ``heartbeat_at >= now - 1h``.
+- workers (read by :mod:`shipway.queue.view`): ``ix_workers_heartbeat`` with
+  ``heartbeat_at >= now - 1h``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,31 +33,16 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.jobs.service import QUEUES
-from shipway.queue.schemas import (
-    FailureGroup,
-    QueueStats,
-    QueueView,
-    RolloutJob,
-    RolloutLine,
-    RunningGroup,
-    RunningJob,
-    StuckJob,
-    WorkerRead,
-    WorkerRef,
-    WorkersSummary,
-)
-from shipway.workers_registry import service as registry
-from shipway.workers_registry.models import Worker
+from shipway.queue.schemas import FailureGroup, QueueStats
 
 FAILURE_WINDOW = timedelta(hours=1)
-WORKERS_SHOWN_FOR = timedelta(hours=1)
 STUCK_LIMIT = 200
 
 
-def _seconds(later: datetime, earlier: datetime | None) -> float:
+def seconds_between(later: datetime, earlier: datetime | None) -> float:
+    """Seconds from ``earlier`` to ``later`` (never negative, 0 without ``earlier``)."""
     return round(max(0.0, (later - earlier).total_seconds()), 3) if earlier else 0.0
 
 
@@ -103,7 +88,9 @@ def queue_stats(
                 depth=int(row.depth or 0) if row else 0,
                 delayed=int(row.delayed or 0) if row else 0,
                 running=0,
-                oldest_queued_age_seconds=_seconds(now, _queued_since(oldest)) if oldest else None,
+                oldest_queued_age_seconds=seconds_between(now, _queued_since(oldest))
+                if oldest
+                else None,
                 oldest_job_id=oldest.id if oldest else None,
             )
         )
@@ -239,181 +226,3 @@ def waiting_rollouts(session: Session, *, workspace_id: str) -> Sequence[Job]:
         )
     ).all()
     return sorted(rows, key=lambda job: (job.created_at, job.id))
-
-
-def _rollout_lines(
-    running: Sequence[Job], waiting: Sequence[Job], *, now: datetime
-) -> list[RolloutLine]:
-    lines: dict[str, RolloutLine] = {}
-
-    def line(job: Job) -> RolloutLine:
-        assert job.serial_key is not None
-        if job.serial_key not in lines:
-            lines[job.serial_key] = RolloutLine(
-                deployment_id=job.deployment_id,
-                environment=job.environment,
-                serial_key=job.serial_key,
-                running=None,
-                waiting=[],
-            )
-        return lines[job.serial_key]
-
-    def item(job: Job, position: int | None) -> RolloutJob:
-        return RolloutJob(
-            id=job.id,
-            kind=job.kind,
-            state=job.state,
-            version_id=job.version_id,
-            release_id=job.release_id,
-            position=position,
-            not_before=job.not_before,
-            created_at=job.created_at,
-            age_seconds=_seconds(now, job.created_at),
-        )
-
-    for job in running:
-        if job.serial_key is not None:
-            line(job).running = item(job, None)
-    due_ahead: dict[str, int] = defaultdict(int)
-    for job in waiting:  # oldest first; as jobs.service.queue_position counts
-        target = line(job)
-        position = (1 if target.running else 0) + due_ahead[target.serial_key] + 1
-        target.waiting.append(item(job, position))
-        if job.not_before is None or job.not_before <= now:
-            due_ahead[target.serial_key] += 1  # a delayed job blocks no one until it is due
-    return sorted(lines.values(), key=lambda x: (x.deployment_id or "", x.environment or ""))
-
-
-def _worker_ref(worker: Worker | None, *, now: datetime) -> WorkerRef | None:
-    if worker is None:
-        return None
-    return WorkerRef(
-        id=worker.id,
-        hostname=worker.hostname,
-        pid=worker.pid,
-        heartbeat_age_seconds=_seconds(now, worker.heartbeat_at),
-        alive=registry.is_alive(worker, now=now),
-    )
-
-
-def _running_groups(
-    running: Sequence[Job], workers: Sequence[Worker], *, now: datetime
-) -> list[RunningGroup]:
-    groups: dict[tuple[str, str | None], list[RunningJob]] = defaultdict(list)
-    for job in running:
-        groups[(job.kind, job.phase)].append(
-            RunningJob(
-                id=job.id,
-                kind=job.kind,
-                queue=job.queue,
-                phase=job.phase,
-                attempt=job.attempts,
-                elapsed_seconds=_seconds(now, job.started_at),
-                started_at=job.started_at,
-                heartbeat_at=job.heartbeat_at,
-                lease_owner=job.lease_owner,
-                deployment_id=job.deployment_id,
-                environment=job.environment,
-                progress=job.progress or {},
-                worker=_worker_ref(registry.worker_for_owner(workers, job.lease_owner), now=now),
-            )
-        )
-    return [
-        RunningGroup(kind=kind, phase=phase, count=len(jobs), jobs=jobs)
-        for (kind, phase), jobs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
-    ]
-
-
-def _workers_read(
-    session: Session, workers: Sequence[Worker], *, now: datetime, workspace_id: str
-) -> list[WorkerRead]:
-    current = {w.current_job_id for w in workers if w.current_job_id}
-    ours = (
-        set(
-            session.scalars(
-                select(Job.id).where(Job.id.in_(current), Job.workspace_id == workspace_id)
-            )
-        )
-        if current
-        else set()
-    )
-    rows = [
-        WorkerRead(
-            id=w.id,
-            hostname=w.hostname,
-            pid=w.pid,
-            node=w.node,
-            queues=list(w.queues or []),
-            started_at=w.started_at,
-            heartbeat_at=w.heartbeat_at,
-            heartbeat_age_seconds=_seconds(now, w.heartbeat_at),
-            alive=registry.is_alive(w, now=now),
-            busy=w.current_job_id is not None,
-            current_job_id=w.current_job_id if w.current_job_id in ours else None,
-            stopped_at=w.stopped_at,
-        )
-        for w in workers
-    ]
-    return sorted(rows, key=lambda w: (not w.alive, w.hostname, w.pid, w.id))
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Who looks at the queue: their workspace, and whether they may see every worker."""
-
-    workspace_id: str
-    sees_workers: bool
-
-
-def queue_view(session: Session, *, viewer: Viewer, now: datetime | None = None) -> QueueView:
-    """The operator view of ``viewer``'s workspace (workers in full for admins only)."""
-    now = now or utcnow()
-    workspace_id = viewer.workspace_id
-    queues = queue_stats(session, now=now, workspace_id=workspace_id)
-    running = running_jobs(session, workspace_id=workspace_id)
-    for stats in queues:
-        stats.running = sum(1 for job in running if job.queue == stats.name)
-    workers = registry.recent_workers(session, since=now - WORKERS_SHOWN_FOR)
-    alive = sum(1 for w in workers if registry.is_alive(w, now=now))
-    stuck = [
-        StuckJob(
-            id=job.id,
-            kind=job.kind,
-            queue=job.queue,
-            state=job.state,
-            phase=job.phase,
-            stuck_reason=reason,
-            stuck_since=since,
-            stuck_for_seconds=_seconds(now, since),
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-            lease_owner=job.lease_owner,
-            deployment_id=job.deployment_id,
-            environment=job.environment,
-        )
-        for job, reason, since in stuck_jobs(
-            session, now=now, running=running, workspace_id=workspace_id
-        )
-    ]
-    return QueueView(
-        generated_at=now,
-        workspace_id=workspace_id,
-        stuck_after_seconds=get_settings().stuck_after_seconds,
-        queues=queues,
-        running=_running_groups(running, workers, now=now),
-        workers=(
-            _workers_read(session, workers, now=now, workspace_id=workspace_id)
-            if viewer.sees_workers
-            else None
-        ),
-        workers_summary=WorkersSummary(
-            alive=alive,
-            dead=len(workers) - alive,
-            alive_after_seconds=registry.alive_window().total_seconds(),
-        ),
-        stuck=stuck,
-        failures_last_hour=recent_failures(session, now=now, workspace_id=workspace_id),
-        rollouts=_rollout_lines(
-            running, waiting_rollouts(session, workspace_id=workspace_id), now=now
-        ),
-    )
