@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session
 from shipway.releases.canary import restored_weights
 from shipway.releases.models import Release
 from shipway.releases.replicas import RELEASE_LABEL, route_key
-from shipway.router.base import Route, Server, ServerState
-from shipway.router.haproxy import HAProxyRouter
+from shipway.router.base import Route, Router, Server, ServerState
 from shipway.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def _in_canary(release: Release) -> bool:
 
 
 def reconcile_router(
-    session: Session, *, router: HAProxyRouter, runtime: Runtime, only_if_down: bool
+    session: Session, *, router: Router, runtime: Runtime, only_if_down: bool
 ) -> ReconcileReport | None:
     """Start HAProxy if it is down and make its routes match the database.
 

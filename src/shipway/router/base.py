@@ -122,6 +122,18 @@ class Router(Protocol):
     reload and drop no connection; adding or removing a route may reload.
     """
 
+    def start(self) -> None:
+        """Start the load balancer with every route and server of its saved desired state."""
+        ...
+
+    def is_running(self) -> bool:
+        """Whether the load balancer is alive."""
+        ...
+
+    def desired(self) -> dict[Route, list[Server]]:
+        """The saved desired state (what ``sync`` needs after a restart)."""
+        ...
+
     def ensure_route(self, route: Route) -> Route:
         """Create the route if missing; returns it with its actual listen port."""
         ...
@@ -156,6 +168,11 @@ class Router(Protocol):
 
     def stats(self, key: str) -> list[ServerStats]:
         """Per-server counters of the route."""
+        ...
+
+    def open_sessions(self, key: str) -> dict[str, int]:
+        """Current sessions per server of the route, counting those still open in old
+        load-balancer processes that finish requests after a reload."""
         ...
 
     def sync(self, routes: dict[Route, list[Server]]) -> dict[str, Route]:

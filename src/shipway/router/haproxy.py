@@ -25,9 +25,11 @@ from shipway.router.base import (
     check_name,
     check_weight,
 )
+from shipway.router.desired import check_unique, listen_ports, resolve_ports
 from shipway.router.haproxy_config import ConfigOptions, render_config
 from shipway.router.process import HAProxyProcess
 from shipway.router.runtime_api import RuntimeAPI
+from shipway.router.stat_rows import server_from_row, stat_int, stats_from_row
 from shipway.router.state import (
     DesiredState,
     RouteState,
@@ -227,7 +229,7 @@ class HAProxyRouter:
         """Per-server counters since the current worker started (a reload resets them)."""
         with locked(self.directory):
             rows = self.api.stat_rows(Route(key).backend)
-        return [_stats(row) for row in rows]
+        return [stats_from_row(row) for row in rows]
 
     def open_sessions(self, key: str) -> dict[str, int]:
         """Current sessions per server of the route, in the current worker *and* in old
@@ -240,7 +242,7 @@ class HAProxyRouter:
                     rows += self.process.master.worker_stat_rows(pid, backend)
         sessions: dict[str, int] = {}
         for row in rows:
-            sessions[row["svname"]] = sessions.get(row["svname"], 0) + _int(row["scur"])
+            sessions[row["svname"]] = sessions.get(row["svname"], 0) + stat_int(row["scur"])
         return sessions
 
     # -- whole state -------------------------------------------------------------
@@ -253,13 +255,13 @@ class HAProxyRouter:
         and servers, weights and states converge through the runtime API, so
         stats counters survive.
         """
-        _check_unique(routes)
+        check_unique(routes)
         with locked(self.directory):
             old = load_state(self.directory)
-            new = self._resolve_ports(routes, old)
+            new = resolve_ports(routes, old, bind_host=self.bind_host, port_range=self.port_range)
             if not self.process.is_running():
                 self._save(new)
-            elif _ports(new) != _ports(old) or self._runtime_backends_differ(new):
+            elif listen_ports(new) != listen_ports(old) or self._runtime_backends_differ(new):
                 self._apply_config(new)
             else:
                 self._save(new)
@@ -286,7 +288,7 @@ class HAProxyRouter:
             self._save(state)
 
     def _runtime_servers(self, backend: str) -> dict[str, Server]:
-        servers = [_server(row) for row in self.api.stat_rows(backend)]
+        servers = [server_from_row(row) for row in self.api.stat_rows(backend)]
         return {s.name: s for s in servers}
 
     def _converge_route(self, backend: str, servers: list[Server]) -> None:
@@ -372,39 +374,10 @@ class HAProxyRouter:
         taken = {r.listen_port for k, r in state.routes.items() if k != key}
         return allocate_port(self.bind_host, self.port_range, taken)
 
-    def _resolve_ports(self, routes: dict[Route, list[Server]], old: DesiredState) -> DesiredState:
-        """Explicit ports first, then ports routes already had, then free ones."""
-        new = DesiredState()
-        for route in routes:
-            kept = old.routes.get(route.key)
-            port = route.listen_port or (kept.listen_port if kept else 0)
-            new.routes[route.key] = RouteState(listen_port=port, servers=list(routes[route]))
-        for route_state in new.routes.values():
-            if route_state.listen_port == 0:
-                taken = {r.listen_port for r in new.routes.values()}
-                route_state.listen_port = allocate_port(self.bind_host, self.port_range, taken)
-        if len(_ports(new).values()) != len(set(_ports(new).values())):
-            raise RouterError(f"two routes share a listen port: {_ports(new)}")
-        return new
-
 
 def _as_router(router: HAProxyRouter) -> Router:
     """Unused at runtime: makes mypy prove that HAProxyRouter implements Router."""
     return router
-
-
-def _ports(state: DesiredState) -> dict[str, int]:
-    return {key: r.listen_port for key, r in state.routes.items()}
-
-
-def _check_unique(routes: dict[Route, list[Server]]) -> None:
-    keys = [route.key for route in routes]
-    if len(keys) != len(set(keys)):
-        raise RouterError(f"a route key appears twice: {sorted(keys)}")
-    for route, servers in routes.items():
-        names = [s.name for s in servers]
-        if len(names) != len(set(names)):
-            raise RouterError(f"route {route.key} has a server name twice: {names}")
 
 
 def _check_directory(directory: Path) -> None:
@@ -418,46 +391,3 @@ def _check_directory(directory: Path) -> None:
 
 def _same_endpoint(a: Server, b: Server) -> bool:
     return a.port == b.port and ipaddress.ip_address(a.address) == ipaddress.ip_address(b.address)
-
-
-def _server(row: dict[str, str]) -> Server:
-    """A Server from a ``show stat`` row."""
-    host, _, port = row["addr"].rpartition(":")
-    status = row["status"]
-    state: ServerState = (
-        "maint" if status.startswith("MAINT") else "drain" if status == "DRAIN" else "ready"
-    )
-    return Server(
-        name=row["svname"],
-        address=host.strip("[]"),
-        port=int(port),
-        weight=_int(row.get("uweight") or row["weight"]),
-        state=state,
-    )
-
-
-def _stats(row: dict[str, str]) -> ServerStats:
-    """A ServerStats from a ``show stat`` row (empty fields count as 0)."""
-    return ServerStats(
-        name=row["svname"],
-        status=row["status"],
-        weight=_int(row.get("uweight") or row["weight"]),
-        scur=_int(row["scur"]),
-        stot=_int(row["stot"]),
-        req_tot=_int(row.get("req_tot", "")),
-        hrsp_1xx=_int(row["hrsp_1xx"]),
-        hrsp_2xx=_int(row["hrsp_2xx"]),
-        hrsp_3xx=_int(row["hrsp_3xx"]),
-        hrsp_4xx=_int(row["hrsp_4xx"]),
-        hrsp_5xx=_int(row["hrsp_5xx"]),
-        econ=_int(row["econ"]),
-        eresp=_int(row["eresp"]),
-        rtime_ms=_int(row["rtime"]),
-        ttime_ms=_int(row["ttime"]),
-    )
-
-
-def _int(value: str | None) -> int:
-    with contextlib.suppress(TypeError, ValueError):
-        return int(value or 0)
-    return 0
