@@ -10,8 +10,8 @@ bench.raw_celery worker``) with the same Celery options (late ack, prefetch 1).
 - durable floor: the least any queue that keeps its jobs in PostgreSQL does — commit a
   row, send its id, the raw worker commits "running" then "succeeded" with plain SQL,
   the caller polls the row like shipway's (``durable_noop`` in bench/raw_celery.py);
-- shipway no-op job, as the API does it: ``jobs.service.enqueue(kind="noop",
-  seconds=0)`` committed, then ``relay.dispatch`` on a background thread (the API
+- shipway no-op job, as the API does it: ``jobs.queueing.enqueue(kind="noop",
+  seconds=0)`` committed, then ``dispatch.dispatch`` on a background thread (the API
   answers 202 after the commit and sends from a background task), until the job row
   reads ``succeeded`` (polled every ms, plain SQL, the same observer as the floor's);
   also from the job row's own timestamps (created → finished);
@@ -74,7 +74,11 @@ class Bench:
             "SHIPWAY_LOG_LEVEL": "INFO",
         }
         use_settings(self.settings)
+        from shipway.bootstrap import load_features
         from shipway.migrate import upgrade
+        from workers.celery_app import send_job
+
+        load_features(sender=send_job)  # this process dispatches, as the API does
 
         upgrade()
         from shipway.auth.service import get_or_create_workspace
@@ -167,11 +171,11 @@ class Bench:
     def enqueue(self, count: int = 1) -> list[tuple[str, str]]:
         """Commit ``count`` no-op jobs in one transaction; (id, queue) of each."""
         from shipway.db import transaction
-        from shipway.jobs import service
+        from shipway.jobs import queueing
 
         with transaction() as session:
             jobs = [
-                service.enqueue(
+                queueing.enqueue(
                     session,
                     workspace_id=self.workspace_id,
                     kind="noop",
@@ -211,13 +215,13 @@ class Bench:
 
     def shipway_job(self) -> float:
         """Seconds from enqueue to the job read as succeeded, dispatched after commit."""
-        from shipway.jobs import relay
+        from shipway.jobs import dispatch
 
         started = time.perf_counter()
         jobs = self.enqueue()
         # As the API does: the client has its 202 once the row is committed; the send
         # to the broker and its bookkeeping run as a background task after that.
-        sent = self.background.submit(relay.dispatch, jobs)
+        sent = self.background.submit(dispatch.dispatch, jobs)
         self.await_succeeded("jobs", jobs[0][0])
         elapsed = time.perf_counter() - started
         sent.result()
@@ -264,11 +268,11 @@ class Bench:
 
     def shipway_burst(self, count: int) -> float:
         """Seconds to run ``count`` jobs submitted at once."""
-        from shipway.jobs import relay
+        from shipway.jobs import dispatch
 
         started = time.perf_counter()
         jobs = self.enqueue(count)
-        relay.dispatch(jobs)
+        dispatch.dispatch(jobs)
         # A burst lasts seconds: poll its hundreds of rows rarely, so as not to take the
         # CPU the workers and PostgreSQL need.
         self.wait_done([job_id for job_id, _ in jobs], poll=BURST_POLL_SECONDS)

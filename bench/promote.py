@@ -152,8 +152,8 @@ class Shipway:
         return headers
 
     def deployment(self, health_interval: float | None) -> str:
+        from shipway.catalog.models import Deployment
         from shipway.db import transaction
-        from shipway.deployments.models import Deployment
 
         response = self.client.post(
             "/api/v1/deployments",
@@ -219,9 +219,9 @@ def run_job(job_id: str) -> None:
 
 def created_to_active(job_id: str, release_id: str) -> float:
     """Seconds from the job's creation to its release's switch (database timestamps)."""
+    from shipway.catalog.models import Release
     from shipway.db import session_factory
     from shipway.jobs.models import Job
-    from shipway.releases.models import Release
 
     with session_factory()() as session:
         job = session.get(Job, job_id)
@@ -234,10 +234,10 @@ def breakdown(job_id: str) -> dict[str, float]:
     """Seconds spent per step of a promote up to ACTIVE: claim, scale, health check, switch."""
     from sqlalchemy import select
 
+    from shipway.catalog.models import Release
     from shipway.db import session_factory
     from shipway.events.models import Event
     from shipway.jobs.models import Job
-    from shipway.releases.models import Release
 
     with session_factory()() as session:
         job = session.get(Job, job_id)
@@ -371,8 +371,8 @@ def one_round(
 
 
 def _promote_until_active(ship: Shipway, dep: str, version_id: str) -> float:
+    from shipway.catalog.models import Release
     from shipway.db import session_factory
-    from shipway.releases.models import Release
 
     started = time.perf_counter()
     body = ship.promote(dep, version_id)  # the API dispatches to the broker after answering

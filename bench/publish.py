@@ -104,9 +104,9 @@ def raw_build(engine: docker.DockerClient, files: dict[str, bytes]) -> tuple[flo
 
 def run(quick: bool = False, rounds: int | None = None) -> Section:
     """Publish ``rounds`` times beside as many raw builds; the results as a Section."""
+    from shipway.catalog.models import Version
     from shipway.db import session_factory
     from shipway.jobs.runner import run_job
-    from shipway.versions.models import Version
 
     rounds = rounds or (1 if quick else 5)
     section = Section("publish", "Publish vs raw docker build")

@@ -148,12 +148,12 @@ def seed_jobs(engine: Engine, *, workspace_id: str, tag: str, history: int) -> N
     second apart going back from now, and 5 queued jobs, all in ``workspace_id``."""
     from shipway.db import transaction
     from shipway.ids import utcnow
-    from shipway.jobs import service as job_service
+    from shipway.jobs import queueing
     from shipway.jobs.models import Job
 
     def enqueue() -> str:
         with transaction() as session:
-            return job_service.enqueue(
+            return queueing.enqueue(
                 session,
                 workspace_id=workspace_id,
                 kind="noop",
@@ -174,11 +174,9 @@ def seed_jobs(engine: Engine, *, workspace_id: str, tag: str, history: int) -> N
 
 def seed(engine: Engine, client: Any, headers: dict[str, str], versions: int, jobs: int) -> Seeded:
     """Fill the database: deployments, versions, releases, finished jobs (see module doc)."""
+    from shipway.catalog.models import Deployment, Release, Version
     from shipway.db import transaction
-    from shipway.deployments.models import Deployment
     from shipway.ids import new_id
-    from shipway.releases.models import Release
-    from shipway.versions.models import Version
     from shipway.versions.service import create_version
 
     started = time.perf_counter()

@@ -27,6 +27,16 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def features_loaded() -> None:
+    """Every job kind and periodic task registered, jobs sent through Celery (as the entry
+    points do), for tests that run or dispatch jobs in-process without building the app."""
+    from shipway.bootstrap import load_features
+    from workers.celery_app import send_job
+
+    load_features(sender=send_job)
+
+
 @pytest.fixture(scope="session")
 def scratch() -> Iterator[Path]:
     """A scratch folder every service user can traverse (pytest's tmp is 0700)."""
@@ -210,9 +220,10 @@ VersionFactory = Callable[..., str]
 @pytest.fixture
 def make_version(shipway_env: dict[str, str], request: pytest.FixtureRequest) -> VersionFactory:
     """Record a version of a deployment and walk it to ``state`` through the state machine."""
+    from shipway.catalog.machines import VERSION
+    from shipway.catalog.models import Deployment
     from shipway.db import transaction
-    from shipway.deployments.models import Deployment
-    from shipway.states import VERSION, transition
+    from shipway.states import transition
     from shipway.versions.service import create_version
 
     paths = {

@@ -497,9 +497,8 @@ def test_concurrent_identical_promotes_make_one_job(
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_concurrent_create_version_numbers_are_gapless(deployment: dict[str, Any]) -> None:
+    from shipway.catalog.models import Deployment, Version
     from shipway.db import transaction
-    from shipway.deployments.models import Deployment
-    from shipway.versions.models import Version
     from shipway.versions.service import create_version
 
     class Abandon(Exception):

@@ -69,10 +69,10 @@ def publish(
 
 def counts(deployment_id: str) -> tuple[int, int, int]:
     """(versions, jobs, idempotency records) of a deployment's workspace, from the database."""
+    from shipway.catalog.models import Version
     from shipway.db import session_factory
     from shipway.idempotency.models import IdempotencyRecord
     from shipway.jobs.models import Job
-    from shipway.versions.models import Version
 
     with session_factory()() as session:
         versions = session.scalar(
@@ -128,9 +128,9 @@ def assert_next_number(
 
 
 def test_publish_static_site(client: TestClient, deployment: dict[str, Any]) -> None:
+    from shipway.catalog.models import Version
     from shipway.db import session_factory
     from shipway.jobs.models import Job
-    from shipway.versions.models import Version
 
     archive = site_archive("tar.gz")
     response = publish(client, deployment["id"], deployment["token"], archive, **PROVENANCE)

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from shipway.deployments.strategy import AllAtOnce, Canary, CanaryAnalysis, parse_strategy
 from shipway.releases.analysis import (
     Counters,
     Delta,
@@ -21,7 +22,6 @@ from shipway.releases.analysis import (
     share,
     snapshot,
 )
-from shipway.releases.strategy import AllAtOnce, Canary, CanaryAnalysis, parse_strategy
 from shipway.router.base import ServerStats
 from tests.conftest import VersionFactory, auth
 from tests.test_api_auth import assert_error
@@ -137,8 +137,8 @@ def test_promote_without_strategy_uses_the_environment_policy(
 ) -> None:
     from sqlalchemy import select
 
+    from shipway.catalog.models import Environment
     from shipway.db import transaction
-    from shipway.deployments.models import Environment
 
     first = make_version(deployment["id"], "ready")
     accepted(promote(client, deployment, first, "k0"))  # creates the environment row
@@ -317,8 +317,8 @@ def test_control_of_a_queued_canary_is_recorded_and_audited(
 
 
 def test_reconciliation_restores_the_recorded_canary_weights() -> None:
+    from shipway.catalog.models import Release
     from shipway.releases.canary import restored_weights
-    from shipway.releases.models import Release
     from shipway.router.base import Server
 
     servers = [

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from shipway.catalog.models import Release
 from shipway.config import get_settings
 from shipway.db import transaction
 from shipway.events.models import Event
 from shipway.ids import new_id, utcnow
 from shipway.metrics import collector
-from shipway.releases.models import Release
 from tests.conftest import TokenFactory, VersionFactory, auth
 from tests.support import seed
 from tests.test_api_auth import assert_error

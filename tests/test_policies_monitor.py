@@ -101,10 +101,9 @@ def record_release(
     """A release row as a finished rollout leaves it (and the environment's pointer)."""
     from sqlalchemy import update
 
+    from shipway.catalog.models import Deployment, Environment, Release
     from shipway.db import transaction
-    from shipway.deployments.models import Deployment, Environment
     from shipway.deployments.service import ensure_environment
-    from shipway.releases.models import Release
 
     with transaction() as session:
         deployment = session.get(Deployment, deployment_id)
@@ -137,8 +136,8 @@ def record_release(
 
 
 def release_row(release_id: str) -> Any:
+    from shipway.catalog.models import Release
     from shipway.db import session_factory
-    from shipway.releases.models import Release
 
     with session_factory()() as session:
         row = session.get(Release, release_id)
@@ -307,10 +306,10 @@ def test_a_running_rollout_owns_its_environment(
     )
     assert promoted.status_code == 202, promoted.text
     from shipway.db import transaction
-    from shipway.jobs import service
+    from shipway.jobs import lease
 
     with transaction() as session:
-        assert service.claim(session, job_id=promoted.json()["job"]["id"], owner="test/1/x")
+        assert lease.claim(session, job_id=promoted.json()["job"]["id"], owner="test/1/x")
     site.status = 503
     runtime, clock = FakeRuntime(site.port), Clock()
     assert monitor(runtime, clock).probed == 0
@@ -442,9 +441,9 @@ def test_auto_promote_waits_for_a_recovery_and_uses_its_own_strategy(
 ) -> None:
     from sqlalchemy import update
 
+    from shipway.catalog.models import Release
     from shipway.db import transaction
     from shipway.releases.autopromote import scan_once
-    from shipway.releases.models import Release
 
     set_policy(
         client,
@@ -512,6 +511,6 @@ def test_no_auto_promote_when_the_version_was_already_there(
 
 
 def parse(strategy: dict[str, Any]) -> dict[str, Any]:
-    from shipway.releases.strategy import parse_strategy
+    from shipway.deployments.strategy import parse_strategy
 
     return parse_strategy(strategy).model_dump(mode="json")

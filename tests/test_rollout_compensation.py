@@ -11,9 +11,8 @@ from tests.conftest import VersionFactory
 
 
 def _release(deployment_id: str, version_id: str, status: str, **rollout: Any) -> str:
+    from shipway.catalog.models import Deployment, Release
     from shipway.db import transaction
-    from shipway.deployments.models import Deployment
-    from shipway.releases.models import Release
 
     with transaction() as session:
         deployment = session.get(Deployment, deployment_id)
@@ -38,13 +37,13 @@ def _release(deployment_id: str, version_id: str, status: str, **rollout: Any) -
 
 def _failed_promote(deployment_id: str, release_id: str) -> str:
     from shipway import jobs
+    from shipway.catalog.models import Release
     from shipway.db import transaction
-    from shipway.releases.models import Release
 
     with transaction() as session:
         release = session.get(Release, release_id)
         assert release is not None
-        job = jobs.service.enqueue(
+        job = jobs.queueing.enqueue(
             session,
             workspace_id=release.workspace_id,
             kind="promote",
@@ -54,7 +53,7 @@ def _failed_promote(deployment_id: str, release_id: str) -> str:
             environment="production",
             version_id=release.version_id,
             release_id=release_id,
-            serial_key=jobs.service.serial_key_for(deployment_id, "production"),
+            serial_key=jobs.lines.serial_key_for(deployment_id, "production"),
         )
         return job.id
 

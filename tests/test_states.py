@@ -21,18 +21,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from shipway.catalog.machines import RELEASE, VERSION
+from shipway.catalog.models import Deployment, Release, Version
 from shipway.db import make_engine, session_factory, transaction
-from shipway.deployments.models import Deployment
 from shipway.errors import InvalidTransition, NotFound
 from shipway.events.models import Event
 from shipway.ids import new_id
+from shipway.jobs.machine import JOB
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.states import JOB, MACHINES, RELEASE, VERSION, Machine, transition
-from shipway.versions.models import Version
+from shipway.states import Machine, transition
 from shipway.workspaces.models import Project, Workspace
 from tests.conftest import _migrate, new_postgres_database
 
+MACHINES = {m.name: m for m in (VERSION, RELEASE, JOB)}
 ILLEGAL = [
     (m.name, a, b)
     for m in (VERSION, RELEASE, JOB)

@@ -9,6 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from shipway.config import Settings, get_settings
+from shipway.jobs.dispatch import TASK_NAME
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -70,6 +71,11 @@ def current_celery() -> Celery:
     """The Celery app of the current settings (cached per broker)."""
     settings = get_settings()
     return _celery_for(settings.resolved_broker_url, str(settings.broker_folder))
+
+
+def send_job(job_id: str, queue: str) -> None:
+    """The engine's broker sender: one task message carrying the job id, to ``queue``."""
+    current_celery().send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
 
 
 celery_app = current_celery()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from shipway.jobs.relay import TASK_NAME
+from shipway.bootstrap import load_features
+from shipway.jobs.dispatch import TASK_NAME
 from shipway.jobs.runner import run_job
-from workers.celery_app import celery_app
+from workers.celery_app import celery_app, send_job
+
+load_features(sender=send_job)
 
 
 @celery_app.task(name=TASK_NAME)

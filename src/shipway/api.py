@@ -243,18 +243,21 @@ def _document_error_shape(app: FastAPI) -> None:
 
 
 def create_app() -> FastAPI:
-    """Build the API application."""
+    """Build the API application (and wire the features into the job engine)."""
+    from shipway.bootstrap import load_features
     from shipway.builds.routes import router as builds
     from shipway.dashboard.routes import mount_dashboard
+    from shipway.deployments.event_routes import router as events
     from shipway.deployments.routes import router as deployments
-    from shipway.events.routes import router as events
     from shipway.jobs.routes import router as jobs
     from shipway.jobs.stream_routes import router as job_stream
     from shipway.metrics.routes import router as metrics
     from shipway.queue.routes import router as queue
     from shipway.releases.routes import router as releases
     from shipway.versions.routes import router as versions
+    from workers.celery_app import send_job
 
+    load_features(sender=send_job)
     app = FastAPI(
         title="shipway",
         version=__version__,

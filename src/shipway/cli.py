@@ -122,9 +122,12 @@ def worker(
 @app.command()
 def relay() -> None:
     """Run the outbox relay and lease reaper."""
-    from shipway.jobs.relay import run_forever
+    from shipway.bootstrap import load_features
+    from shipway.jobs.periodic import run_forever
+    from workers.celery_app import send_job
 
     _logging()
+    load_features(sender=send_job)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -142,7 +145,7 @@ def up(
     import uvicorn
 
     from shipway.api import create_app
-    from shipway.jobs.relay import run_forever
+    from shipway.jobs.periodic import run_forever
     from shipway.migrate import upgrade
 
     _logging()
@@ -151,8 +154,9 @@ def up(
     upgrade()
     env = {**os.environ, "SHIPWAY_DATA_DIR": str(settings.data_dir.resolve())}
     worker_proc = subprocess.Popen([sys.executable, "-m", "shipway.cli", "worker"], env=env)
+    app = create_app()  # wires the features in, for the relay too
     stop = threading.Event()
-    threading.Thread(target=run_forever, args=(stop,), name="relay", daemon=True).start()
+    threading.Thread(target=run_forever, args=(stop,), name="periodic", daemon=True).start()
     console.print(
         f"shipway up: API on http://{host or settings.api_host}:{port or settings.api_port}, "
         f"database {_safe_url()}, broker {settings.resolved_broker_url}, "
@@ -160,7 +164,7 @@ def up(
     )
     try:
         uvicorn.run(
-            create_app(),
+            app,
             host=host or settings.api_host,
             port=port or settings.api_port,
             log_level="warning",

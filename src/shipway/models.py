@@ -1,13 +1,11 @@
 """Every table, imported once so metadata (and Alembic) sees them all."""
 
 from shipway.auth.models import ApiToken
+from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.db import Base
-from shipway.deployments.models import Deployment, Environment
 from shipway.events.models import Event
 from shipway.idempotency.models import IdempotencyRecord
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.versions.models import Version
 from shipway.workers_registry.models import Worker
 from shipway.workspaces.models import Project, Workspace
 

@@ -3,6 +3,9 @@
 Every transition is a conditional UPDATE (``… WHERE state = :expected``) plus an
 Event row, both in the caller's transaction. A transition that does not apply
 raises :class:`InvalidTransition` and leaves the row unchanged.
+
+The machines themselves live with their records: VERSION and RELEASE in
+``shipway.catalog.machines``, JOB in ``shipway.jobs.machine``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,6 @@ from shipway.db import Base
 from shipway.errors import InvalidTransition, NotFound
 from shipway.events.models import Event
 from shipway.ids import utcnow
-from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.versions.models import Version
 
 # A declarative class's __table__ is a Table (typed as the wider FromClause).
 _EVENTS = cast(Table, Event.__table__)
@@ -35,6 +35,8 @@ class Machine:
     model: type[Base]
     column: str
     transitions: frozenset[tuple[str, str]]
+    # Events of this machine name their subject as the job (the job machine's own rows).
+    subject_is_job: bool = False
 
     @property
     def states(self) -> frozenset[str]:
@@ -44,63 +46,6 @@ class Machine:
     def allows(self, from_state: str, to_state: str) -> bool:
         """Whether ``from_state → to_state`` is legal."""
         return (from_state, to_state) in self.transitions
-
-
-VERSION = Machine(
-    name="version",
-    model=Version,
-    column="state",
-    transitions=frozenset(
-        {
-            ("created", "building"),
-            ("created", "failed"),  # refused before a build could start (e.g. worker_lost)
-            ("building", "ready"),
-            ("building", "failed"),
-            ("ready", "archived"),
-        }
-    ),
-)
-
-RELEASE = Machine(
-    name="release",
-    model=Release,
-    column="status",
-    transitions=frozenset(
-        {
-            ("DEPLOYING", "ACTIVE"),
-            ("DEPLOYING", "FAILED"),
-            ("DEPLOYING", "ROLLED_BACK"),
-            ("ACTIVE", "UNHEALTHY"),
-            ("UNHEALTHY", "ACTIVE"),
-            ("ACTIVE", "DRAINING"),
-            ("UNHEALTHY", "DRAINING"),  # replacing an unhealthy release with a fix
-            ("DRAINING", "RETIRED"),
-            ("DRAINING", "ACTIVE"),  # warm rollback: its replicas are still up
-            ("ACTIVE", "ROLLED_BACK"),
-            ("UNHEALTHY", "ROLLED_BACK"),
-        }
-    ),
-)
-
-JOB = Machine(
-    name="job",
-    model=Job,
-    column="state",
-    transitions=frozenset(
-        {
-            ("queued", "running"),
-            ("queued", "cancelled"),
-            ("queued", "failed"),  # e.g. deadline passed before any worker claimed it
-            ("running", "succeeded"),
-            ("running", "failed"),
-            ("running", "cancelled"),
-            ("running", "queued"),  # lease expired: worker lost, retried
-        }
-    ),
-)
-
-MACHINES = {m.name: m for m in (VERSION, RELEASE, JOB)}
-TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def record_event(
@@ -206,7 +151,7 @@ def transition(
         reason=reason,
         actor=actor,
         deployment_id=deployment_id,
-        job_id=job_id if job_id is not None else (subject_id if machine is JOB else None),
+        job_id=job_id if job_id is not None else (subject_id if machine.subject_is_job else None),
         data=data,
     )
     # Keep any already-loaded object in the session consistent with the database.

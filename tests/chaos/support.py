@@ -15,12 +15,11 @@ import docker
 import docker.errors
 from sqlalchemy import func, select, text
 
+from shipway.catalog.models import Release, Version
 from shipway.db import engine_for, session_factory
 from shipway.events.models import Event
+from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.states import TERMINAL_JOB_STATES
-from shipway.versions.models import Version
 from tests.support.processes import wait_until
 from tests.test_archive import Entry, tar_bytes
 

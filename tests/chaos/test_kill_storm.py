@@ -38,11 +38,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from shipway.catalog.models import Release
 from shipway.config import get_settings
 from shipway.db import session_factory
 from shipway.events.models import Event
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
 from tests.chaos.support import (
     FULL,
     RESTING_RELEASE_STATUSES,

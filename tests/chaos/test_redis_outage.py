@@ -26,8 +26,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from shipway.catalog.models import Release
 from shipway.db import session_factory
-from shipway.releases.models import Release
 from tests.chaos.support import (
     FULL,
     SCALE,

@@ -9,9 +9,10 @@ from sqlalchemy import select
 
 from shipway.db import session_factory, transaction
 from shipway.events.models import Event
-from shipway.jobs import relay, service
+from shipway.jobs import lines, queueing
+from shipway.jobs.dispatch import dispatch as send_jobs
+from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
-from shipway.states import TERMINAL_JOB_STATES
 from tests.support.processes import wait_until
 
 
@@ -35,7 +36,7 @@ def enqueue_noop(
 ) -> str:
     """Write a queued ``noop`` job (the outbox) and, unless told not to, send it to the broker."""
     with transaction() as session:
-        job = service.enqueue(
+        job = queueing.enqueue(
             session,
             workspace_id=workspace,
             kind="noop",
@@ -47,7 +48,7 @@ def enqueue_noop(
         )
         job_id, job_queue = job.id, job.queue
     if dispatch:
-        assert relay.dispatch([(job_id, job_queue)]) == 1
+        assert send_jobs([(job_id, job_queue)]) == 1
     return job_id
 
 
@@ -65,7 +66,7 @@ def queue_position(job_id: str) -> int | None:
     with session_factory()() as session:
         job = session.get(Job, job_id)
         assert job is not None, job_id
-        return service.queue_position(session, job=job)
+        return lines.queue_position(session, job=job)
 
 
 def job_events(job_id: str) -> list[Event]:

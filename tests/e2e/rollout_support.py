@@ -31,13 +31,13 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from shipway.catalog.models import Deployment, Release
 from shipway.config import get_settings
 from shipway.db import session_factory, transaction
-from shipway.deployments.models import Deployment
+from shipway.deployments.addresses import route_key
 from shipway.events.models import Event
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.releases.replicas import RELEASE_LABEL, route_key
+from shipway.releases.replicas import RELEASE_LABEL
 from shipway.router.base import RouterError, Server
 from shipway.runtime import get_runtime
 from shipway.runtime.base import Replica

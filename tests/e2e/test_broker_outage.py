@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from shipway.catalog.models import Release
 from shipway.db import session_factory
-from shipway.releases.models import Release
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     api_token,

@@ -27,13 +27,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from shipway.catalog.models import Version
 from shipway.config import get_settings
 from shipway.db import session_factory, transaction
 from shipway.events.models import Event
 from shipway.jobs.models import Job
 from shipway.jobs.relay import relay_once
 from shipway.jobs.runner import run_job
-from shipway.versions.models import Version
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import get_job, owner_pid
 from tests.support.processes import wait_until

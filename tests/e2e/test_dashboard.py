@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from shipway.catalog.machines import VERSION
+from shipway.catalog.models import Environment, Release
 from shipway.db import transaction
-from shipway.deployments.models import Environment
 from shipway.ids import new_id, utcnow
-from shipway.jobs import service as jobs
-from shipway.releases.models import Release
+from shipway.jobs import lines, queueing
 from shipway.sources.store import source_store
-from shipway.states import VERSION, transition
+from shipway.states import transition
 from tests.e2e.conftest import Api, Stack
 from tests.e2e.helpers import api_token, get_job, workspace_id
 from tests.support import seed
@@ -199,7 +199,7 @@ def create_deployment(api: Api, token: str, name: str) -> dict[str, Any]:
 
 def make_version(deployment_id: str, path: list[str], **values: Any) -> str:
     """A version walked through ``path`` (e.g. building, ready); ``values`` set on the last."""
-    from shipway.deployments.models import Deployment
+    from shipway.catalog.models import Deployment
     from shipway.versions.service import create_version
 
     with transaction() as session:
@@ -460,7 +460,7 @@ def test_deployment_version_and_rollout_pages(stack: Stack, browser: WebDriver) 
     # A canary rollout of v3 in progress: the release's rollout and the job's progress.
     analyses = [analysis(0, 10, 120, 0, "pass")]
     with transaction() as session:
-        job = jobs.enqueue(
+        job = queueing.enqueue(
             session,
             workspace_id=workspace,
             kind="promote",
@@ -469,7 +469,7 @@ def test_deployment_version_and_rollout_pages(stack: Stack, browser: WebDriver) 
             deployment_id=dep,
             environment="production",
             version_id=v3,
-            serial_key=jobs.serial_key_for(dep, "production"),
+            serial_key=lines.serial_key_for(dep, "production"),
         )
         rollout_job = job.id
     release = make_release(

@@ -7,7 +7,7 @@ import redis
 
 from shipway.db import transaction
 from shipway.ids import utcnow
-from shipway.jobs import relay, service
+from shipway.jobs import dispatch
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     enqueue_noop,
@@ -27,7 +27,7 @@ def test_duplicated_delivery_runs_the_job_once(stack: Stack) -> None:
     stack.wait_ready(stack.start_worker("w1", wait=False), stack.start_worker("w2", wait=False))
     job_id = enqueue_noop(workspace=workspace_id(), seconds=1.5, steps=3, dispatch=False)
     for _ in range(5):
-        relay.send_to_broker(job_id, "rollouts")
+        dispatch.send_to_broker(job_id, "rollouts")
 
     wait_for_job(job_id)
     # Judge only once every duplicate reached a worker and its task returned.
@@ -60,7 +60,7 @@ def test_relay_resends_a_dispatched_job_nobody_claimed(stack: Stack) -> None:
     job_id = enqueue_noop(workspace=workspace_id(), seconds=0.2, steps=1, dispatch=False)
     # As if it had been sent and the message then lost (e.g. the broker restarted empty).
     with transaction() as session:
-        service.mark_dispatched(session, job_ids=[job_id], now=utcnow())
+        dispatch.mark_dispatched(session, job_ids=[job_id], now=utcnow())
 
     job = wait_for_job(job_id)
     assert (job.state, job.attempts) == ("succeeded", 1)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shipway.db import transaction
-from shipway.jobs import relay, service
+from shipway.jobs import dispatch, queueing
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     api_token,
@@ -124,7 +124,7 @@ def test_failures_are_grouped_by_reason(stack: Stack) -> None:
     broken = []
     for _ in range(2):  # the noop handler cannot read its params: internal_error
         with transaction() as session:
-            job = service.enqueue(
+            job = queueing.enqueue(
                 session,
                 workspace_id=workspace,
                 kind="noop",
@@ -132,11 +132,11 @@ def test_failures_are_grouped_by_reason(stack: Stack) -> None:
                 params={"seconds": "not a number"},
             )
             broken.append(job.id)
-    relay.dispatch([(job_id, "rollouts") for job_id in broken])
+    dispatch.dispatch([(job_id, "rollouts") for job_id in broken])
     overdue = []  # no worker consumes builds: the reaper fails them at their deadline
     for _ in range(3):
         with transaction() as session:
-            job = service.enqueue(
+            job = queueing.enqueue(
                 session,
                 workspace_id=workspace,
                 kind="noop",
@@ -189,7 +189,7 @@ def test_job_event_stream_of_a_running_noop_job(stack: Stack) -> None:
 
     # Connected before the job runs: the worker starts it only once the stream is open.
     messages = stream_events(
-        client, job_id, on_first=lambda: relay.dispatch([(job_id, "rollouts")])
+        client, job_id, on_first=lambda: dispatch.dispatch([(job_id, "rollouts")])
     )
     kinds = [m.event for m in messages]
     assert kinds[0] == "state" and messages[0].data["to_state"] == "queued"

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from shipway.catalog.models import Release
 from shipway.db import session_factory
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import api_token, wait_for_all, wait_for_job
 from tests.e2e.rollout_support import (

@@ -25,9 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
+from shipway.catalog.models import Release
 from shipway.db import engine_for, session_factory, transaction
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import api_token, owner_pid, wait_for_job
 from tests.e2e.rollout_support import (
@@ -372,7 +372,7 @@ def _ready_servers(deployment_id: str, release_id: str) -> bool:
 
 
 def _busy(deployment_id: str) -> bool:
-    from shipway.releases.replicas import route_key
+    from shipway.deployments.addresses import route_key
     from shipway.router.current import router_config
 
     stats = router_config().stats(route_key(deployment_id, "production"))

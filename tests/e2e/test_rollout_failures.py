@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from shipway.catalog.models import Deployment
 from shipway.db import transaction
-from shipway.deployments.models import Deployment
 from tests.conftest import TokenFactory
 from tests.e2e.rollout_support import (
     SiteImage,

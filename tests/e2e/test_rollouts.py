@@ -264,8 +264,8 @@ def _promoted(client: TestClient, app: dict[str, Any], version_id: str) -> str:
 
 
 def _artifact(version_id: str) -> str | None:
+    from shipway.catalog.models import Version
     from shipway.db import session_factory
-    from shipway.versions.models import Version
 
     with session_factory()() as session:
         version = session.get(Version, version_id)

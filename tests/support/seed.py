@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from shipway.db import transaction
 from shipway.ids import utcnow
-from shipway.jobs import service
+from shipway.jobs import lease, queueing
 from shipway.jobs.models import Job
 from shipway.workers_registry import service as registry
 from shipway.workers_registry.models import Worker
@@ -19,8 +19,9 @@ from shipway.workers_registry.models import Worker
 def ready_version(deployment_id: str, *, actor: str, values: dict[str, Any]) -> str:
     """A version of the deployment walked created → building → ready, as a finished build
     leaves it; ``values`` are the columns the build would record (runtime image, port, …)."""
-    from shipway.deployments.models import Deployment
-    from shipway.states import VERSION, transition
+    from shipway.catalog.machines import VERSION
+    from shipway.catalog.models import Deployment
+    from shipway.states import transition
     from shipway.versions.service import create_version
 
     with transaction() as session:
@@ -72,9 +73,9 @@ def ago(seconds: float) -> datetime:
 
 
 def enqueue(workspace_id: str, kind: str = "noop", **fields: Any) -> str:
-    """A queued job (the outbox write of ``jobs.service.enqueue``)."""
+    """A queued job (the outbox write of ``jobs.queueing.enqueue``)."""
     with transaction() as session:
-        return service.enqueue(
+        return queueing.enqueue(
             session, workspace_id=workspace_id, kind=kind, actor="test", **fields
         ).id
 
@@ -88,20 +89,20 @@ def start(job_id: str, lease_owner: str | None = None) -> str:
     """Claim a queued job; returns its lease owner."""
     lease_owner = lease_owner or owner()
     with transaction() as session:
-        assert service.claim(session, job_id=job_id, owner=lease_owner) is not None, job_id
+        assert lease.claim(session, job_id=job_id, owner=lease_owner) is not None, job_id
     return lease_owner
 
 
 def phase(job_id: str, lease_owner: str, name: str, **progress: Any) -> None:
     """Enter a phase of a running job."""
     with transaction() as session:
-        service.set_phase(session, job_id=job_id, owner=lease_owner, phase=name, progress=progress)
+        lease.set_phase(session, job_id=job_id, owner=lease_owner, phase=name, progress=progress)
 
 
 def progress(job_id: str, lease_owner: str, **values: Any) -> None:
     """Report progress of a running job."""
     with transaction() as session:
-        service.set_progress(session, job_id=job_id, owner=lease_owner, progress=values)
+        lease.set_progress(session, job_id=job_id, owner=lease_owner, progress=values)
 
 
 def finish(
@@ -109,7 +110,7 @@ def finish(
 ) -> None:
     """End a running job."""
     with transaction() as session:
-        service.finish(
+        lease.finish(
             session,
             job_id=job_id,
             owner=lease_owner,

@@ -10,20 +10,20 @@ from sqlalchemy.orm import Session
 
 from shipway.builds.context import prepare_static, static_command
 from shipway.builds.diagnose import classify
+from shipway.catalog.machines import VERSION
+from shipway.catalog.models import Deployment, Version
 from shipway.config import get_settings
-from shipway.deployments.models import Deployment
 from shipway.errors import InvalidTransition, ShipwayError
 from shipway.ids import utcnow
-from shipway.jobs import relay
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed
+from shipway.jobs.dispatch import dispatch
 from shipway.jobs.handlers import compensator, handler
 from shipway.jobs.models import Job
 from shipway.releases.service import promote_version
 from shipway.runtime import get_runtime
 from shipway.runtime.base import labels
 from shipway.sources.store import source_store
-from shipway.states import VERSION, record_event, transition
-from shipway.versions.models import Version
+from shipway.states import record_event, transition
 
 
 def image_tag(version: Version) -> str:
@@ -79,7 +79,7 @@ def _should_stop(ctx: JobContext) -> bool:
     return False
 
 
-@handler("publish")
+@handler("publish", queue="builds")
 def run_publish(ctx: JobContext) -> dict[str, Any]:
     """Build the version's image; ready with its artifact, or failed with a diagnosis."""
     settings = get_settings()
@@ -218,7 +218,7 @@ def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> 
     if promote_to:
         follow_up = _promote_when_ready(ctx, environment=promote_to)
     if follow_up:
-        relay.dispatch(follow_up)
+        dispatch(follow_up)
     return {
         "image": tag,
         "image_id": info.id,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Header, Query, UploadFile
@@ -16,19 +14,12 @@ from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
-from shipway.builds import service
 from shipway.builds.schemas import PublishForm, PublishResponse
-from shipway.config import get_settings
+from shipway.builds.upload import publish_upload
+from shipway.catalog.models import Version
 from shipway.db import session_factory
-from shipway.deployments.service import get_deployment
-from shipway.idempotency import service as idempotency
-from shipway.jobs import relay
-from shipway.jobs import service as jobs
-from shipway.jobs.schemas import JobRead
 from shipway.schemas import error_responses
-from shipway.sources.store import source_store, upload_limits
-from shipway.versions.models import Version
-from shipway.versions.schemas import VersionFull
+from shipway.sources.store import source_store
 from shipway.versions.service import get_version
 
 router = APIRouter(tags=["versions"])
@@ -50,65 +41,18 @@ def publish_version(
         None, alias="Idempotency-Key", description="Required; same key + same upload replays"
     ),
     principal: Principal = Depends(writer),
-    session: Session = Depends(get_session),
 ) -> JSONResponse:
     """Publish: upload a source archive; a worker builds it into an immutable version."""
-    key = idempotency.validate_key(idempotency_key)
-    with session.begin():  # 404 before spending time on the upload
-        get_deployment(session, deployment_id=deployment_id, workspace_id=principal.workspace_id)
-    settings = get_settings()
-    store = source_store()
-    staged = store.stage(source.file, max_bytes=settings.max_upload_bytes, limits=upload_limits())
-    created: list[tuple[str, str]] = []
-    moved: list[str] = []
-
-    def action(tx: Session) -> tuple[int, dict[str, Any]]:
-        result = service.publish(
-            tx,
-            workspace_id=principal.workspace_id,
-            deployment_id=deployment_id,
-            staged=staged,
-            form=form,
-            store=store,
-            actor=principal.actor,
-        )
-        moved.append(result.version.id)
-        created.append((result.job.id, result.job.queue))
-        job = JobRead.model_validate(result.job)
-        job.queue_position = jobs.queue_position(tx, job=result.job)
-        answer = PublishResponse(version=_full(result.version), job=job)
-        return 202, answer.model_dump(mode="json")
-
-    fingerprint = hashlib.sha256(
-        f"{deployment_id}|{staged.sha256}|{form.model_dump_json(exclude={'source'})}".encode()
-    ).hexdigest()
-    try:
-        status, payload = idempotency.run_once(
-            session_factory(),
-            workspace_id=principal.workspace_id,
-            key=key,
-            request_fingerprint=fingerprint,
-            ttl=timedelta(hours=settings.idempotency_ttl_hours),
-            action=action,
-        )
-    except BaseException:
-        for version_id in moved:  # the transaction rolled back: leave no stray files
-            store.discard(version_id)
-        raise
-    finally:
-        store.drop_staged(staged)
-    if created:
-        background.add_task(relay.dispatch_after_commit, created)
-    else:
-        for version_id in moved:
-            store.discard(version_id)
-    return JSONResponse(status_code=status, content=payload)
-
-
-def _full(version: Version) -> VersionFull:
-    from shipway.versions.routes import version_full
-
-    return version_full(version, releases=[], environment="production")
+    submitted = publish_upload(
+        workspace_id=principal.workspace_id,
+        deployment_id=deployment_id,
+        form=form,
+        source=source.file,
+        idempotency_key=idempotency_key,
+        actor=principal.actor,
+        defer=background.add_task,
+    )
+    return JSONResponse(status_code=submitted.status, content=submitted.body)
 
 
 @router.get(

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from shipway.builds.schemas import PublishForm
+from shipway.catalog.models import Version
 from shipway.deployments.service import get_deployment
 from shipway.errors import InvalidInput
-from shipway.jobs import service as jobs
+from shipway.jobs import queueing
 from shipway.jobs.models import Job
 from shipway.sources.store import LocalSourceStore, Staged
-from shipway.versions.models import Version
 from shipway.versions.service import create_version
 
 
@@ -57,7 +57,7 @@ def publish(
         runtime=form.runtime(),
     )
     version.build_log_uri = f"/api/v1/deployments/{deployment.id}/versions/{version.id}/build-log"
-    job = jobs.enqueue(
+    job = queueing.enqueue(
         session,
         workspace_id=workspace_id,
         kind="publish",

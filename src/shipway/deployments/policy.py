@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shipway.deployments.schemas import ENV_NAME_PATTERN
-from shipway.releases.strategy import Strategy
+from shipway.deployments.strategy import Strategy
 
 log = logging.getLogger(__name__)
 

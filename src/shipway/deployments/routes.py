@@ -7,8 +7,8 @@ from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
+from shipway.catalog.models import Deployment
 from shipway.deployments import service
-from shipway.deployments.models import Deployment
 from shipway.deployments.policy import EnvironmentPolicy, PolicyRead, parse_policy
 from shipway.deployments.schemas import (
     ENV_NAME_PATTERN,

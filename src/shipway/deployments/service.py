@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shipway.deployments.models import Deployment, Environment
+from shipway.catalog.models import Deployment, Environment, Release, Version
+from shipway.deployments.addresses import public_url
 from shipway.deployments.policy import EnvironmentPolicy, dump_policy, parse_policy
 from shipway.deployments.schemas import (
     ENV_NAME_PATTERN,
@@ -21,9 +22,7 @@ from shipway.deployments.schemas import (
 )
 from shipway.errors import Conflict, InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
-from shipway.releases.models import Release
 from shipway.states import record_event
-from shipway.versions.models import Version
 from shipway.workspaces.models import Project
 
 
@@ -248,20 +247,8 @@ def environments_of(session: Session, *, deployment_id: str) -> list[Environment
             release_id=release.id if release else None,
             status=release.status if release else None,
             replicas=release.replicas if release else 0,
-            public_url=_public_url(deployment_id, env.name),
+            public_url=public_url(deployment_id, env.name),
             policy=dump_policy(parse_policy(env.policy)),
         )
         for env, release, version in rows
     ]
-
-
-def _public_url(deployment_id: str, environment: str) -> str | None:
-    """The router address of an environment, once a rollout has created its route."""
-    from shipway.releases.replicas import route_key
-    from shipway.router.base import RouterError
-    from shipway.router.current import router_config
-
-    try:
-        return router_config().public_url(route_key(deployment_id, environment))
-    except (RouterError, KeyError, OSError):
-        return None

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shipway.jobs import service
+from shipway.jobs import lease
 
 
 class JobFailed(Exception):
@@ -66,7 +66,7 @@ class JobContext:
 
     def _check(self, session: Session) -> None:
         """Raise LeaseLost or JobCancelled, read in one query."""
-        holds, cancelled = service.lease_and_cancel(session, job_id=self.job_id, owner=self.owner)
+        holds, cancelled = lease.lease_and_cancel(session, job_id=self.job_id, owner=self.owner)
         if not holds:
             raise LeaseLost(self.job_id)
         if cancelled:
@@ -78,7 +78,7 @@ class JobContext:
             raise LeaseLost(self.job_id)
         with self.session() as session, session.begin():
             self._check(session)
-            service.set_phase(
+            lease.set_phase(
                 session,
                 job_id=self.job_id,
                 owner=self.owner,
@@ -89,6 +89,6 @@ class JobContext:
     def progress(self, **progress: Any) -> None:
         """Report progress inside the current phase."""
         with self.session() as session, session.begin():
-            service.set_progress(
+            lease.set_progress(
                 session, job_id=self.job_id, owner=self.owner, progress={**self.sticky, **progress}
             )

@@ -1,9 +1,14 @@
-"""Registry of job handlers by kind, and their compensation when a job ends badly."""
+"""Registry of job kinds: each feature registers its handler, queue and compensator.
+
+The engine only looks kinds up here; it never imports the features that register
+them. ``shipway.bootstrap.load_features`` imports every feature module that does.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -14,15 +19,29 @@ from shipway.jobs.models import Job
 Handler = Callable[[JobContext], dict[str, Any] | None]
 Compensator = Callable[[Session, Job, str, dict[str, Any] | None], None]
 
-_HANDLERS: dict[str, Handler] = {}
+QUEUES = ("builds", "rollouts")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered kind of job: what runs it and on which broker queue."""
+
+    name: str
+    queue: str
+    run: Handler
+
+
+_KINDS: dict[str, JobKind] = {}
 _COMPENSATORS: dict[str, Compensator] = {}
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
-    """Register the function that runs jobs of ``kind``."""
+def handler(kind: str, *, queue: str) -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind``, sent to the broker ``queue``."""
+    if queue not in QUEUES:
+        raise ValueError(f"job kind {kind!r}: unknown queue {queue!r} (one of {QUEUES})")
 
     def register(fn: Handler) -> Handler:
-        _HANDLERS[kind] = fn
+        _KINDS[kind] = JobKind(name=kind, queue=queue, run=fn)
         return fn
 
     return register
@@ -38,29 +57,40 @@ def compensator(kind: str) -> Callable[[Compensator], Compensator]:
     return register
 
 
-def handler_for(kind: str) -> Handler:
-    """The handler of ``kind`` (imports the feature modules that register them)."""
-    _load()
+def job_kind(kind: str) -> JobKind:
+    """The registration of ``kind``; LookupError if no loaded feature registered it."""
     try:
-        return _HANDLERS[kind]
+        return _KINDS[kind]
     except KeyError:
-        raise LookupError(f"no handler for job kind {kind!r}") from None
+        raise LookupError(
+            f"no handler for job kind {kind!r} (registered: {', '.join(sorted(_KINDS))}; "
+            "entry points call shipway.bootstrap.load_features() first)"
+        ) from None
+
+
+def handler_for(kind: str) -> Handler:
+    """The function that runs jobs of ``kind``."""
+    return job_kind(kind).run
+
+
+def queue_of(kind: str) -> str:
+    """The broker queue jobs of ``kind`` are sent to."""
+    return job_kind(kind).queue
+
+
+def kinds() -> list[str]:
+    """Every registered job kind, sorted."""
+    return sorted(_KINDS)
 
 
 def compensate(session: Session, job: Job, reason: str, diagnostics: dict[str, Any] | None) -> None:
     """Run the compensator of the job's kind, if any, in the caller's transaction."""
-    _load()
     fn = _COMPENSATORS.get(job.kind)
     if fn is not None:
         fn(session, job, reason, diagnostics)
 
 
-def _load() -> None:
-    import shipway.builds.publish  # registers publish
-    import shipway.releases.rollout  # noqa: F401  (registers promote and rollback)
-
-
-@handler("noop")
+@handler("noop", queue="rollouts")
 def run_noop(ctx: JobContext) -> dict[str, Any]:
     """A job that only sleeps in steps: measures dispatch overhead and exercises the queue.
 

@@ -6,15 +6,19 @@ import base64
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
 from shipway.errors import InvalidInput
+from shipway.events.schemas import EventRead
 from shipway.events.service import list_events
-from shipway.jobs import service
+from shipway.jobs import cancel, queueing
+from shipway.jobs.lines import queue_position
 from shipway.jobs.models import Job
-from shipway.jobs.schemas import EventRead, JobRead, JobState
+from shipway.jobs.schemas import JobRead, JobState
+from shipway.jobs.submit import Accepted, submit
 from shipway.schemas import Page, error_responses
 
 router = APIRouter(tags=["jobs"])
@@ -22,7 +26,7 @@ router = APIRouter(tags=["jobs"])
 
 def _read(session: Session, job: Job) -> JobRead:
     data = JobRead.model_validate(job)
-    data.queue_position = service.queue_position(session, job=job)
+    data.queue_position = queue_position(session, job=job)
     return data
 
 
@@ -53,7 +57,7 @@ def list_jobs(
 ) -> Page[JobRead]:
     """Jobs of the caller's workspace, newest first."""
     with session.begin():
-        rows = service.list_jobs(
+        rows = queueing.list_jobs(
             session,
             workspace_id=principal.workspace_id,
             state=state,
@@ -76,7 +80,7 @@ def get_job(
     """One job with its phase, attempts, lease and queue position."""
     with session.begin():
         return _read(
-            session, service.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
+            session, queueing.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
         )
 
 
@@ -85,15 +89,17 @@ def get_job(
     response_model=JobRead,
     responses=error_responses(401, 403, 404, 409),
 )
-def cancel_job(
-    job_id: str, principal: Principal = Depends(writer), session: Session = Depends(get_session)
-) -> JobRead:
+def cancel_job(job_id: str, principal: Principal = Depends(writer)) -> JSONResponse:
     """Cancel a queued job at once, or ask a running one to stop and clean up."""
-    with session.begin():
-        job = service.request_cancel(
+
+    def action(session: Session) -> Accepted:
+        job = cancel.request_cancel(
             session, job_id=job_id, workspace_id=principal.workspace_id, actor=principal.actor
         )
-        return _read(session, job)
+        return Accepted(job=job, enqueued=False)
+
+    submitted = submit(workspace_id=principal.workspace_id, action=action, status=200)
+    return JSONResponse(status_code=submitted.status, content=submitted.body)
 
 
 @router.get(
@@ -110,7 +116,7 @@ def job_audit(
 ) -> list[EventRead]:
     """The audited transitions of one job (phases, state changes), oldest first."""
     with session.begin():
-        service.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
+        queueing.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
         rows = list_events(
             session, workspace_id=principal.workspace_id, job_id=job_id, after_id=after, limit=limit
         )

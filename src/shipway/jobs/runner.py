@@ -18,8 +18,11 @@ from sqlalchemy.exc import OperationalError
 from shipway.config import get_settings
 from shipway.db import session_factory
 from shipway.errors import Conflict
-from shipway.jobs import handlers, service
+from shipway.jobs import handlers, lease
+from shipway.jobs.cancel import cancelled_diagnostics
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
+from shipway.jobs.dispatch import dispatch
+from shipway.jobs.lines import next_in_line
 from shipway.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,7 @@ class _LeaseKeeper:
     def _renew(self, job_id: str, owner: str, maker: Any, lost: threading.Event) -> None:
         try:
             with maker() as session, session.begin():
-                renewed = service.heartbeat(session, job_id=job_id, owner=owner)
+                renewed = lease.heartbeat(session, job_id=job_id, owner=owner)
         except OperationalError:
             log.warning("heartbeat of %s failed: database unreachable", job_id)
             return
@@ -100,7 +103,7 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     maker = session_factory()
     owner = owner or worker_identity()
     with maker() as session, session.begin():
-        claim = service.claim(session, job_id=job_id, owner=owner)
+        claim = lease.claim(session, job_id=job_id, owner=owner)
     if claim is None:
         return None
     lost = _leases.hold(job_id, owner, maker)
@@ -127,7 +130,7 @@ def _execute(ctx: JobContext, kind: str, maker: Any) -> str | None:
     try:
         result = handlers.handler_for(kind)(ctx)
     except JobCancelled as stop:
-        diagnostics = stop.diagnostics or service.cancelled_diagnostics("operator")
+        diagnostics = stop.diagnostics or cancelled_diagnostics("operator")
         return _end(maker, ctx, "cancelled", stop.reason, diagnostics)
     except JobFailed as failure:
         return _end(maker, ctx, "failed", failure.reason, failure.diagnostics)
@@ -155,7 +158,7 @@ def _end(
 ) -> str | None:
     try:
         with maker() as session, session.begin():
-            service.finish(
+            lease.finish(
                 session,
                 job_id=ctx.job_id,
                 owner=ctx.owner,
@@ -186,13 +189,11 @@ def _internal_error(error: Exception) -> dict[str, Any]:
 
 def _dispatch_next(maker: Any, job_id: str) -> None:
     """Hand the next job waiting on the same (deployment, environment) to the broker."""
-    from shipway.jobs import relay
-
     try:
         with maker() as session:
             serial_key = session.scalar(select(Job.serial_key).where(Job.id == job_id))
-            waiting = service.next_in_line(session, serial_key=serial_key) if serial_key else None
+            waiting = next_in_line(session, serial_key=serial_key) if serial_key else None
         if waiting:
-            relay.dispatch([waiting], session_maker=maker)
+            dispatch([waiting], session_maker=maker)
     except Exception:  # the relay re-sends later anyway
         log.exception("could not dispatch the job after %s", job_id)

@@ -1,4 +1,4 @@
-"""Job and event response models."""
+"""Job response models (events: shipway.events.schemas)."""
 
 from __future__ import annotations
 
@@ -47,19 +47,3 @@ class JobRead(ReadModel):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     updated_at: Timestamp | None
-
-
-class EventRead(ReadModel):
-    """One audited transition."""
-
-    id: int
-    subject_type: str
-    subject_id: str
-    from_state: str | None
-    to_state: str | None
-    reason: str
-    actor: str
-    job_id: str | None
-    deployment_id: str | None
-    data: dict[str, Any]
-    created_at: Timestamp

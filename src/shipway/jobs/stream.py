@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from shipway.db import session_factory
 from shipway.errors import InvalidInput
 from shipway.events.models import Event
+from shipway.events.schemas import EventRead
+from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
-from shipway.jobs.schemas import EventRead
 from shipway.sources.store import source_store
-from shipway.states import TERMINAL_JOB_STATES
 
 POLL_SECONDS = 0.3
 EVENTS_PER_POLL = 500

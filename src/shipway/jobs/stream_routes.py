@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from shipway.auth.deps import get_session, reader
 from shipway.auth.service import Principal
-from shipway.jobs import service, stream
+from shipway.jobs import queueing, stream
 from shipway.schemas import error_responses
 
 router = APIRouter(tags=["jobs"])
@@ -56,7 +56,7 @@ def job_event_stream(
     """Follow a job live: replays its past events, then streams new ones until it ends."""
     cursor = stream.Cursor.parse(last_event_id)
     with session.begin():
-        service.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
+        queueing.get_job(session, job_id=job_id, workspace_id=principal.workspace_id)
     return EventSourceResponse(
         _messages(job_id, cursor), ping=PING_SECONDS, headers={"Cache-Control": "no-cache"}
     )

@@ -30,14 +30,15 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, case, extract, func, literal, or_, select
 from sqlalchemy.orm import Session
 
+from shipway.catalog.machines import RELEASE
+from shipway.catalog.models import Release
 from shipway.db import engine_for, session_factory
 from shipway.events.models import Event
 from shipway.ids import utcnow
+from shipway.jobs import handlers
+from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
-from shipway.jobs.service import QUEUE_OF_KIND
 from shipway.queue import queries as queue
-from shipway.releases.models import Release
-from shipway.states import RELEASE, TERMINAL_JOB_STATES
 from shipway.workers_registry import service as registry
 
 SETTLE = timedelta(minutes=2)
@@ -278,7 +279,7 @@ def _job_metrics(finished: FinishedTotals, snapshot: Snapshot) -> Iterable[Metri
         "Jobs that ended, by kind and terminal state (succeeded, failed, cancelled).",
         labels=["kind", "state"],
     )
-    kinds = sorted(set(QUEUE_OF_KIND) | {kind for kind, _ in finished.jobs})
+    kinds = sorted(set(handlers.kinds()) | {kind for kind, _ in finished.jobs})
     for kind in kinds:
         for state in sorted(TERMINAL_JOB_STATES):
             jobs.add_metric([kind, state], finished.jobs.get((kind, state), 0))

@@ -33,8 +33,8 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
+from shipway.jobs.handlers import QUEUES
 from shipway.jobs.models import Job
-from shipway.jobs.service import QUEUES
 from shipway.queue.schemas import FailureGroup, QueueStats
 
 FAILURE_WINDOW = timedelta(hours=1)

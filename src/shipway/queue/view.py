@@ -77,7 +77,7 @@ def _rollout_lines(
         if job.serial_key is not None:
             line(job).running = item(job, None)
     due_ahead: dict[str, int] = defaultdict(int)
-    for job in waiting:  # oldest first; as jobs.service.queue_position counts
+    for job in waiting:  # oldest first; as jobs.lines.queue_position counts
         target = line(job)
         position = (1 if target.running else 0) + due_ahead[target.serial_key] + 1
         target.waiting.append(item(job, position))

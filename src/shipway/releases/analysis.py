@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from shipway.releases.strategy import CanaryAnalysis
+from shipway.deployments.strategy import CanaryAnalysis
 from shipway.router.base import MAX_WEIGHT, ServerStats
 
 Verdict = Literal["pass", "fail", "inconclusive"]

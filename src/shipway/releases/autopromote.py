@@ -21,20 +21,18 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shipway.config import get_settings
-from shipway.deployments.models import Deployment, Environment
+from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.deployments.policy import AutoPromote, parse_policy
 from shipway.deployments.service import ensure_environment
+from shipway.deployments.strategy import AllAtOnce
 from shipway.errors import Conflict
 from shipway.ids import utcnow
-from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.releases.strategy import AllAtOnce
+from shipway.jobs import lines
+from shipway.jobs.periodic import periodic
 from shipway.states import record_event
-from shipway.versions.models import Version
 
 log = logging.getLogger(__name__)
 ACTOR_PREFIX = "policy:auto_promote"
@@ -64,24 +62,21 @@ def already_there(session: Session, *, version_id: str, environment: str) -> str
     )
     if release is not None:
         return release
-    job = session.scalar(
-        select(Job.id)
-        .where(
-            Job.version_id == version_id,
-            Job.environment == environment,
-            or_(Job.kind == "promote", Job.kind == "rollback"),
-        )
-        .limit(1)
+    return lines.find_job_id(
+        session,
+        kinds=("promote", "rollback"),
+        version_id=version_id,
+        environment=environment,
     )
-    return job
 
 
+@periodic("auto-promote", interval=lambda settings: settings.auto_promote_interval_seconds)
 def scan_once(
     session_maker: Callable[[], Session] | None = None, *, now: datetime | None = None
 ) -> list[tuple[str, str]]:
     """One pass over every auto-promote policy; returns the (job id, queue) queued."""
     from shipway.db import session_factory
-    from shipway.jobs import relay
+    from shipway.jobs.dispatch import dispatch
 
     maker = session_maker or session_factory()
     now = now or utcnow()
@@ -101,7 +96,7 @@ def scan_once(
         if created is not None:
             queued.append(created)
     if queued:
-        relay.dispatch(queued, session_maker=maker)
+        dispatch(queued, session_maker=maker)
         log.info("auto promote queued %d job(s)", len(queued))
     return queued
 
@@ -189,22 +184,3 @@ def _healthy_long_enough(release: Release, rule: AutoPromote, now: datetime) -> 
 def _strategy(rule: AutoPromote, target: Environment) -> dict[str, Any]:
     chosen = rule.strategy or parse_policy(target.policy).strategy or AllAtOnce()
     return chosen.model_dump(mode="json")
-
-
-def run_forever(stop: Any) -> None:
-    """Auto-promote passes every ``auto_promote_interval_seconds`` until ``stop`` (0 disables)."""
-    from sqlalchemy.exc import OperationalError
-
-    interval = get_settings().auto_promote_interval_seconds
-    if interval <= 0:
-        log.info("auto promote disabled")
-        return
-    log.info("auto promote started (every %.1fs)", interval)
-    while not stop.is_set():
-        try:
-            scan_once()
-        except OperationalError as error:
-            log.warning("auto promote: database unreachable: %s", error)
-        except Exception:
-            log.exception("auto promote pass failed")
-        stop.wait(interval)

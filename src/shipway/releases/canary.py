@@ -18,6 +18,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shipway.catalog.models import Release
+from shipway.deployments.addresses import route_key
+from shipway.deployments.strategy import Canary, parse_strategy
 from shipway.ids import utcnow
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed
 from shipway.jobs.models import Job
@@ -30,10 +33,7 @@ from shipway.releases.analysis import (
     server_weights,
     snapshot,
 )
-from shipway.releases.models import Release
-from shipway.releases.replicas import route_key
 from shipway.releases.service import active_release
-from shipway.releases.strategy import Canary, parse_strategy
 from shipway.router.base import Route, Server
 from shipway.router.current import get_router
 from shipway.runtime.base import Replica

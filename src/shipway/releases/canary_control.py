@@ -12,13 +12,14 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
+from shipway.catalog.models import Release
 from shipway.errors import Conflict
 from shipway.ids import utcnow
-from shipway.jobs import service as jobs
+from shipway.jobs import queueing
+from shipway.jobs.machine import JOB
 from shipway.jobs.models import Job
 from shipway.releases.canary import canary_strategy
-from shipway.releases.models import Release
-from shipway.states import JOB, record_event, transition
+from shipway.states import record_event, transition
 
 Action = Literal["pause", "resume", "promote_now", "abort"]
 ROLLOUT_KINDS = ("promote", "rollback")
@@ -29,7 +30,7 @@ def control_canary(
     session: Session, *, job_id: str, workspace_id: str, actor: str, action: Action
 ) -> Job:
     """Record an operator's request on a queued or running canary rollout; audited."""
-    job = jobs.get_job(session, job_id=job_id, workspace_id=workspace_id)
+    job = queueing.get_job(session, job_id=job_id, workspace_id=workspace_id)
     canary_state = _check_controllable(session, job)
     if action == "abort" and job.state == "queued":
         return _abort_queued(session, job=job, actor=actor)

@@ -33,19 +33,18 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shipway.catalog.machines import RELEASE
+from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.config import get_settings
-from shipway.deployments.models import Deployment, Environment
 from shipway.deployments.policy import EnvironmentPolicy, HealthMonitoring, parse_policy
 from shipway.errors import Conflict
 from shipway.ids import utcnow
-from shipway.jobs import service as jobs
-from shipway.jobs.models import Job
+from shipway.jobs import lines
+from shipway.jobs.periodic import periodic
 from shipway.releases.health import probe
-from shipway.releases.models import Release
 from shipway.releases.replicas import RELEASE_LABEL
 from shipway.runtime.base import Replica, Runtime
-from shipway.states import RELEASE, record_event, transition
-from shipway.versions.models import Version
+from shipway.states import record_event, transition
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +213,7 @@ class MonitorReport:
     rollback_jobs: list[tuple[str, str]] = field(default_factory=list)
 
 
+@periodic("health-monitor", interval=lambda settings: settings.monitor_interval_seconds)
 def monitor_once(
     session_maker: Callable[[], Session] | None = None,
     *,
@@ -222,7 +222,7 @@ def monitor_once(
 ) -> MonitorReport:
     """Probe every due release once and apply the verdicts (each in its own transaction)."""
     from shipway.db import session_factory
-    from shipway.jobs import relay
+    from shipway.jobs.dispatch import dispatch
     from shipway.runtime import get_runtime
 
     maker = session_maker or session_factory()
@@ -254,7 +254,7 @@ def monitor_once(
         if applied.rollback_job is not None:
             report.rollback_jobs.append(applied.rollback_job)
     if report.rollback_jobs:
-        relay.dispatch(report.rollback_jobs, session_maker=maker)
+        dispatch(report.rollback_jobs, session_maker=maker)
     if report.unhealthy or report.recovered or report.rollback_jobs:
         log.info("health monitor: %s", report)
     return report
@@ -352,11 +352,9 @@ def _rollout_running(
         release = session.get(Release, candidate.release_id)
         if release is None:
             return True
-    key = jobs.serial_key_for(release.deployment_id, release.environment)
-    running = session.scalar(
-        select(Job.id)
-        .where(Job.serial_key == key, Job.state == "running", Job.kind != "retire")
-        .limit(1)
+    key = lines.serial_key_for(release.deployment_id, release.environment)
+    running = lines.find_job_id(
+        session, serial_key=key, states=("running",), except_kinds=("retire",)
     )
     return running is not None
 
@@ -419,15 +417,9 @@ def auto_rollback(session: Session, *, release: Release, now: datetime) -> tuple
     """
     from shipway.releases import service
 
-    key = jobs.serial_key_for(release.deployment_id, release.environment)
-    pending = session.scalar(
-        select(Job.id)
-        .where(
-            Job.serial_key == key,
-            Job.state.in_(("queued", "running")),
-            Job.kind.in_(ROLLOUT_KINDS),
-        )
-        .limit(1)
+    key = lines.serial_key_for(release.deployment_id, release.environment)
+    pending = lines.find_job_id(
+        session, serial_key=key, states=("queued", "running"), kinds=ROLLOUT_KINDS
     )
     if pending is not None:
         return None  # someone already acts on this environment; look again next round
@@ -508,22 +500,3 @@ def _set_auto_rollback(session: Session, release: Release, record: dict[str, Any
         .execution_options(synchronize_session=False)
     )
     session.refresh(release)
-
-
-def run_forever(stop: Any) -> None:
-    """Monitor passes every ``monitor_interval_seconds`` until ``stop`` is set (0 disables)."""
-    from sqlalchemy.exc import OperationalError
-
-    interval = get_settings().monitor_interval_seconds
-    if interval <= 0:
-        log.info("health monitor disabled")
-        return
-    log.info("health monitor started (every %.1fs)", interval)
-    while not stop.is_set():
-        try:
-            monitor_once()
-        except OperationalError as error:
-            log.warning("health monitor: database unreachable: %s", error)
-        except Exception:
-            log.exception("health monitor pass failed")
-        stop.wait(interval)

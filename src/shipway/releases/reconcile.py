@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shipway.catalog.models import Release
+from shipway.deployments.addresses import route_key
+from shipway.jobs import lines
+from shipway.jobs.periodic import periodic
 from shipway.releases.canary import restored_weights
-from shipway.releases.models import Release
-from shipway.releases.replicas import RELEASE_LABEL, route_key
+from shipway.releases.replicas import RELEASE_LABEL
 from shipway.router.base import Route, Router, Server, ServerState
 from shipway.runtime.base import Runtime
 
@@ -115,7 +118,6 @@ def revive_replicas(session: Session, *, runtime: Runtime) -> int:
     job. A replica that keeps stopping is started again with an exponential backoff
     (1 s, 2 s, … 5 min), so a crashing server is not restarted in a tight loop.
     """
-    from shipway.jobs.models import Job
 
     now = time.monotonic()
     for container_id, (_, not_before) in list(_revivals.items()):
@@ -131,11 +133,7 @@ def revive_replicas(session: Session, *, runtime: Runtime) -> int:
             select(Release).where(Release.id.in_(owners), Release.status.in_(REVIVED))
         ).all()
     }
-    busy = set(
-        session.scalars(
-            select(Job.serial_key).where(Job.state == "running", Job.serial_key.is_not(None))
-        ).all()
-    )
+    busy = lines.busy_lines(session)
     revived = 0
     for replica in stopped:
         release = releases.get(replica.labels.get(RELEASE_LABEL, ""))
@@ -159,6 +157,7 @@ def revive_replicas(session: Session, *, runtime: Runtime) -> int:
     return revived
 
 
+@periodic("router-watch", interval=lambda settings: settings.relay_interval_seconds, lane="relay")
 def watch_router() -> ReconcileReport | None:
     """Periodic safety net: restart stopped replicas of serving releases, and a dead HAProxy
     that has routes; either way the router is rebuilt from the database and the engine."""

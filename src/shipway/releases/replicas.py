@@ -6,11 +6,9 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from shipway.deployments.models import Deployment
+from shipway.catalog.models import Deployment, Release, Version
 from shipway.jobs.context import JobFailed
-from shipway.releases.models import Release
 from shipway.runtime.base import Replica, ReplicaSpec, Runtime, RuntimeFailure, labels
-from shipway.versions.models import Version
 
 RELEASE_LABEL = "shipway.release"
 REPLICA_LABEL = "shipway.replica"
@@ -20,11 +18,6 @@ MAX_PARALLEL_STARTS = 8
 def replica_name(release_id: str, index: int) -> str:
     """Container name of replica ``index`` of a release (stable: retries reuse it)."""
     return f"sw-{release_id}-{index}"
-
-
-def route_key(deployment_id: str, environment: str) -> str:
-    """The router's name for one (deployment, environment)."""
-    return f"{deployment_id}--{environment}"
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from shipway.catalog.models import Release, Version
 from shipway.config import get_settings
 from shipway.ids import utcnow
-from shipway.releases.models import Release
+from shipway.jobs.periodic import periodic
 from shipway.runtime.base import Runtime
 from shipway.states import record_event
-from shipway.versions.models import Version
 
 log = logging.getLogger(__name__)
 HOLDS_IMAGE = ("DEPLOYING", "ACTIVE", "UNHEALTHY", "DRAINING")
@@ -121,6 +121,12 @@ def image_expired(session: Session, *, version: Version) -> bool:
     return latest is not None and latest <= utcnow()
 
 
+@periodic(
+    "image-gc",
+    interval=lambda settings: settings.gc_interval_seconds,
+    lane="relay",
+    first_run_delayed=True,
+)
 def collect_once() -> CollectReport:
     """One garbage-collection pass on the configured database and engine."""
     from shipway.db import transaction

@@ -17,31 +17,25 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shipway.catalog.machines import RELEASE, VERSION
+from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.config import get_settings
-from shipway.deployments.models import Deployment, Environment
+from shipway.deployments.addresses import route_key
 from shipway.errors import InvalidTransition
 from shipway.ids import new_id, utcnow
-from shipway.jobs import service as jobs
+from shipway.jobs import lines, queueing
 from shipway.jobs.context import JobContext
 from shipway.jobs.handlers import compensator, handler
 from shipway.jobs.models import Job
 from shipway.releases import canary
 from shipway.releases.health import HealthPolicy, wait_until_healthy
-from shipway.releases.models import Release
-from shipway.releases.replicas import (
-    RELEASE_LABEL,
-    Target,
-    route_key,
-    scale_up,
-    tear_down,
-)
+from shipway.releases.replicas import RELEASE_LABEL, Target, scale_up, tear_down
 from shipway.releases.service import LIVE_STATUSES, active_release
 from shipway.router.base import Route, RouterError, Server
 from shipway.router.current import get_router, router_config
 from shipway.runtime import get_runtime
 from shipway.runtime.base import Replica
-from shipway.states import RELEASE, VERSION, record_event, transition
-from shipway.versions.models import Version
+from shipway.states import record_event, transition
 
 DRAIN_POLL_SECONDS = 0.2
 FULL_WEIGHT = 100
@@ -64,8 +58,8 @@ def _set_replicas(session: Session, release_id: str, count: int) -> None:
     )
 
 
-@handler("promote")
-@handler("rollback")
+@handler("promote", queue="rollouts")
+@handler("rollback", queue="rollouts")
 def run_rollout(ctx: JobContext) -> dict[str, Any]:
     """Deploy the job's release and make it the active one in its environment."""
     with ctx.session() as session:
@@ -410,7 +404,7 @@ def _record_drain_timeout(ctx: JobContext, release_id: str, drained: dict[str, A
 def _schedule_retire(ctx: JobContext, release_id: str, delay: float) -> None:
     with ctx.session() as session, session.begin():
         job, release, _, _ = _load(session, ctx.job_id)
-        jobs.enqueue(
+        queueing.enqueue(
             session,
             workspace_id=release.workspace_id,
             kind="retire",
@@ -419,7 +413,7 @@ def _schedule_retire(ctx: JobContext, release_id: str, delay: float) -> None:
             deployment_id=release.deployment_id,
             environment=release.environment,
             release_id=release_id,
-            serial_key=jobs.serial_key_for(release.deployment_id, release.environment),
+            serial_key=lines.serial_key_for(release.deployment_id, release.environment),
             not_before=utcnow() + timedelta(seconds=delay),
         )
     ctx.progress(retire_scheduled_in_seconds=delay, release_id=release_id)
@@ -477,7 +471,7 @@ def _remove_from_router(key: str, release_id: str) -> None:
                     router.remove_server(key, server.name)
 
 
-@handler("retire")
+@handler("retire", queue="rollouts")
 def run_retire(ctx: JobContext) -> dict[str, Any]:
     """Retire a replaced release after its scale-down delay."""
     with ctx.session() as session:
@@ -544,18 +538,12 @@ def _retire_left_behind(session: Session, *, job: Job, release: Release) -> None
     replaced = session.get(Release, replaced_id) if replaced_id else None
     if replaced is None or replaced.status != "DRAINING":
         return
-    pending = session.scalar(
-        select(Job.id)
-        .where(
-            Job.kind == "retire",
-            Job.release_id == replaced.id,
-            Job.state.in_(("queued", "running")),
-        )
-        .limit(1)
+    pending = lines.find_job_id(
+        session, kinds=("retire",), release_id=replaced.id, states=("queued", "running")
     )
     if pending is not None:
         return
-    jobs.enqueue(
+    queueing.enqueue(
         session,
         workspace_id=replaced.workspace_id,
         kind="retire",
@@ -564,17 +552,15 @@ def _retire_left_behind(session: Session, *, job: Job, release: Release) -> None
         deployment_id=replaced.deployment_id,
         environment=replaced.environment,
         release_id=replaced.id,
-        serial_key=jobs.serial_key_for(replaced.deployment_id, replaced.environment),
+        serial_key=lines.serial_key_for(replaced.deployment_id, replaced.environment),
         not_before=utcnow() + timedelta(seconds=get_settings().scale_down_delay_seconds),
     )
 
 
 def _other_rollout_running(session: Session, job: Job) -> bool:
     """Whether another job of the same (deployment, environment) runs (and owns the router)."""
-    other = session.scalar(
-        select(Job.id)
-        .where(Job.serial_key == job.serial_key, Job.state == "running", Job.id != job.id)
-        .limit(1)
+    other = lines.find_job_id(
+        session, serial_key=job.serial_key, states=("running",), except_job_id=job.id
     )
     return other is not None
 

@@ -1,46 +1,102 @@
-"""HTTP route of rollback."""
+"""HTTP routes of promote, rollback and pinning (OpenAPI tag: versions)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from functools import partial
 
 from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, writer
 from shipway.auth.service import Principal
-from shipway.config import get_settings
-from shipway.db import session_factory
-from shipway.deployments.schemas import ENV_NAME_PATTERN
-from shipway.idempotency import service as idempotency
-from shipway.jobs import relay
-from shipway.jobs.schemas import JobRead
+from shipway.jobs.submit import Accepted, Idempotent, submit
 from shipway.releases import service
 from shipway.releases.retention import set_pinned
+from shipway.releases.schemas import PromoteRequest, PromoteResponse, RollbackRequest
 from shipway.schemas import error_responses
-from shipway.versions.routes import PromoteResponse, version_full
 from shipway.versions.schemas import ReleaseRead, VersionFull
 from shipway.versions.service import get_version, releases_of
+from shipway.versions.views import version_full
 
 router = APIRouter(tags=["versions"])
+IDEMPOTENCY_KEY = Header(
+    None, alias="Idempotency-Key", description="Required; same key + same body replays"
+)
 
 
-class RollbackRequest(BaseModel):
-    """Body of rollback."""
+def _answer(result: service.PromoteResult) -> Accepted:
+    """The queued rollout job, answered with its release (promote and rollback alike)."""
+    release = ReleaseRead.model_validate(result.release)
+    return Accepted(job=result.job, answer=lambda job: PromoteResponse(release=release, job=job))
 
-    model_config = ConfigDict(extra="forbid")
 
-    environment: str = Field(
-        default="production", pattern=ENV_NAME_PATTERN, min_length=1, max_length=63
+def _promote(
+    session: Session,
+    *,
+    principal: Principal,
+    deployment_id: str,
+    version_id: str,
+    request: PromoteRequest,
+) -> Accepted:
+    strategy = request.strategy.model_dump(mode="json") if request.strategy else None
+    result = service.promote_version(
+        session,
+        workspace_id=principal.workspace_id,
+        deployment_id=deployment_id,
+        version_id=version_id,
+        environment=request.environment,
+        strategy=strategy,
+        actor=principal.actor,
+        supersede=request.supersede,
     )
-    to_version_id: str | None = Field(
-        default=None,
-        max_length=40,
-        description="Default: the most recent archived version still retained here",
+    return _answer(result)
+
+
+def _rollback(
+    session: Session, *, principal: Principal, deployment_id: str, request: RollbackRequest
+) -> Accepted:
+    result = service.rollback(
+        session,
+        workspace_id=principal.workspace_id,
+        deployment_id=deployment_id,
+        environment=request.environment,
+        to_version_id=request.to_version_id,
+        actor=principal.actor,
     )
+    return _answer(result)
+
+
+@router.post(
+    "/deployments/{deployment_id}/versions/{version_id}/promote",
+    status_code=202,
+    response_model=PromoteResponse,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+)
+def promote(
+    deployment_id: str,
+    version_id: str,
+    background: BackgroundTasks,
+    body: PromoteRequest | None = Body(None),
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
+    principal: Principal = Depends(writer),
+) -> JSONResponse:
+    """Make a ready (or archived: rollback) version the active one in an environment."""
+    request = body or PromoteRequest()
+    path = f"/deployments/{deployment_id}/versions/{version_id}/promote"
+    submitted = submit(
+        workspace_id=principal.workspace_id,
+        request=Idempotent.of(idempotency_key, method="POST", path=path, body=request),
+        defer=background.add_task,
+        action=partial(
+            _promote,
+            principal=principal,
+            deployment_id=deployment_id,
+            version_id=version_id,
+            request=request,
+        ),
+    )
+    return JSONResponse(status_code=submitted.status, content=submitted.body)
 
 
 @router.post(
@@ -53,47 +109,21 @@ def rollback(
     deployment_id: str,
     background: BackgroundTasks,
     body: RollbackRequest | None = Body(None),
-    idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key", description="Required; same key + same body replays"
-    ),
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
     principal: Principal = Depends(writer),
 ) -> JSONResponse:
     """Roll an environment back to an archived version's exact retained image (no rebuild)."""
-    key = idempotency.validate_key(idempotency_key)
     request = body or RollbackRequest()
-    created: list[tuple[str, str]] = []
-
-    def action(session: Session) -> tuple[int, dict[str, Any]]:
-        result = service.rollback(
-            session,
-            workspace_id=principal.workspace_id,
-            deployment_id=deployment_id,
-            environment=request.environment,
-            to_version_id=request.to_version_id,
-            actor=principal.actor,
-        )
-        created.append((result.job.id, result.job.queue))
-        answer = PromoteResponse(
-            release=ReleaseRead.model_validate(result.release),
-            job=JobRead.model_validate(result.job),
-        )
-        return 202, answer.model_dump(mode="json")
-
-    status, payload = idempotency.run_once(
-        session_factory(),
+    path = f"/deployments/{deployment_id}/rollback"
+    submitted = submit(
         workspace_id=principal.workspace_id,
-        key=key,
-        request_fingerprint=idempotency.fingerprint(
-            method="POST",
-            path=f"/deployments/{deployment_id}/rollback",
-            body=request.model_dump(mode="json"),
+        request=Idempotent.of(idempotency_key, method="POST", path=path, body=request),
+        defer=background.add_task,
+        action=partial(
+            _rollback, principal=principal, deployment_id=deployment_id, request=request
         ),
-        ttl=timedelta(hours=get_settings().idempotency_ttl_hours),
-        action=action,
     )
-    if created:
-        background.add_task(relay.dispatch_after_commit, created)
-    return JSONResponse(status_code=status, content=payload)
+    return JSONResponse(status_code=submitted.status, content=submitted.body)
 
 
 @router.post(

@@ -9,20 +9,18 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shipway.deployments.models import Environment
+from shipway.catalog.models import Environment, Release, Version
 from shipway.deployments.service import (
     ensure_environment,
     get_deployment,
     validate_environment_name,
 )
+from shipway.deployments.strategy import parse_strategy
 from shipway.errors import Conflict, InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
-from shipway.jobs import service as jobs
+from shipway.jobs import lines, queueing
 from shipway.jobs.models import Job
-from shipway.releases.models import Release
-from shipway.releases.strategy import parse_strategy
 from shipway.states import record_event
-from shipway.versions.models import Version
 from shipway.versions.service import get_version
 
 PROMOTABLE_STATES = ("ready", "archived")
@@ -92,7 +90,7 @@ def promote_version(
     if supersede:
         supersede_queued(
             session,
-            serial_key=jobs.serial_key_for(deployment_id, environment),
+            serial_key=lines.serial_key_for(deployment_id, environment),
             actor=actor,
             by_version=version.version_number,
         )
@@ -187,7 +185,7 @@ def _queue_job(
     actor: str,
 ) -> PromoteResult:
     environment = release.environment
-    job = jobs.enqueue(
+    job = queueing.enqueue(
         session,
         workspace_id=version.workspace_id,
         kind=kind,
@@ -197,7 +195,7 @@ def _queue_job(
         environment=environment,
         version_id=version.id,
         release_id=release.id,
-        serial_key=jobs.serial_key_for(version.deployment_id, environment),
+        serial_key=lines.serial_key_for(version.deployment_id, environment),
     )
     release.job_id = job.id
     session.flush()
@@ -275,15 +273,10 @@ def rollback(
 def supersede_queued(session: Session, *, serial_key: str, actor: str, by_version: int) -> int:
     """Cancel the queued (not running) rollouts of one environment; returns how many."""
     from shipway.jobs import handlers
-    from shipway.states import JOB, transition
+    from shipway.jobs.machine import JOB
+    from shipway.states import transition
 
-    waiting = session.scalars(
-        select(Job).where(
-            Job.serial_key == serial_key,
-            Job.state == "queued",
-            Job.kind.in_(("promote", "rollback")),
-        )
-    ).all()
+    waiting = lines.queued_in_line(session, serial_key=serial_key, kinds=("promote", "rollback"))
     diagnostics = {
         "title": "Superseded",
         "description": f"A newer rollout (version {by_version}) replaced this queued one.",

@@ -10,12 +10,10 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from shipway.deployments.models import Deployment
+from shipway.catalog.models import Deployment, Release, Version
 from shipway.errors import InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
-from shipway.releases.models import Release
 from shipway.states import record_event
-from shipway.versions.models import Version
 from shipway.workspaces.models import Workspace
 
 MAX_VERSION_NUMBER = 2**31 - 1  # versions.version_number is a 32-bit INTEGER

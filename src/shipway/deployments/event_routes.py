@@ -1,4 +1,4 @@
-"""HTTP routes of the audit trail."""
+"""HTTP route of a deployment's audit trail (the events tag; rows from shipway.events)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from shipway.auth.deps import get_session, reader
 from shipway.auth.service import Principal
 from shipway.deployments.service import get_deployment
+from shipway.events.schemas import EventRead
 from shipway.events.service import list_events
-from shipway.jobs.schemas import EventRead
 from shipway.schemas import Page, error_responses
 
 router = APIRouter(tags=["events"])

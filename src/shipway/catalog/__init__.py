@@ -1,0 +1,1 @@
+"""catalog: the records every feature reads (deployments, environments, versions, releases)."""

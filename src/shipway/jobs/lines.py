@@ -1,0 +1,120 @@
+"""Serial lines: jobs of one (deployment, environment) run one at a time, in order.
+
+Every query about a line (who is ahead, who runs, what waits) lives here; features
+ask these instead of writing their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from shipway.ids import utcnow
+from shipway.jobs.models import Job
+
+
+def serial_key_for(deployment_id: str, environment: str) -> str:
+    """Jobs sharing this key run one at a time, in order."""
+    return f"{deployment_id}:{environment}"
+
+
+def earlier_in_line(*, job_id: str, serial_key: str | None, created_at: datetime) -> Any:
+    return and_(
+        Job.serial_key == serial_key,
+        Job.id != job_id,
+        or_(
+            Job.state == "running",
+            and_(
+                Job.state == "queued",
+                # a delayed job (retire after the scale-down delay) blocks no one until due
+                or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+                or_(
+                    Job.created_at < created_at,
+                    and_(Job.created_at == created_at, Job.id < job_id),
+                ),
+            ),
+        ),
+    )
+
+
+def queue_position(session: Session, *, job: Job) -> int | None:
+    """1 when next to run for its (deployment, environment); None if not queued."""
+    if job.state != "queued":
+        return None
+    if job.serial_key is None:
+        return 1
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(earlier_in_line(job_id=job.id, serial_key=job.serial_key, created_at=job.created_at))
+    )
+    return int(ahead or 0) + 1
+
+
+def next_in_line(session: Session, *, serial_key: str) -> tuple[str, str] | None:
+    """(id, queue) of the oldest queued job with this serial key."""
+    row = session.execute(
+        select(Job.id, Job.queue)
+        .where(
+            Job.serial_key == serial_key,
+            Job.state == "queued",
+            or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    ).first()
+    return (row.id, row.queue) if row else None
+
+
+def find_job_id(
+    session: Session,
+    *,
+    states: Iterable[str] | None = None,
+    serial_key: str | None = None,
+    kinds: Iterable[str] | None = None,
+    except_kinds: Iterable[str] = (),
+    except_job_id: str | None = None,
+    release_id: str | None = None,
+    version_id: str | None = None,
+    environment: str | None = None,
+) -> str | None:
+    """The id of one job matching every filter given (any state if ``states`` is None), or None."""
+    conditions: list[Any] = []
+    if states is not None:
+        conditions.append(Job.state.in_(tuple(states)))
+    if serial_key is not None:
+        conditions.append(Job.serial_key == serial_key)
+    if kinds is not None:
+        conditions.append(Job.kind.in_(tuple(kinds)))
+    if except_kinds:
+        conditions.append(Job.kind.not_in(tuple(except_kinds)))
+    if except_job_id is not None:
+        conditions.append(Job.id != except_job_id)
+    if release_id is not None:
+        conditions.append(Job.release_id == release_id)
+    if version_id is not None:
+        conditions.append(Job.version_id == version_id)
+    if environment is not None:
+        conditions.append(Job.environment == environment)
+    return session.scalar(select(Job.id).where(*conditions).limit(1))
+
+
+def queued_in_line(session: Session, *, serial_key: str, kinds: Iterable[str]) -> Sequence[Job]:
+    """The queued (not running) jobs of these kinds waiting in one line."""
+    return session.scalars(
+        select(Job).where(
+            Job.serial_key == serial_key, Job.state == "queued", Job.kind.in_(tuple(kinds))
+        )
+    ).all()
+
+
+def busy_lines(session: Session) -> set[str]:
+    """Serial keys of the lines in which a job runs now."""
+    keys = session.scalars(
+        select(Job.serial_key).where(Job.state == "running", Job.serial_key.is_not(None))
+    ).all()
+    return {key for key in keys if key is not None}

@@ -1,0 +1,145 @@
+"""The reaper: requeue or fail jobs whose worker stopped renewing their lease."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shipway.errors import InvalidTransition
+from shipway.ids import utcnow
+from shipway.jobs import handlers
+from shipway.jobs.machine import JOB
+from shipway.jobs.models import Job
+from shipway.states import transition
+
+
+def worker_lost_diagnostics(job: Job) -> dict[str, Any]:
+    """Diagnostics of a job whose worker stopped heartbeating too many times."""
+    return {
+        "title": "Worker lost",
+        "description": (
+            f"The worker running this job stopped renewing its lease {job.attempts} time(s); "
+            "the job was not retried again."
+        ),
+        "action": "Check worker logs and resources (memory, OOM kills), then resubmit.",
+        "evidence": {
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "last_lease_owner": job.lease_owner,
+            "last_heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+            "phase": job.phase,
+        },
+    }
+
+
+def expired_leases(session: Session, *, now: datetime, limit: int = 100) -> Sequence[Job]:
+    """Running jobs whose lease has expired (their worker is presumed dead)."""
+    return session.scalars(
+        select(Job)
+        .where(Job.state == "running", Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+    ).all()
+
+
+def reap(session: Session, *, job: Job, now: datetime, actor: str = "reaper") -> str | None:
+    """Requeue or fail one job whose lease expired; returns the new state or None if it moved."""
+
+    retry = job.attempts < job.max_attempts
+    target = "queued" if retry else "failed"
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+    if retry:
+        values |= {"dispatched_at": None}
+        reason = f"worker_lost: lease of {job.lease_owner} expired; retrying"
+    else:
+        values |= {
+            "finished_at": now,
+            "failure_reason": "worker_lost",
+            "failure_diagnostics": worker_lost_diagnostics(job),
+        }
+        reason = "worker_lost: lease expired and attempts are exhausted"
+    try:
+        transition(
+            session,
+            JOB,
+            subject_id=job.id,
+            from_state="running",
+            to_state=target,
+            reason=reason,
+            actor=actor,
+            values=values,
+            where=(Job.lease_expires_at < now, Job.lease_owner == job.lease_owner),
+        )
+    except InvalidTransition:
+        return None
+    return target
+
+
+def deadline_passed_queued(session: Session, *, now: datetime, limit: int = 100) -> Sequence[Job]:
+    """Queued jobs whose deadline passed before any worker finished them."""
+    return session.scalars(
+        select(Job).where(Job.state == "queued", Job.deadline_at < now).limit(limit)
+    ).all()
+
+
+@dataclass
+class ReapReport:
+    """What one reaper pass did."""
+
+    requeued: int = 0
+    failed: int = 0
+
+
+def reap_once(session_maker: Callable[[], Session]) -> ReapReport:
+    """Requeue or fail jobs whose lease expired; fail queued jobs past their deadline."""
+    report = ReapReport()
+    now = utcnow()
+    with session_maker() as session:
+        expired = expired_leases(session, now=now)
+        overdue = deadline_passed_queued(session, now=now)
+    for job in expired:
+        with session_maker() as session, session.begin():
+            outcome = reap(session, job=job, now=now)
+            if outcome == "failed":
+                fresh = session.get(Job, job.id)
+                assert fresh is not None
+                handlers.compensate(session, fresh, "worker_lost", fresh.failure_diagnostics)
+        report.requeued += outcome == "queued"
+        report.failed += outcome == "failed"
+    for job in overdue:
+        try:
+            with session_maker() as session, session.begin():
+                _fail_overdue(session, job, now)
+                report.failed += 1
+        except InvalidTransition:
+            continue
+    return report
+
+
+def _fail_overdue(session: Session, job: Job, now: datetime) -> None:
+    diagnostics = {
+        "title": "Deadline passed while queued",
+        "description": "No worker finished this job before its deadline.",
+        "action": "Check that workers are running for the job's queue (GET /api/v1/queue).",
+        "evidence": {"queue": job.queue, "deadline_at": str(job.deadline_at)},
+    }
+    transition(
+        session,
+        JOB,
+        subject_id=job.id,
+        from_state="queued",
+        to_state="failed",
+        reason="deadline_exceeded",
+        actor="reaper",
+        values={
+            "finished_at": now,
+            "failure_reason": "deadline_exceeded",
+            "failure_diagnostics": diagnostics,
+        },
+    )
+    handlers.compensate(session, job, "deadline_exceeded", diagnostics)
