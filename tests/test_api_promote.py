@@ -124,6 +124,29 @@ def test_archived_version_promotes_as_rollback(
     assert job["queue"] == "rollouts"
 
 
+def test_rollback_answers_its_place_in_line_like_promote(
+    client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    first = accepted(promote(client, deployment, make_version(deployment["id"], "ready"), "p1"))
+    assert first["job"]["queue_position"] == 1
+    archived = make_version(deployment["id"], "archived")
+    response = client.post(
+        f"/api/v1/deployments/{deployment['id']}/rollback",
+        json={"to_version_id": archived},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "rb-line"}),
+    )
+    job = accepted(response)["job"]
+    assert job["kind"] == "rollback"
+    assert job["queue_position"] == 2  # behind the promote still queued
+    # A replay answers the stored body, position included, and queues nothing more.
+    again = client.post(
+        f"/api/v1/deployments/{deployment['id']}/rollback",
+        json={"to_version_id": archived},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "rb-line"}),
+    )
+    assert accepted(again)["job"] == job
+
+
 @pytest.mark.parametrize("state", ["created", "building", "failed"])
 def test_unpromotable_states_are_409_and_write_nothing(
     client: TestClient, deployment: dict[str, Any], make_version: VersionFactory, state: str
