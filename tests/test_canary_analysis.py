@@ -318,7 +318,7 @@ def test_control_of_a_queued_canary_is_recorded_and_audited(
 
 def test_reconciliation_restores_the_recorded_canary_weights() -> None:
     from shipway.catalog.models import Release
-    from shipway.releases.canary import restored_weights
+    from shipway.releases.traffic import restored_weights
     from shipway.router.base import Server
 
     servers = [

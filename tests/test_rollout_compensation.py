@@ -72,7 +72,7 @@ def _retire_jobs(release_id: str) -> list[tuple[str, str]]:
 def _compensate(job_id: str) -> None:
     from shipway.db import transaction
     from shipway.jobs.models import Job
-    from shipway.releases.rollout import fail_release
+    from shipway.releases.compensation import fail_release
 
     with transaction() as session:
         job = session.get(Job, job_id)

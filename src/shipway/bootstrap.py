@@ -11,10 +11,12 @@ from __future__ import annotations
 import shipway.builds.publish
 import shipway.jobs.relay  # the relay pass first: its lane runs tasks in this order
 import shipway.releases.autopromote
+import shipway.releases.compensation
 import shipway.releases.monitor
+import shipway.releases.phases
 import shipway.releases.reconcile
 import shipway.releases.retention
-import shipway.releases.rollout  # noqa: F401  (the imports above and this one register)
+import shipway.releases.retire  # noqa: F401  (the imports above and this one register)
 from shipway.jobs.dispatch import Sender, use_sender
 
 

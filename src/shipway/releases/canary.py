@@ -12,7 +12,7 @@ compensator removes the canary replicas and marks the release FAILED.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -30,17 +30,21 @@ from shipway.releases.analysis import (
     failure_diagnostics,
     interval_result,
     keep_last,
-    server_weights,
     snapshot,
 )
 from shipway.releases.service import active_release
+from shipway.releases.traffic import (
+    release_prefix,
+    servers_of,
+    set_canary_weight,
+    stop_canary_traffic,
+)
 from shipway.router.base import Route, Server
 from shipway.router.current import get_router
 from shipway.runtime.base import Replica
 from shipway.states import record_event
 
 CONTROL_POLL_SECONDS = 0.25
-FULL_WEIGHT = 100
 RUNNING_STATES = ("analysing", "paused")
 
 
@@ -117,7 +121,7 @@ def _start(ctx: JobContext, replicas: list[Replica]) -> CanaryRun | None:
     stable_names = [
         s.name
         for s in router.servers(key)
-        if s.name.startswith(f"sw-{stable.id}-") and s.state == "ready"
+        if s.name.startswith(release_prefix(stable.id)) and s.state == "ready"
     ]
     run = CanaryRun(
         ctx=ctx,
@@ -128,10 +132,7 @@ def _start(ctx: JobContext, replicas: list[Replica]) -> CanaryRun | None:
         deployment_id=release.deployment_id,
         workspace_id=release.workspace_id,
         actor=job.actor,
-        canary_servers=[
-            Server(name=r.name, address="127.0.0.1", port=int(r.host_port or 0), weight=0)
-            for r in replicas
-        ],
+        canary_servers=servers_of(replicas, weight=0),
         stable_names=stable_names,
     )
     resumed = previous.get("state") in RUNNING_STATES
@@ -241,8 +242,8 @@ def _analyse(run: CanaryRun, index: int, weight: int, *, paused: bool) -> str:
 def _snapshots(run: CanaryRun) -> tuple[Snapshot, Snapshot]:
     stats = get_router().stats(run.key)
     return (
-        snapshot(stats, prefix=f"sw-{run.release_id}-"),
-        snapshot(stats, prefix=f"sw-{run.stable_id}-"),
+        snapshot(stats, prefix=release_prefix(run.release_id)),
+        snapshot(stats, prefix=release_prefix(run.stable_id)),
     )
 
 
@@ -251,58 +252,19 @@ def _snapshots(run: CanaryRun) -> tuple[Snapshot, Snapshot]:
 
 def _apply_weight(run: CanaryRun, percent: int) -> None:
     """Give the canary ``percent`` of new requests (stable servers get the rest)."""
-    router = get_router()
-    stable_weight, canary_weight = server_weights(
-        percent, stable_servers=len(run.stable_names), canary_servers=len(run.canary_servers)
+    set_canary_weight(
+        get_router(),
+        run.key,
+        percent=percent,
+        stable_names=run.stable_names,
+        canary=run.canary_servers,
     )
-    present = {s.name: s for s in router.servers(run.key)}
-    for name in run.stable_names:
-        if name in present and present[name].weight != stable_weight:
-            router.set_weight(run.key, name, stable_weight)
-    for server in run.canary_servers:
-        have = present.get(server.name)
-        if have is None or have.state != "ready":
-            router.add_server(
-                run.key,
-                Server(server.name, server.address, server.port, weight=canary_weight),
-            )
-        elif have.weight != canary_weight:
-            router.set_weight(run.key, server.name, canary_weight)
-
-
-def restored_weights(servers: list[Server], *, release: Release) -> list[Server]:
-    """``servers`` of a route with the weights of ``release``'s canary (reconciliation).
-
-    Ready servers that are not the canary's are the stable release's.
-    """
-    state = (release.rollout or {}).get("canary") or {}
-    if state.get("state") not in (*RUNNING_STATES, "aborted"):
-        return servers
-    prefix = f"sw-{release.id}-"
-    canary = [s for s in servers if s.name.startswith(prefix)]
-    stable = [s for s in servers if not s.name.startswith(prefix) and s.state == "ready"]
-    stable_weight, canary_weight = server_weights(
-        int(state.get("weight") or 0), stable_servers=len(stable), canary_servers=len(canary)
-    )
-    return [
-        replace(s, weight=canary_weight, state="ready")
-        if s in canary
-        else replace(s, weight=stable_weight)
-        if s in stable
-        else s
-        for s in servers
-    ]
 
 
 def _stop_canary_traffic(run: CanaryRun) -> None:
-    router = get_router()
-    present = {s.name for s in router.servers(run.key)}
-    for server in run.canary_servers:
-        if server.name in present:
-            router.set_weight(run.key, server.name, 0)
-    for name in run.stable_names:
-        if name in present:
-            router.set_weight(run.key, name, FULL_WEIGHT)
+    stop_canary_traffic(
+        get_router(), run.key, stable_names=run.stable_names, canary=run.canary_servers
+    )
 
 
 # -- abort ------------------------------------------------------------------------------

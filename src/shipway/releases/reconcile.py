@@ -21,8 +21,8 @@ from shipway.catalog.models import Release
 from shipway.deployments.addresses import route_key
 from shipway.jobs import lines
 from shipway.jobs.periodic import periodic
-from shipway.releases.canary import restored_weights
 from shipway.releases.replicas import RELEASE_LABEL
+from shipway.releases.traffic import restored_weights
 from shipway.router.base import Route, Router, Server, ServerState
 from shipway.runtime.base import Runtime
 
