@@ -204,7 +204,7 @@ FAST_HEALTH = {
 
 def test_judge_counts_rounds_and_resets_on_a_new_activation() -> None:
     from shipway.deployments.policy import HealthMonitoring
-    from shipway.releases.monitor import judge
+    from shipway.releases.monitor_state import judge
 
     policy = HealthMonitoring(failure_threshold=2, success_threshold=2)
     bad, good = {"ok": False}, {"ok": True}
