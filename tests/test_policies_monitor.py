@@ -69,6 +69,7 @@ class FakeRuntime:
                 exit_code=None if running else 137,
                 restart_count=0,
                 host_port=self.port,
+                address="127.0.0.1",
             )
         ]
 

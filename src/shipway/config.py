@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8470
+    replica_address: str = Field(
+        default="127.0.0.1",
+        description="The host address the Docker runtime publishes replica ports on; "
+        "health checks and the router reach replicas there.",
+    )
     public_url: str = Field(default="", description="Base URL clients use; default from host/port.")
 
     lease_seconds: float = Field(default=30.0, description="How long a claimed job stays leased.")

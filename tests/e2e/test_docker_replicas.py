@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shipway.runtime.base import ReplicaSpec, RuntimeFailure
+from shipway.runtime.base import Endpoint, ReplicaSpec, RuntimeFailure
 from shipway.runtime.docker_runtime import DockerRuntime
 from tests.support.processes import wait_until
 
@@ -57,6 +57,8 @@ def test_a_replica_runs_publishes_its_port_on_loopback_and_answers(
         engine.spec(static_image, env={"GREETING": "hi"}, memory_mb=64, cpus=0.5)
     )
     assert replica.running and replica.host_port
+    # The runtime reports where the replica is reached: the address its port is bound on.
+    assert replica.endpoint == Endpoint(address="127.0.0.1", port=replica.host_port)
     wait_until(
         lambda: _answers(replica.host_port),
         timeout=20,

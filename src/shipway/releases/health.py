@@ -96,7 +96,9 @@ class _Tracker:
 
     @property
     def url_base(self) -> str:
-        return f"http://127.0.0.1:{self.replica.host_port}"
+        endpoint = self.replica.endpoint
+        assert endpoint is not None, "probed only with an endpoint"
+        return endpoint.url()
 
 
 def wait_until_healthy(
@@ -125,7 +127,7 @@ def wait_until_healthy(
             if tracker.successes >= policy.healthy_threshold:
                 continue
             # no published port: the container stopped before the scale phase could read it
-            no_port = tracker.replica.host_port is None
+            no_port = tracker.replica.endpoint is None
             if no_port or time.monotonic() - tracker.crash_checked_at >= CRASH_CHECK_EVERY:
                 _crash_check(runtime, tracker)
                 tracker.crash_checked_at = time.monotonic()

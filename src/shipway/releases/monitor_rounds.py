@@ -67,7 +67,8 @@ def due(session: Session, *, now: datetime) -> list[Candidate]:
 
 
 def _probe_replica(replica: Replica, path: str, timeout: float) -> dict[str, Any]:
-    if not replica.running or not replica.host_port:
+    endpoint = replica.endpoint
+    if not replica.running or endpoint is None:
         return {
             "replica": replica.name,
             "ok": False,
@@ -77,7 +78,7 @@ def _probe_replica(replica: Replica, path: str, timeout: float) -> dict[str, Any
             "body_excerpt": "",
             "elapsed_ms": 0.0,
         }
-    result = probe(f"http://127.0.0.1:{replica.host_port}{path}", timeout_seconds=timeout)
+    result = probe(endpoint.url(path), timeout_seconds=timeout)
     return {"replica": replica.name, "ok": result.ok, **result.as_evidence()}
 
 

@@ -22,7 +22,7 @@ from shipway.deployments.addresses import route_key
 from shipway.jobs import lines
 from shipway.jobs.periodic import periodic
 from shipway.releases.replicas import RELEASE_LABEL
-from shipway.releases.traffic import restored_weights
+from shipway.releases.traffic import restored_weights, server_of
 from shipway.router.base import Route, Router, Server, ServerState
 from shipway.runtime.base import Runtime
 
@@ -62,16 +62,8 @@ def desired_routes(
             continue
         state: ServerState = "ready" if release.status in (*SERVING, "DEPLOYING") else "drain"
         for replica in runtime.replicas({RELEASE_LABEL: release.id}):
-            if replica.running and replica.host_port:
-                servers.append(
-                    Server(
-                        name=replica.name,
-                        address="127.0.0.1",
-                        port=replica.host_port,
-                        weight=100,
-                        state=state,
-                    )
-                )
+            if replica.running and replica.endpoint is not None:
+                servers.append(server_of(replica, state=state))
     for release in releases:  # a canary in progress: its weights and the stable's
         if release.status == "DEPLOYING" and _in_canary(release):
             key = route_key(release.deployment_id, release.environment)
@@ -147,12 +139,12 @@ def revive_replicas(session: Session, *, runtime: Runtime) -> int:
         if started is not None and started.running:
             revived += 1
             log.warning(
-                "replica %s of %s release %s was %s; started it again (port %s)",
+                "replica %s of %s release %s was %s; started it again (at %s)",
                 replica.name,
                 release.status,
                 release.id,
                 replica.status,
-                started.host_port,
+                started.endpoint,
             )
     return revived
 

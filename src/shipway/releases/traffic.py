@@ -18,7 +18,7 @@ from shipway.catalog.models import Release
 from shipway.config import get_settings
 from shipway.deployments.addresses import route_key
 from shipway.releases.analysis import server_weights
-from shipway.router.base import Route, Router, RouterError, Server
+from shipway.router.base import Route, Router, RouterError, Server, ServerState
 from shipway.router.current import get_router, router_config
 from shipway.runtime.base import Replica
 
@@ -33,11 +33,27 @@ def release_prefix(release_id: str) -> str:
 
 
 def servers_of(replicas: Iterable[Replica], *, weight: int = FULL_WEIGHT) -> list[Server]:
-    """The router servers of ``replicas`` (on their host ports), all at ``weight``."""
-    return [
-        Server(name=r.name, address="127.0.0.1", port=int(r.host_port or 0), weight=weight)
-        for r in replicas
-    ]
+    """The router servers of ``replicas`` (at the endpoints the runtime reports), at ``weight``.
+
+    Replicas without an endpoint (stopped before they published a port) are left out.
+    """
+    return [server_of(r, weight=weight) for r in replicas if r.endpoint is not None]
+
+
+def server_of(
+    replica: Replica, *, weight: int = FULL_WEIGHT, state: ServerState = "ready"
+) -> Server:
+    """The router server of one replica with an endpoint."""
+    endpoint = replica.endpoint
+    if endpoint is None:
+        raise ValueError(f"replica {replica.name} publishes no endpoint")
+    return Server(
+        name=replica.name,
+        address=endpoint.address,
+        port=endpoint.port,
+        weight=weight,
+        state=state,
+    )
 
 
 def ensure_route(key: str) -> str:

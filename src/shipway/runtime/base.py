@@ -141,9 +141,27 @@ class ReplicaSpec:
     network: str | None = None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a replica is reachable from shipway and the router: an address and a port."""
+
+    address: str
+    port: int
+
+    def url(self, path: str = "") -> str:
+        """``http://address:port`` + ``path`` (an IPv6 address in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}{path}"
+
+
 @dataclass
 class Replica:
-    """A running (or exited) replica container as the engine reports it."""
+    """A running (or exited) replica container as the engine reports it.
+
+    ``address`` and ``host_port`` say where the engine publishes the replica's port:
+    the runtime reports an address its callers can reach (a node's address on a
+    cluster, the loopback address on one engine), never a wildcard.
+    """
 
     id: str
     name: str
@@ -154,8 +172,16 @@ class Replica:
     host_port: int | None
     oom_killed: bool = False
     error: str = ""
+    address: str | None = None
 
     @property
     def running(self) -> bool:
         """Whether the container is up."""
         return self.status == "running"
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """Where to reach it, or None while it publishes no port (not started, or gone)."""
+        if self.address is None or not self.host_port:
+            return None
+        return Endpoint(address=self.address, port=self.host_port)

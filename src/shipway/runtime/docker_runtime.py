@@ -18,6 +18,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
+from shipway.config import get_settings
 from shipway.runtime.base import (
     BuildOutcome,
     ImageInfo,
@@ -237,7 +238,7 @@ class DockerRuntime:
         """
         api = self.client.api
         host_config = api.create_host_config(
-            port_bindings={f"{spec.container_port}/tcp": ("127.0.0.1", None)},
+            port_bindings={f"{spec.container_port}/tcp": (get_settings().replica_address, None)},
             restart_policy={"Name": "no"},
             # An init as PID 1 forwards SIGTERM: a server that installs no handler
             # (busybox httpd) stops at once instead of after the whole stop timeout.
@@ -283,11 +284,12 @@ class DockerRuntime:
     def _replica(attrs: dict[str, Any]) -> Replica:
         state = attrs.get("State") or {}
         ports = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
-        host_port = None
+        host_port, address = None, None
         for bindings in ports.values():
             for binding in bindings or []:
                 if binding.get("HostPort"):
                     host_port = int(binding["HostPort"])
+                    address = _reachable(str(binding.get("HostIp") or ""))
                     break
         return Replica(
             id=attrs["Id"],
@@ -297,6 +299,7 @@ class DockerRuntime:
             exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
             restart_count=int(attrs.get("RestartCount") or 0),
             host_port=host_port,
+            address=address,
             oom_killed=bool(state.get("OOMKilled")),
             error=str(state.get("Error") or ""),
         )
@@ -366,3 +369,12 @@ def _scheduling_failure(spec: ReplicaSpec, error: docker.errors.APIError) -> Run
         f"the engine could not create or start {spec.name}: {error.explanation or error}",
         error=str(error.explanation or error),
     )
+
+
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
+
+
+def _reachable(host_ip: str) -> str:
+    """The address a published port is reached on: its binding's, or the configured one
+    when the engine bound every interface."""
+    return get_settings().replica_address if host_ip in WILDCARD_ADDRESSES else host_ip
