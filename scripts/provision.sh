@@ -61,6 +61,9 @@ has_package() {
     chromium) command -v chromium >/dev/null ;;
     chromium-driver) command -v chromedriver >/dev/null ;;
     python3.11-venv) pkg_installed python3.11-venv ;;
+    docker-registry) command -v docker-registry >/dev/null ;;
+    iproute2) command -v ip >/dev/null ;;
+    util-linux) command -v nsenter >/dev/null && command -v unshare >/dev/null ;;
     *) pkg_installed "$1" ;;
   esac
 }
@@ -94,6 +97,10 @@ required=(redis-server postgresql busybox-static curl)
 optional=(haproxy docker.io)
 # Headless Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py).
 browser=(chromium chromium-driver)
+# The multi-node cluster harness (tests/support/cluster.py, make test-cluster): network
+# namespaces (ip, nsenter, unshare) and Debian's registry (Distribution 2.8). Its package
+# enables a system service on :5000; the harness runs its own registry and never uses it.
+cluster=(docker-registry iproute2 util-linux)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
 if [ ! -x "$VENV/bin/python" ] && ! { command -v "$PY" >/dev/null && "$PY" -c 'import ensurepip, venv' 2>/dev/null; }; then
   required+=(python3.11 python3.11-venv)
@@ -123,6 +130,15 @@ for pkg in "${browser[@]}"; do
     changed "$pkg" "installed"
   else
     warn "$pkg" "could not be installed (the dashboard's browser tests will be skipped)"
+  fi
+done
+for pkg in "${cluster[@]}"; do
+  if has_package "$pkg"; then
+    say "$pkg" "already present"
+  elif apt_install "$pkg" && has_package "$pkg"; then
+    changed "$pkg" "installed"
+  else
+    warn "$pkg" "could not be installed (the cluster tests will be skipped)"
   fi
 done
 
