@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,11 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8470
+    runtime: Literal["docker", "swarm"] = Field(
+        default="docker",
+        description="Where replicas run: the one Docker engine of DOCKER_HOST, or a Docker "
+        "Swarm whose manager is DOCKER_HOST (one service per replica, host-mode ports).",
+    )
     replica_address: str = Field(
         default="127.0.0.1",
         description="The host address the Docker runtime publishes replica ports on; "

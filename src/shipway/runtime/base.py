@@ -139,6 +139,8 @@ class ReplicaSpec:
     memory_mb: int | None = None
     cpus: float | None = None
     network: str | None = None
+    constraints: list[str] = field(default_factory=list)  # placement on a cluster, e.g.
+    # "node.labels.zone==a" (Swarm); one engine ignores them
 
 
 @dataclass(frozen=True)

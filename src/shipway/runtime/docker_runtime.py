@@ -58,8 +58,8 @@ class _CancellableAPIClient(docker.APIClient):
 class DockerRuntime:
     """Builds and inspects images with the Docker SDK."""
 
-    def __init__(self) -> None:
-        self.client = docker.from_env()
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self.client = client or docker.from_env()
 
     def _api(self) -> _CancellableAPIClient:
         params = docker.utils.kwargs_from_env()

@@ -1,0 +1,115 @@
+"""SwarmRuntime on a real 3-node swarm: replicas spread over the nodes, each reached at
+its node's address and host-mode port; stop, start again, logs, remove; a missing image
+is a classified failure."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+
+from shipway.runtime.base import ReplicaSpec, RuntimeFailure
+from shipway.runtime.swarm_runtime import SwarmRuntime
+from tests.support.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def runtime(cluster: Cluster) -> Iterator[SwarmRuntime]:
+    client = docker.DockerClient(base_url=cluster.manager_docker_host(), timeout=60)
+    runtime = SwarmRuntime(client)
+    yield runtime
+    for service in client.api.services(filters={"label": ["shipway.test"]}):
+        runtime.remove_replica(service["ID"])
+    client.close()
+
+
+def spec(image: str, run: str, i: int) -> ReplicaSpec:
+    return ReplicaSpec(
+        image=image,
+        name=f"sw-{run}-{i}",
+        labels={"shipway.test": run, "shipway.release": run},
+        container_port=8080,
+        command=[
+            "sh",
+            "-c",
+            f"echo replica {i} && mkdir -p /w && echo r{i} > /w/index.html"
+            " && exec httpd -f -p 8080 -h /w",
+        ],
+        memory_mb=32,
+        cpus=0.25,
+    )
+
+
+def answer(url: str) -> str | None:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.text.strip() if response.status_code == 200 else None
+
+
+def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_replicas_spread_over_the_nodes_and_answer_at_their_endpoints(
+    cluster: Cluster, runtime: SwarmRuntime, base_image_ref: str
+) -> None:
+    run = secrets.token_hex(3)
+    replicas = [runtime.run_replica(spec(base_image_ref, run, i)) for i in range(3)]
+    addresses = {r.endpoint.address for r in replicas if r.endpoint}
+    assert addresses == {cluster.node_address(i) for i in (1, 2, 3)}, replicas
+    for i, replica in enumerate(replicas):
+        assert replica.running and replica.endpoint is not None
+        url = replica.endpoint.url("/")
+        assert wait_until(lambda u=url: answer(u), 20, f"replica {i} at {url}") == f"r{i}"
+    # Idempotent by name: a second run of the same spec finds the running replica.
+    again = runtime.run_replica(spec(base_image_ref, run, 0))
+    assert again.id == replicas[0].id and again.endpoint == replicas[0].endpoint
+    listed = runtime.replicas({"shipway.release": run})
+    assert sorted(r.name for r in listed) == [f"sw-{run}-{i}" for i in range(3)]
+    # Hardening the task template asked for: init, limits, labels, restart policy.
+    service = runtime.client.api.inspect_service(replicas[0].id)
+    template = service["Spec"]["TaskTemplate"]
+    assert template["ContainerSpec"]["Init"] is True
+    assert template["Resources"]["Limits"]["MemoryBytes"] == 32 << 20
+    assert template["RestartPolicy"]["Condition"] == "any"
+    assert wait_until(lambda: runtime.logs(replicas[0].id), 20, "logs")[-1].endswith("replica 0")
+
+
+def test_stop_start_and_remove(runtime: SwarmRuntime, base_image_ref: str) -> None:
+    run = secrets.token_hex(3)
+    replica = runtime.run_replica(spec(base_image_ref, run, 0))
+    runtime.stop_replica(replica.id, timeout_seconds=5)
+    stopped = runtime.inspect_replica(replica.id)
+    assert stopped is not None and not stopped.running and stopped.endpoint is None
+    assert [r.id for r in runtime.stopped_replicas("shipway.test")] == [replica.id]
+    started = runtime.start_replica(replica.id)
+    assert started is not None and started.running and started.endpoint is not None
+    assert wait_until(lambda: answer(started.endpoint.url("/")), 20, "restarted") == "r0"
+    runtime.remove_replica(replica.id)
+    runtime.remove_replica(replica.id)  # gone already: no error
+    assert runtime.inspect_replica(replica.id) is None
+
+
+def test_an_image_no_node_can_pull_is_a_classified_failure(
+    cluster: Cluster, runtime: SwarmRuntime
+) -> None:
+    run = secrets.token_hex(3)
+    missing = f"{cluster.registry_address}/nothing@sha256:{'0' * 64}"
+    with pytest.raises(RuntimeFailure) as failure:
+        runtime.run_replica(spec(missing, run, 0))
+    assert failure.value.reason == "image_pull_failed", failure.value.message
+    assert runtime.replicas({"shipway.release": run}) == []  # nothing left behind
