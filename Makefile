@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test test-chaos test-fuzz demo bench bench-quick bench-promote clean distclean
+.PHONY: help provision lint format test test-chaos test-fuzz test-cluster demo bench bench-quick bench-promote clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
 	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
 	@echo "make test-fuzz  provision, then a long API fuzz run (SHIPWAY_FUZZ_EXAMPLES=200 per operation)"
+	@echo "make test-cluster  provision, then the multi-node suite: a 3-node Docker Swarm + registry (root)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
 	@echo "make bench      every benchmark against its raw baseline (writes bench/RESULTS.md)"
 	@echo "make bench-quick  the same, small sizes (a smoke run; BENCH_OUTPUT=... to keep it)"
@@ -50,6 +51,11 @@ test-chaos: provision
 test-fuzz: provision
 	SHIPWAY_FUZZ_EXAMPLES=$${SHIPWAY_FUZZ_EXAMPLES:-200} \
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz_api.py $(PYTEST_ARGS)
+
+# A real 3-node Docker Swarm in network namespaces and a registry (tests/support/cluster.py,
+# needs root). `make test` runs this suite too (about 25 s); SHIPWAY_CLUSTER_TESTS=0 skips it.
+test-cluster: provision
+	$(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 
 demo: provision
 	@bash scripts/demo.sh

@@ -11,7 +11,8 @@ engines through the rest of the run. ``SHIPWAY_CLUSTER_TESTS=0`` skips the suite
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import docker
 import pytest
@@ -20,6 +21,7 @@ from tests.support.cluster import Cluster, preflight
 
 BASE_IMAGE = os.environ.get("SHIPWAY_BASE_IMAGE", "shipway/busybox:local")
 _SKIP_REASON = pytest.StashKey[str | None]()
+_SUMMARY = pytest.StashKey[list[str]]()
 
 
 def _why_not() -> str | None:
@@ -41,15 +43,27 @@ def _why_not() -> str | None:
     return None
 
 
+def _report(config: pytest.Config, line: str) -> None:
+    """A line for the "cluster summary" section printed at the end of the run."""
+    config.stash.setdefault(_SUMMARY, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the cluster's timings, or why it was skipped, whatever -q/-s say."""
+    lines = terminalreporter.config.stash.get(_SUMMARY, [])
+    if lines:
+        terminalreporter.section("cluster summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def _skip(request: pytest.FixtureRequest) -> None:
-    """Skip when the machine cannot run a cluster, printing why once per run."""
+    """Skip when the machine cannot run a cluster, saying why once per run."""
     config = request.config
     if _SKIP_REASON not in config.stash:
         config.stash[_SKIP_REASON] = reason = _why_not()
-        terminal = config.pluginmanager.get_plugin("terminalreporter")
-        if reason and terminal is not None:
-            terminal.write_line("")
-            terminal.write_line(f"tests/cluster skipped: {reason}", yellow=True)
+        if reason:
+            _report(config, f"tests/cluster skipped: {reason}")
     reason = config.stash[_SKIP_REASON]
     if reason:
         pytest.skip(f"multi-node cluster unavailable: {reason}")
@@ -59,18 +73,31 @@ def _skip(request: pytest.FixtureRequest) -> None:
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """3 dockerd nodes in a swarm (node 1 manager) and a registry; removed afterwards."""
     _skip(request)
-    with Cluster(nodes=3) as running:
-        terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is not None:
-            terminal.write_line("")
-            terminal.write_line(
-                f"cluster: 3 nodes Ready and registry {running.registry_address} "
-                f"in {running.timings['swarm']:.1f}s"
-            )
+    running = Cluster(nodes=3)
+    try:
+        running.start()
+        _report(
+            request.config,
+            f"3 nodes Ready, registry {running.registry_address}: "
+            f"{running.timings['swarm']:.1f}s after start",
+        )
         yield running
+    finally:
+        running.stop()
+        if "stop" in running.timings:
+            _report(request.config, f"cluster removed in {running.timings['stop']:.1f}s")
+
+
+@pytest.fixture
+def cluster_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report(line)``: a line (a timing) for the cluster summary at the end of the run."""
+    return lambda line: _report(request.config, f"{request.node.name}: {line}")
 
 
 @pytest.fixture(scope="package")
-def base_image_ref(cluster: Cluster) -> str:
+def base_image_ref(cluster: Cluster, request: pytest.FixtureRequest) -> str:
     """The base image pushed to the cluster's registry: ``registry/repo@sha256:...``."""
-    return cluster.load_image(BASE_IMAGE)
+    t0 = time.monotonic()
+    ref = cluster.load_image(BASE_IMAGE)
+    _report(request.config, f"{BASE_IMAGE} into the registry in {time.monotonic() - t0:.1f}s")
+    return ref

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker
 import pytest
@@ -63,7 +63,10 @@ def test_registry_serves_the_pushed_image_by_digest(cluster: Cluster, base_image
 
 
 def test_service_pulled_by_digest_answers_on_every_node(
-    cluster: Cluster, base_image_ref: str, manager: docker.DockerClient
+    cluster: Cluster,
+    base_image_ref: str,
+    manager: docker.DockerClient,
+    cluster_report: Callable[[str], None],
 ) -> None:
     t0 = time.monotonic()
     service = manager.services.create(
@@ -103,11 +106,11 @@ def test_service_pulled_by_digest_answers_on_every_node(
         with cluster.client(i) as client:
             digests = [d for image in client.images.list() for d in image.attrs["RepoDigests"]]
         assert base_image_ref in digests, (i, digests, repository)
-    print(f"3 replicas pulled by digest and answering in {elapsed:.1f}s")
+    cluster_report(f"3 replicas pulled by digest, all answering 200 in {elapsed:.1f}s")
 
 
 def test_a_killed_node_goes_down_and_comes_back(
-    cluster: Cluster, manager: docker.DockerClient
+    cluster: Cluster, manager: docker.DockerClient, cluster_report: Callable[[str], None]
 ) -> None:
     t0 = time.monotonic()
     cluster.kill_node(3)
@@ -122,4 +125,4 @@ def test_a_killed_node_goes_down_and_comes_back(
     cluster.restart_node(3)
     assert cluster.ready_nodes() == ["swyn1", "swyn2", "swyn3"]
     back = time.monotonic() - t1
-    print(f"swyn3 marked down {down:.1f}s after the kill, Ready {back:.1f}s after restart")
+    cluster_report(f"swyn3 marked down {down:.1f}s after the kill, Ready {back:.1f}s after restart")
