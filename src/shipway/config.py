@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         description="Where replicas run: the one Docker engine of DOCKER_HOST, or a Docker "
         "Swarm whose manager is DOCKER_HOST (one service per replica, host-mode ports).",
     )
+    registry: str = Field(
+        default="",
+        description="host:port[/path] of a Docker registry every node pulls from; when set, "
+        "builds push there and versions run from repository@sha256:digest (needed on a swarm).",
+    )
     replica_address: str = Field(
         default="127.0.0.1",
         description="The host address the Docker runtime publishes replica ports on; "

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from shipway.builds.context import prepare_static, static_command
 from shipway.builds.diagnose import classify
+from shipway.builds.push import push_to_registry
 from shipway.catalog.machines import VERSION
 from shipway.catalog.models import Deployment, Version
 from shipway.config import get_settings
@@ -137,7 +138,12 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
     if not outcome.ok:
         reason, diagnostics = classify(outcome, timeout_seconds=settings.build_timeout_seconds)
         raise JobFailed(reason, diagnostics)
-    return _record_artifact(ctx, tag=tag, image_id=str(outcome.image_id), port=port)
+    image = tag
+    if settings.registry:
+        image = push_to_registry(
+            ctx, runtime=get_runtime(), image=tag, registry=settings.registry, version=version
+        )
+    return _record_artifact(ctx, tag=tag, image=image, image_id=str(outcome.image_id), port=port)
 
 
 def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[tuple[str, str]]:
@@ -174,7 +180,11 @@ def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[tuple[str,
         return []
 
 
-def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> dict[str, Any]:
+def _record_artifact(
+    ctx: JobContext, *, tag: str, image: str, image_id: str, port: int
+) -> dict[str, Any]:
+    """Mark the version ready with what it runs: ``image`` (the tag, or the registry's
+    ``repository@sha256:…``) and its manifest."""
     info = get_runtime().inspect_image(image_id)
     if info is None:
         raise JobFailed(
@@ -201,12 +211,12 @@ def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> 
             subject_id=version.id,
             from_state="building",
             to_state="ready",
-            reason=f"built {tag} ({info.id[:19]})",
+            reason=f"built {image} ({info.id[:19]})",
             actor=ctx.owner,
             job_id=job.id,
             values={
                 "artifact_sha256": info.id,
-                "runtime_image": tag,
+                "runtime_image": image,
                 "artifact_manifest": manifest,
                 "runtime_port": port,
                 "runtime_command": version.runtime_command
@@ -220,7 +230,7 @@ def _record_artifact(ctx: JobContext, *, tag: str, image_id: str, port: int) -> 
     if follow_up:
         dispatch(follow_up)
     return {
-        "image": tag,
+        "image": image,
         "image_id": info.id,
         "promote_job_id": follow_up[0][0] if follow_up else None,
     }

@@ -88,6 +88,12 @@ class Runtime(Protocol):
         """Remove an image if present."""
         ...
 
+    def push_image(self, reference: str, *, repository: str, tag: str) -> str:
+        """Push a built image to ``repository:tag`` in a registry; returns the reference
+        every node pulls, ``repository@sha256:…``. RuntimeFailure("image_push_failed")
+        if the registry refuses it or cannot be reached."""
+        ...
+
     def run_replica(self, spec: ReplicaSpec) -> Replica:
         """Create and start a replica; its port is published on 127.0.0.1 (random host port).
 

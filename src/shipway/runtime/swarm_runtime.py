@@ -89,6 +89,10 @@ class SwarmRuntime:
         """Remove an image from the manager's engine if present."""
         self.images.remove_image(reference)
 
+    def push_image(self, reference: str, *, repository: str, tag: str) -> str:
+        """Push from the manager's engine (which must trust the registry)."""
+        return self.images.push_image(reference, repository=repository, tag=tag)
+
     # ---------------------------------------------------------------- replicas
 
     def run_replica(self, spec: ReplicaSpec) -> Replica:

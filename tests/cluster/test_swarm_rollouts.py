@@ -1,0 +1,174 @@
+"""Publish and promote through the API with SHIPWAY_RUNTIME=swarm and a registry: the build
+is pushed and recorded by digest, three replicas run on the three nodes, HAProxy (in the
+root namespace) routes to their node endpoints, and a second version and a rollback switch
+traffic. Jobs run in this process (no broker), as the rollout end-to-end tests do."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from shipway.catalog.models import Release, Version
+from shipway.config import get_settings
+from shipway.db import transaction
+from shipway.jobs.models import Job
+from shipway.jobs.runner import run_job
+from shipway.releases.replicas import RELEASE_LABEL
+from shipway.runtime import _runtime, get_runtime
+from tests.conftest import _migrate, auth
+from tests.support.cluster import Cluster
+from tests.support.services import free_port
+from tests.test_archive import site_archive
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: the database is not what this suite is about."""
+    url = f"sqlite:///{tmp_path / 'shipway.db'}"
+    _migrate(url, tmp_path)
+    return url
+
+
+@pytest.fixture
+def on_swarm(
+    cluster: Cluster, base_image_ref: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
+    """shipway pointed at the swarm's manager and the registry (set before the app starts)."""
+    del base_image_ref  # loaded on node 1: the static build's FROM image
+    monkeypatch.setenv("SHIPWAY_RUNTIME", "swarm")
+    monkeypatch.setenv("DOCKER_HOST", cluster.manager_docker_host())
+    monkeypatch.setenv("SHIPWAY_REGISTRY", cluster.registry_address)
+    get_settings.cache_clear()
+    _runtime.cache_clear()
+    yield cluster
+    _runtime.cache_clear()
+
+
+@pytest.fixture
+def swarm_client(on_swarm: Cluster, client: TestClient) -> TestClient:
+    return client
+
+
+def publish(client: TestClient, deployment: dict[str, Any], text: str, key: str) -> str:
+    files = {"index.html": f"{text}\n".encode(), "healthz": b"ok\n"}
+    answer = client.post(
+        f"/api/v1/deployments/{deployment['id']}/versions",
+        files={"source": ("site.tar.gz", site_archive("tar.gz", files), "application/gzip")},
+        headers=auth(deployment["token"], **{"Idempotency-Key": key}),
+    )
+    assert answer.status_code == 202, answer.text
+    assert run_job(answer.json()["job"]["id"]) == "succeeded"
+    return str(answer.json()["version"]["id"])
+
+
+def promote(client: TestClient, deployment: dict[str, Any], version_id: str, key: str) -> str:
+    answer = client.post(
+        f"/api/v1/deployments/{deployment['id']}/versions/{version_id}/promote",
+        json={"environment": "production"},
+        headers=auth(deployment["token"], **{"Idempotency-Key": key}),
+    )
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["job"]["id"]
+    assert run_job(job_id) == "succeeded", _failure(job_id)
+    return str(answer.json()["release"]["id"])
+
+
+def _failure(job_id: str) -> Any:
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        return job and (job.failure_reason, job.failure_diagnostics)
+
+
+def answered(url: str, expected: str, timeout: float = 30) -> int:
+    """Wait until ``url`` answers ``expected`` (20 answers in a row); how many it took."""
+    deadline, streak, tries = time.monotonic() + timeout, 0, 0
+    while streak < 20:
+        assert time.monotonic() < deadline, f"{url} never answered {expected!r} 20 times"
+        tries += 1
+        try:
+            body = httpx.get(url, timeout=2).text.strip()
+        except httpx.HTTPError:
+            body = ""
+        streak = streak + 1 if body == expected else 0
+    return tries
+
+
+def test_publish_pushes_by_digest_and_promote_spreads_over_the_nodes(
+    swarm_client: TestClient, deployment: dict[str, Any], on_swarm: Cluster
+) -> None:
+    client = swarm_client
+    patched = client.patch(
+        f"/api/v1/deployments/{deployment['id']}",
+        json={"replicas": 3},
+        headers=auth(deployment["token"]),
+    )
+    assert patched.status_code == 200, patched.text
+    v1 = publish(client, deployment, "version one", "p1")
+    with transaction() as session:
+        version = session.get(Version, v1)
+        assert version is not None and version.runtime_image is not None
+        image = version.runtime_image
+    repository, _, digest = image.partition("@")
+    assert repository == f"{on_swarm.registry_address}/shipway/{deployment['id']}"
+    assert digest.startswith("sha256:")
+    assert on_swarm.registry_digest(repository.split("/", 1)[1], "v1") == digest
+
+    r1 = promote(client, deployment, v1, "m1")
+    replicas = get_runtime().replicas({RELEASE_LABEL: r1})
+    assert len(replicas) == 3 and all(r.running for r in replicas)
+    nodes = {r.endpoint.address for r in replicas if r.endpoint}
+    assert nodes == {on_swarm.node_address(i) for i in (1, 2, 3)}
+    url = client.get(
+        f"/api/v1/deployments/{deployment['id']}", headers=auth(deployment["token"])
+    ).json()["environments"][0]["public_url"]
+    answered(url, "version one")
+
+    v2 = publish(client, deployment, "version two", "p2")
+    r2 = promote(client, deployment, v2, "m2")
+    answered(url, "version two")
+    with transaction() as session:
+        assert session.get(Release, r1).status in ("DRAINING", "RETIRED")  # type: ignore[union-attr]
+    rolled = client.post(
+        f"/api/v1/deployments/{deployment['id']}/rollback",
+        json={"environment": "production"},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "rb"}),
+    )
+    assert rolled.status_code == 202, rolled.text
+    assert run_job(rolled.json()["job"]["id"]) == "succeeded", _failure(rolled.json()["job"]["id"])
+    answered(url, "version one")
+    with transaction() as session:
+        assert session.get(Release, r2).status in ("ROLLED_BACK", "DRAINING", "RETIRED")  # type: ignore[union-attr]
+
+
+def test_registry_down_fails_the_version_with_a_diagnosis(
+    swarm_client: TestClient, deployment: dict[str, Any], on_swarm: Cluster
+) -> None:
+    host = on_swarm.registry_address.rsplit(":", 1)[0]
+    down = f"{host}:{free_port()}"  # nothing listens there
+    os.environ["SHIPWAY_REGISTRY"] = down  # restored by on_swarm's monkeypatch
+    get_settings.cache_clear()
+    answer = swarm_client.post(
+        f"/api/v1/deployments/{deployment['id']}/versions",
+        files={"source": ("s.tar.gz", site_archive("tar.gz"), "application/gzip")},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "down"}),
+    )
+    assert answer.status_code == 202, answer.text
+    assert run_job(answer.json()["job"]["id"]) == "failed"
+    with transaction() as session:
+        version = session.get(Version, answer.json()["version"]["id"])
+        assert version is not None
+        assert version.state == "failed" and version.failure_reason == "image_push_failed"
+        diagnostics = version.failure_diagnostics or {}
+        assert {"title", "description", "action"} <= set(diagnostics)
+        assert down in diagnostics["description"]
+        assert len(diagnostics["evidence"]["attempts"]) == 4  # retried before giving up
+        assert version.runtime_image is None  # never a version no node can pull
