@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,12 @@ from fastapi.testclient import TestClient
 from shipway.catalog.models import Release, Version
 from shipway.config import get_settings
 from shipway.db import transaction
+from shipway.deployments.addresses import route_key
 from shipway.jobs.models import Job
 from shipway.jobs.runner import run_job
+from shipway.releases.reconcile import watch_router
 from shipway.releases.replicas import RELEASE_LABEL
+from shipway.router.current import router_config
 from shipway.runtime import _runtime, get_runtime
 from tests.conftest import _migrate, auth
 from tests.support.cluster import Cluster
@@ -172,3 +175,63 @@ def test_registry_down_fails_the_version_with_a_diagnosis(
         assert down in diagnostics["description"]
         assert len(diagnostics["evidence"]["attempts"]) == 4  # retried before giving up
         assert version.runtime_image is None  # never a version no node can pull
+
+
+def test_a_lost_node_s_replica_is_rescheduled_and_routed_again(
+    swarm_client: TestClient,
+    deployment: dict[str, Any],
+    on_swarm: Cluster,
+    cluster_report: Callable[[str], None],
+) -> None:
+    """Node 2 dies under an ACTIVE release: Swarm starts its replica on another node, the
+    router watch (the relay's periodic task) points HAProxy at it, and every request through
+    the public address succeeds afterwards; the database, Swarm and HAProxy agree."""
+    client = swarm_client
+    client.patch(
+        f"/api/v1/deployments/{deployment['id']}",
+        json={"replicas": 3},
+        headers=auth(deployment["token"]),
+    )
+    release_id = promote(client, deployment, publish(client, deployment, "steady", "p"), "m")
+    url = client.get(
+        f"/api/v1/deployments/{deployment['id']}", headers=auth(deployment["token"])
+    ).json()["environments"][0]["public_url"]
+    answered(url, "steady")
+    lost = on_swarm.node_address(2)
+    key = route_key(deployment["id"], "production")
+    t0 = time.monotonic()
+    on_swarm.kill_node(2)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, "the lost replica was never routed again"
+            watch_router()  # what the relay runs every second
+            replicas = get_runtime().replicas({RELEASE_LABEL: release_id})
+            endpoints = {(r.endpoint.address, r.endpoint.port) for r in replicas if r.endpoint}
+            routed = {(s.address, s.port) for s in router_config().servers(key)}
+            if (
+                len(replicas) == 3
+                and all(r.running for r in replicas)
+                and lost not in {address for address, _ in endpoints}
+                and routed == endpoints
+            ):
+                break
+            time.sleep(0.5)
+        recovered = time.monotonic() - t0
+        failed = [body for body in (_body(url) for _ in range(200)) if body != "steady"]
+        cluster_report(
+            f"node 2 killed: its replica rescheduled and routed again after {recovered:.1f}s; "
+            f"then {len(failed)} failed of 200 requests"
+        )
+        assert failed == []
+        with transaction() as session:
+            assert session.get(Release, release_id).status == "ACTIVE"  # type: ignore[union-attr]
+    finally:
+        on_swarm.restart_node(2)
+
+
+def _body(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=5).text.strip()
+    except httpx.HTTPError as error:
+        return type(error).__name__

@@ -23,7 +23,7 @@ from shipway.jobs import lines
 from shipway.jobs.periodic import periodic
 from shipway.releases.replicas import RELEASE_LABEL
 from shipway.releases.traffic import restored_weights, server_of
-from shipway.router.base import Route, Router, Server, ServerState
+from shipway.router.base import Route, Router, RouterError, Server, ServerState
 from shipway.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,42 @@ def revive_replicas(session: Session, *, runtime: Runtime) -> int:
     return revived
 
 
+def follow_moved_replicas(session: Session, *, router: Router, runtime: Runtime) -> int:
+    """Point the router at replicas the cluster moved (a task rescheduled after its node
+    was lost runs on another node, on another port); returns how many servers moved.
+
+    Serving releases only, and only where no job runs in the environment (a rollout
+    owns its route until it ends). A replica not running yet is left for the next pass;
+    meanwhile HAProxy retries and redispatches requests away from the dead server.
+    """
+    busy = lines.busy_lines(session)
+    moved = 0
+    for release in session.scalars(select(Release).where(Release.status.in_(SERVING))).all():
+        if lines.serial_key_for(release.deployment_id, release.environment) in busy:
+            continue
+        key = route_key(release.deployment_id, release.environment)
+        try:
+            routed = {server.name: server for server in router.servers(key)}
+        except (RouterError, KeyError):
+            continue  # no route yet, or HAProxy down: reconcile_router handles that
+        for replica in runtime.replicas({RELEASE_LABEL: release.id}):
+            endpoint, have = replica.endpoint, routed.get(replica.name)
+            if not replica.running or endpoint is None or have is None:
+                continue
+            if (have.address, have.port) == (endpoint.address, endpoint.port):
+                continue
+            router.add_server(key, server_of(replica, weight=have.weight, state=have.state))
+            moved += 1
+            log.warning(
+                "replica %s of release %s moved from %s to %s; router follows",
+                replica.name,
+                release.id,
+                have.endpoint,
+                endpoint,
+            )
+    return moved
+
+
 @periodic("router-watch", interval=lambda settings: settings.relay_interval_seconds, lane="relay")
 def watch_router() -> ReconcileReport | None:
     """Periodic safety net: restart stopped replicas of serving releases, and a dead HAProxy
@@ -163,6 +199,9 @@ def watch_router() -> ReconcileReport | None:
         runtime = get_runtime()
         with transaction() as session:
             revived = revive_replicas(session, runtime=runtime)
+        if runtime.endpoints_move and router.is_running():
+            with transaction() as session:
+                follow_moved_replicas(session, router=router, runtime=runtime)
     except Exception as error:  # engine unreachable: the router part still runs
         log.warning("replica watch skipped: %s", error)
     if (router.is_running() and not revived) or not router.desired():

@@ -65,7 +65,11 @@ class RuntimeFailure(Exception):
 
 
 class Runtime(Protocol):
-    """A container engine (Docker today; Swarm and Kubernetes later)."""
+    """A container engine: one Docker engine, or a Docker Swarm."""
+
+    endpoints_move: bool
+    """Whether a running replica can reappear at another endpoint on its own (a cluster
+    reschedules it to another node); the router watch then follows it."""
 
     def build_image(
         self,

@@ -58,6 +58,8 @@ class _CancellableAPIClient(docker.APIClient):
 class DockerRuntime:
     """Builds and inspects images with the Docker SDK."""
 
+    endpoints_move = False  # a container keeps its port until shipway starts it again
+
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self.client = client or docker.from_env()
 

@@ -54,6 +54,8 @@ PULL_ERRORS = ("No such image", "pull access denied", "manifest unknown", "not f
 class SwarmRuntime:
     """Runs replicas on a Docker Swarm through a manager's API (``DOCKER_HOST``)."""
 
+    endpoints_move = True  # a task of a lost node is rescheduled elsewhere, on a new port
+
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self.client = client or docker.from_env()
         self.images = DockerRuntime(self.client)  # builds run on the manager's engine
