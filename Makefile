@@ -55,7 +55,7 @@ test-fuzz: provision
 # A real 3-node Docker Swarm in network namespaces and a registry (tests/support/cluster.py,
 # needs root). `make test` runs this suite too (about 25 s); SHIPWAY_CLUSTER_TESTS=0 skips it.
 test-cluster: provision
-	$(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
+	SHIPWAY_CLUSTER_SCALE=full $(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 
 demo: provision
 	@bash scripts/demo.sh
