@@ -53,7 +53,8 @@ test-fuzz: provision
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz_api.py $(PYTEST_ARGS)
 
 # A real 3-node Docker Swarm in network namespaces and a registry (tests/support/cluster.py,
-# needs root). `make test` runs this suite too (about 25 s); SHIPWAY_CLUSTER_TESTS=0 skips it.
+# needs root). `make test` runs its smoke size (SHIPWAY_CLUSTER_SCALE=smoke, the default: no
+# node-loss tests); SHIPWAY_CLUSTER_TESTS=0 skips it.
 test-cluster: provision
 	SHIPWAY_CLUSTER_SCALE=full $(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 

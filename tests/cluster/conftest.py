@@ -5,7 +5,9 @@ and docker-registry (``make provision`` installs them) and the main engine's bas
 the machine cannot run it, every test here is skipped and the reason is printed. It is
 package-scoped: one cluster for the whole suite (``make test-cluster`` runs only this
 folder), removed right after its last test, so ``make test`` does not carry three idle
-engines through the rest of the run. ``SHIPWAY_CLUSTER_TESTS=0`` skips the suite.
+engines through the rest of the run. ``SHIPWAY_CLUSTER_TESTS=0`` skips the suite;
+``SHIPWAY_CLUSTER_SCALE`` (tests/cluster/scale.py) picks its size: ``smoke`` by default
+(``make test``), ``full`` in ``make test-cluster``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
+from tests.cluster.scale import FULL, SCALE
 from tests.support.cluster import Cluster, preflight
 
 BASE_IMAGE = os.environ.get("SHIPWAY_BASE_IMAGE", "shipway/busybox:local")
@@ -76,16 +79,28 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     running = Cluster(nodes=3)
     try:
         running.start()
+        waited = running.timings.get("lock_wait", 0.0)
         _report(
             request.config,
             f"3 nodes Ready, registry {running.registry_address}: "
-            f"{running.timings['swarm']:.1f}s after start",
+            f"{running.timings['swarm']:.1f}s after start"
+            + (f" (after {waited:.0f}s waiting for another cluster)" if waited >= 1 else ""),
         )
+        if not FULL:
+            _report(
+                request.config,
+                f"SHIPWAY_CLUSTER_SCALE={SCALE}: long tests (node loss) skipped; "
+                "make test-cluster runs them",
+            )
         yield running
     finally:
         running.stop()
         if "stop" in running.timings:
-            _report(request.config, f"cluster removed in {running.timings['stop']:.1f}s")
+            _report(
+                request.config,
+                f"cluster removed in {running.timings['stop']:.1f}s, nothing left "
+                "(namespaces, links, cgroups, mounts, processes, files)",
+            )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import docker
 import pytest
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
+from tests.cluster.scale import full_only
 from tests.support.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -109,6 +110,7 @@ def test_service_pulled_by_digest_answers_on_every_node(
     cluster_report(f"3 replicas pulled by digest, all answering 200 in {elapsed:.1f}s")
 
 
+@full_only  # about 15 s: the manager marks a node down after a few missed heartbeats
 def test_a_killed_node_goes_down_and_comes_back(
     cluster: Cluster, manager: docker.DockerClient, cluster_report: Callable[[str], None]
 ) -> None:

@@ -255,6 +255,15 @@ def _mounts_under(base: Path) -> list[str]:
     return mounts
 
 
+def _links() -> list[str]:
+    """Names of the root namespace's network links."""
+    return [
+        line.split(":")[1].strip().split("@")[0]
+        for line in _run("ip", "-o", "link", "show", check=False).splitlines()
+        if len(line.split(":")) > 2
+    ]
+
+
 def sweep(base: Path = DEFAULT_BASE) -> list[str]:
     """Remove every trace of a cluster (this run's or a crashed one's); what it removed."""
     removed: list[str] = []
@@ -274,12 +283,7 @@ def sweep(base: Path = DEFAULT_BASE) -> list[str]:
     for name in names:
         _run("ip", "netns", "delete", name, check=False)
         removed.append(f"netns {name}")
-    links = [
-        line.split(":")[1].strip().split("@")[0]
-        for line in _run("ip", "-o", "link", "show", check=False).splitlines()
-        if len(line.split(":")) > 2
-    ]
-    for link in links:
+    for link in _links():
         if link.startswith(PREFIX):
             _run("ip", "link", "delete", link, check=False)
             removed.append(f"link {link}")
@@ -301,6 +305,18 @@ def sweep(base: Path = DEFAULT_BASE) -> list[str]:
         shutil.rmtree(base, ignore_errors=True)
         removed.append(str(base))
     return removed
+
+
+def leftovers(base: Path = DEFAULT_BASE) -> list[str]:
+    """What of a cluster still exists (empty after a complete sweep)."""
+    found = [f"netns {name}" for name in _netns_names()]
+    found += [f"link {link}" for link in _links() if link.startswith(PREFIX)]
+    found += [f"cgroup {top}" for top in _cgroup_dirs()]
+    found += [f"mount {target}" for target in _mounts_under(base)]
+    found += [f"process {pid}" for pid in sorted(_daemon_pids(base)) if _alive(pid)]
+    if base.exists():
+        found.append(str(base))
+    return found
 
 
 def _machine_lock(timeout: float) -> IO[str]:
@@ -471,7 +487,9 @@ class Cluster:
         reason = preflight()
         if reason:
             raise ClusterError(f"this machine cannot run a cluster: {reason}")
+        t_lock = time.monotonic()
         self._lock = _machine_lock(self.lock_timeout)
+        self.timings["lock_wait"] = time.monotonic() - t_lock
         self._started = True
         atexit.register(self.stop)
         self._trap_signals()
@@ -519,6 +537,9 @@ class Cluster:
                     with contextlib.suppress(Exception):
                         process.wait(timeout=5)  # reap our own children
             self.timings["stop"] = time.monotonic() - t0
+            left = leftovers(self.base)  # checked while this run still holds the lock
+            if left:
+                raise ClusterError(f"the sweep left {', '.join(left)}")
         finally:
             self._started = False
             for node in self._nodes:
