@@ -38,6 +38,17 @@ class Settings(BaseSettings):
         description="host:port[/path] of a Docker registry every node pulls from; when set, "
         "builds push there and versions run from repository@sha256:digest (needed on a swarm).",
     )
+    registry_api_url: str = Field(
+        default="",
+        description="Base URL of the registry's HTTP API for deletions (default "
+        "https://<registry host>; http://… for a plain-HTTP registry).",
+    )
+    registry_gc_command: str = Field(
+        default="",
+        description="Command that runs the registry's garbage collection after image GC "
+        "deleted images from it (e.g. docker-registry garbage-collect --delete-untagged "
+        "/etc/docker/registry/config.yml); empty: the registry's operator runs it.",
+    )
     replica_address: str = Field(
         default="127.0.0.1",
         description="The host address the Docker runtime publishes replica ports on; "

@@ -23,8 +23,10 @@ from shipway.jobs.models import Job
 from shipway.jobs.runner import run_job
 from shipway.releases.reconcile import watch_router
 from shipway.releases.replicas import RELEASE_LABEL
+from shipway.releases.retention import collect_once
 from shipway.router.current import router_config
 from shipway.runtime import _runtime, get_runtime
+from tests.cluster.scale import full_only
 from tests.conftest import _migrate, auth
 from tests.support.cluster import Cluster
 from tests.support.services import free_port
@@ -177,10 +179,7 @@ def test_registry_down_fails_the_version_with_a_diagnosis(
         assert version.runtime_image is None  # never a version no node can pull
 
 
-@pytest.mark.skipif(
-    os.environ.get("SHIPWAY_CLUSTER_SCALE", "smoke") != "full",
-    reason="node loss takes about a minute: make test-cluster runs it (SHIPWAY_CLUSTER_SCALE=full)",
-)
+@full_only
 def test_a_lost_node_s_replica_is_rescheduled_and_routed_again(
     swarm_client: TestClient,
     deployment: dict[str, Any],
@@ -239,3 +238,49 @@ def _body(url: str) -> str:
         return httpx.get(url, timeout=5).text.strip()
     except httpx.HTTPError as error:
         return type(error).__name__
+
+
+def test_image_gc_deletes_expired_images_from_the_registry_never_a_pinned_one(
+    swarm_client: TestClient,
+    deployment: dict[str, Any],
+    on_swarm: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three versions; the first two leave the rollback window at once (retention 0 h, no
+    newest-N kept). The pinned one stays in the registry; the other is deleted there, the
+    registry's garbage collection runs, and the serving version is untouched."""
+    monkeypatch.setenv("SHIPWAY_IMAGE_RETENTION_HOURS", "0")
+    monkeypatch.setenv("SHIPWAY_KEEP_LAST_VERSIONS", "0")
+    monkeypatch.setenv("SHIPWAY_REGISTRY_API_URL", on_swarm.registry_url)
+    monkeypatch.setenv(
+        "SHIPWAY_REGISTRY_GC_COMMAND",
+        f"docker-registry garbage-collect --delete-untagged {on_swarm.registry_config}",
+    )
+    get_settings.cache_clear()
+    client = swarm_client
+    versions = [publish(client, deployment, f"v{n}", f"gc{n}") for n in (1, 2, 3)]
+    for n, version_id in enumerate(versions, start=1):
+        promote(client, deployment, version_id, f"gcm{n}")
+    pinned = client.post(
+        f"/api/v1/deployments/{deployment['id']}/versions/{versions[1]}/pin",
+        headers=auth(deployment["token"]),
+    )
+    assert pinned.status_code == 200, pinned.text
+    images = {}
+    with transaction() as session:
+        for version_id in versions:
+            version = session.get(Version, version_id)
+            assert version is not None and version.runtime_image
+            images[version_id] = version.runtime_image
+    repository = images[versions[0]].partition("@")[0].split("/", 1)[1]
+
+    report = collect_once()
+
+    assert report.deleted_from_registry == [images[versions[0]]]
+    assert report.registry_gc is True
+    assert versions[1] in report.kept and report.kept[versions[1]] == "pinned"
+    with pytest.raises(Exception, match="404"):
+        on_swarm.registry_digest(repository, "v1")
+    for tag in ("v2", "v3"):  # pinned, and serving
+        assert on_swarm.registry_digest(repository, tag)
+    assert collect_once().deleted_from_registry == []  # nothing twice

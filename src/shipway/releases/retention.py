@@ -12,6 +12,7 @@ from shipway.catalog.models import Release, Version
 from shipway.config import get_settings
 from shipway.ids import utcnow
 from shipway.jobs.periodic import periodic
+from shipway.registry import client as registry
 from shipway.runtime.base import Runtime
 from shipway.states import record_event
 
@@ -43,6 +44,8 @@ class CollectReport:
 
     removed: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)
+    deleted_from_registry: list[str] = field(default_factory=list)
+    registry_gc: bool = False  # whether the registry's garbage collection ran
 
 
 def _expired(session: Session) -> list[Version]:
@@ -91,9 +94,9 @@ def collect_images(session: Session, *, runtime: Runtime) -> CollectReport:
             report.kept[version.id] = f"among the newest {keep} archived versions"
             continue
         image = str(version.runtime_image)
-        if runtime.inspect_image(image) is None:
+        where = _remove_everywhere(image, runtime=runtime, report=report)
+        if not where:
             continue
-        runtime.remove_image(image)
         report.removed.append(image)
         record_event(
             session,
@@ -102,13 +105,31 @@ def collect_images(session: Session, *, runtime: Runtime) -> CollectReport:
             subject_id=version.id,
             from_state=version.state,
             to_state=version.state,
-            reason=f"image {image} removed: past its rollback window",
+            reason=f"image {image} removed ({' and '.join(where)}): past its rollback window",
             actor="image-gc",
             deployment_id=version.deployment_id,
         )
     if report.removed:
         log.info("image gc removed %d image(s)", len(report.removed))
+    if report.deleted_from_registry:
+        report.registry_gc = registry.collect_garbage(settings=get_settings()) is not None
     return report
+
+
+def _remove_everywhere(image: str, *, runtime: Runtime, report: CollectReport) -> list[str]:
+    """Remove an expired image from the engine and from its registry; where it was."""
+    where = []
+    if runtime.inspect_image(image) is not None:
+        runtime.remove_image(image)
+        where.append("engine")
+    try:
+        if registry.delete_image(image, settings=get_settings()):
+            report.deleted_from_registry.append(image)
+            where.append("registry")
+    except registry.RegistryError as error:  # kept in the registry; tried again next pass
+        log.warning("image gc: %s", error)
+        report.kept[image] = f"registry: {error}"
+    return where
 
 
 def image_expired(session: Session, *, version: Version) -> bool:

@@ -26,6 +26,7 @@ from shipway.runtime.base import (
     ReplicaSpec,
     RuntimeFailure,
 )
+from shipway.runtime.docker_push import push_image
 
 log = logging.getLogger(__name__)
 STEP = re.compile(r"^Step \d+/\d+ : ")
@@ -203,32 +204,7 @@ class DockerRuntime:
 
     def push_image(self, reference: str, *, repository: str, tag: str) -> str:
         """Tag ``reference`` as ``repository:tag``, push it, return ``repository@digest``."""
-        try:
-            self.client.api.tag(reference, repository, tag)
-            digest = None
-            for line in self.client.api.push(repository, tag=tag, stream=True, decode=True):
-                if line.get("error"):
-                    raise RuntimeFailure(
-                        "image_push_failed",
-                        f"the registry refused {repository}:{tag}: {line['error']}",
-                        error=str(line["error"]),
-                    )
-                digest = (line.get("aux") or {}).get("Digest") or digest
-        except docker.errors.APIError as error:
-            raise RuntimeFailure(
-                "image_push_failed",
-                f"could not push {repository}:{tag}: {error.explanation or error}",
-                error=str(error.explanation or error),
-            ) from None
-        except (requests.exceptions.RequestException, OSError) as error:
-            raise RuntimeFailure(
-                "image_push_failed", f"could not push {repository}:{tag}: {error}", error=str(error)
-            ) from None
-        if not digest:
-            raise RuntimeFailure(
-                "image_push_failed", f"the registry named no digest for {repository}:{tag}"
-            )
-        return f"{repository}@{digest}"
+        return push_image(self.client, reference, repository=repository, tag=tag)
 
     def run_replica(self, spec: ReplicaSpec) -> Replica:
         """Create and start a replica, reusing a running container of the same name.
