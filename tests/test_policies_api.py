@@ -238,6 +238,11 @@ def test_patch_changes_runtime_settings_and_records_them(
         {"health": {"surprise": 1}},
         {"kind": "container"},
         {"name": "renamed"},
+        {"placement": ["zone==a"]},
+        {"placement": ["node.labels.zone=a"]},
+        {"placement": ["node.labels.zone==a; rm -rf /"]},
+        {"placement": [f"node.labels.z{i}==a" for i in range(11)]},
+        {"placement": None},
     ],
 )
 def test_patch_validates_like_create(
@@ -257,3 +262,17 @@ def test_patch_auth(
     assert_error(client.patch(url, json={"replicas": 2}, headers=auth(reader)), 403)
     stranger = make_token("admin", workspace="globex")
     assert_error(client.patch(url, json={"replicas": 2}, headers=auth(stranger)), 404, "not_found")
+
+
+def test_placement_constraints_are_kept_and_changed_with_the_deployment(
+    client: TestClient, deployment: dict[str, Any]
+) -> None:
+    url = f"/api/v1/deployments/{deployment['id']}"
+    assert deployment["settings"]["placement"] == []
+    wanted = ["node.labels.zone==a", "node.role != manager"]
+    response = client.patch(url, json={"placement": wanted}, headers=auth(deployment["token"]))
+    assert response.status_code == 200, response.text
+    assert response.json()["settings"]["placement"] == wanted
+    assert response.json()["settings"]["health"] == deployment["settings"]["health"]
+    response = client.patch(url, json={"placement": []}, headers=auth(deployment["token"]))
+    assert response.json()["settings"]["placement"] == []

@@ -284,3 +284,19 @@ def test_image_gc_deletes_expired_images_from_the_registry_never_a_pinned_one(
     for tag in ("v2", "v3"):  # pinned, and serving
         assert on_swarm.registry_digest(repository, tag)
     assert collect_once().deleted_from_registry == []  # nothing twice
+
+
+def test_placement_constraints_pin_replicas_to_matching_nodes(
+    swarm_client: TestClient, deployment: dict[str, Any], on_swarm: Cluster
+) -> None:
+    client = swarm_client
+    patched = client.patch(
+        f"/api/v1/deployments/{deployment['id']}",
+        json={"replicas": 2, "placement": ["node.labels.shipway.node==swyn2"]},
+        headers=auth(deployment["token"]),
+    )
+    assert patched.status_code == 200, patched.text
+    release_id = promote(client, deployment, publish(client, deployment, "pinned", "pp"), "pm")
+    replicas = get_runtime().replicas({RELEASE_LABEL: release_id})
+    assert len(replicas) == 2
+    assert {r.endpoint.address for r in replicas if r.endpoint} == {on_swarm.node_address(2)}

@@ -34,6 +34,21 @@ class HealthSettings(BaseModel):
     deadline_seconds: float = Field(default=60.0, gt=0, le=3600)
 
 
+# A Swarm placement constraint: node id/hostname/role/platform or a node/engine label.
+PLACEMENT_PATTERN = (
+    r"^(node\.(id|hostname|role|platform\.os|platform\.arch|labels\.[A-Za-z0-9._-]+)"
+    r"|engine\.labels\.[A-Za-z0-9._-]+) ?(==|!=) ?[A-Za-z0-9._-]+$"
+)
+Placement = Annotated[
+    list[Annotated[str, Field(pattern=PLACEMENT_PATTERN, max_length=200)]],
+    Field(
+        max_length=10,
+        description='Where replicas may run on a cluster, e.g. ["node.labels.zone==a"] (Swarm '
+        "placement constraints, all must hold); one Docker engine ignores them",
+    ),
+]
+
+
 class DeploymentCreate(BaseModel):
     """Body of ``POST /deployments``."""
 
@@ -51,6 +66,7 @@ class DeploymentCreate(BaseModel):
         default_factory=lambda: ["production"], min_length=1, max_length=20
     )
     health: HealthSettings = Field(default_factory=HealthSettings)
+    placement: Placement = Field(default_factory=list)
 
 
 class DeploymentUpdate(BaseModel):
@@ -75,6 +91,7 @@ class DeploymentUpdate(BaseModel):
         Annotated[dict[str, Any], Field(description="Fields of HealthSettings to change")]
         | SkipJsonSchema[None]
     ) = None
+    placement: Placement | SkipJsonSchema[None] = None
 
     @field_validator("health")
     @classmethod

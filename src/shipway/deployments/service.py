@@ -64,7 +64,7 @@ def create_deployment(
         health_check_path=data.health_check_path,
         replicas=data.replicas,
         resources=data.resources.model_dump(exclude_none=True),
-        settings={"health": data.health.model_dump()},
+        settings={"health": data.health.model_dump(), "placement": data.placement},
         latest_version_number=0,
         created_at=now,
         updated_at=now,
@@ -143,6 +143,11 @@ def update_deployment(
         if health != current:
             changes["health"] = {"from": current, "to": health}
             deployment.settings = {**(deployment.settings or {}), "health": health}
+    if data.placement is not None:
+        placement = (deployment.settings or {}).get("placement") or []
+        if data.placement != placement:
+            changes["placement"] = {"from": placement, "to": data.placement}
+            deployment.settings = {**(deployment.settings or {}), "placement": data.placement}
     if changes:
         deployment.updated_at = utcnow()
         record_event(

@@ -30,6 +30,7 @@ class Target:
     replicas: int
     memory_mb: int | None
     cpus: float | None
+    placement: list[str]
 
     @classmethod
     def of(cls, *, version: Version, deployment: Deployment) -> Target:
@@ -53,6 +54,7 @@ class Target:
             replicas=deployment.replicas,
             memory_mb=resources.get("memory_mb"),
             cpus=resources.get("cpus"),
+            placement=list((deployment.settings or {}).get("placement") or []),
         )
 
 
@@ -87,6 +89,7 @@ def scale_up(
             command=target.command,
             memory_mb=target.memory_mb,
             cpus=target.cpus,
+            constraints=target.placement,
         )
         for index in range(target.replicas)
     ]
