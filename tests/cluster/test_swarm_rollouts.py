@@ -6,6 +6,7 @@ traffic. Jobs run in this process (no broker), as the rollout end-to-end tests d
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -300,3 +301,73 @@ def test_placement_constraints_pin_replicas_to_matching_nodes(
     replicas = get_runtime().replicas({RELEASE_LABEL: release_id})
     assert len(replicas) == 2
     assert {r.endpoint.address for r in replicas if r.endpoint} == {on_swarm.node_address(2)}
+
+
+def test_canary_weights_and_warm_rollback_on_the_swarm(
+    swarm_client: TestClient,
+    deployment: dict[str, Any],
+    on_swarm: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A canary step sends part of the traffic to the new replicas on their nodes, the
+    analysis passes, all traffic switches; a rollback inside the scale-down delay is warm:
+    the stable release's replicas (Swarm services) were kept and serve again as they were."""
+    monkeypatch.setenv("SHIPWAY_SCALE_DOWN_DELAY_SECONDS", "300")
+    get_settings.cache_clear()
+    client = swarm_client
+    client.patch(
+        f"/api/v1/deployments/{deployment['id']}",
+        json={"replicas": 2},
+        headers=auth(deployment["token"]),
+    )
+    stable = promote(client, deployment, publish(client, deployment, "stable", "cs"), "cms")
+    stable_ids = sorted(r.id for r in get_runtime().replicas({RELEASE_LABEL: stable}))
+    url = client.get(
+        f"/api/v1/deployments/{deployment['id']}", headers=auth(deployment["token"])
+    ).json()["environments"][0]["public_url"]
+    answered(url, "stable")
+    canary_version = publish(client, deployment, "canary", "cc")
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            body = _body(url)
+            seen[body] = seen.get(body, 0) + 1
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        strategy = {
+            "type": "canary",
+            "steps": [{"weight": 50, "pause_seconds": 2}],
+            "analysis": {"interval_seconds": 1, "min_requests": 3, "max_error_rate": 0.01},
+        }
+        answer = client.post(
+            f"/api/v1/deployments/{deployment['id']}/versions/{canary_version}/promote",
+            json={"environment": "production", "strategy": strategy},
+            headers=auth(deployment["token"], **{"Idempotency-Key": "canary"}),
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job"]["id"]
+        assert run_job(job_id) == "succeeded", _failure(job_id)
+        answered(url, "canary")
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+    assert seen.get("stable", 0) > 0 and seen.get("canary", 0) > 0, seen
+    assert set(seen) <= {"stable", "canary"}, seen  # no failed request through the canary
+
+    rolled = client.post(
+        f"/api/v1/deployments/{deployment['id']}/rollback",
+        json={"environment": "production"},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "warm"}),
+    )
+    assert rolled.status_code == 202, rolled.text
+    assert run_job(rolled.json()["job"]["id"]) == "succeeded"
+    answered(url, "stable")
+    with transaction() as session:
+        back = session.get(Release, stable)
+        assert back is not None and back.status == "ACTIVE"
+    # Warm: the same Swarm services serve again, none was created for the rollback.
+    assert sorted(r.id for r in get_runtime().replicas({RELEASE_LABEL: stable})) == stable_ids
