@@ -35,11 +35,15 @@ def test_the_periodic_registry_holds_every_loop_of_the_relay_process() -> None:
         "auto-promote": "auto-promote",
     }
     names = [task.name for task in periodic.tasks() if task.lane == "relay"]
-    assert names[0] == "relay"  # dispatching first, then the router, then GC
+    assert names == ["relay", "router-watch", "image-gc"]  # whatever the import order
 
 
-def _task(name: str, run: periodic.Task, interval: float, **more: bool) -> PeriodicTask:
-    return PeriodicTask(name=name, run=run, interval=lambda _: interval, lane="test", **more)
+def _task(
+    name: str, run: periodic.Task, interval: float, *, order: int = 100, **more: bool
+) -> PeriodicTask:
+    return PeriodicTask(
+        name=name, run=run, interval=lambda _: interval, lane="test", order=order, **more
+    )
 
 
 def test_a_lane_runs_its_tasks_in_order_and_survives_a_failing_one() -> None:
@@ -54,11 +58,11 @@ def test_a_lane_runs_its_tasks_in_order_and_survives_a_failing_one() -> None:
         if calls.count("counted") == 3:
             stop.set()
 
-    lane = [
-        _task("broken", broken, 0.01),
-        _task("counted", counted, 0.01),
-        _task("disabled", lambda: calls.append("disabled"), 0),
+    lane = [  # given out of order: the lane runs them by ``order``
         _task("later", lambda: calls.append("later"), 3600, first_run_delayed=True),
+        _task("counted", counted, 0.01, order=2),
+        _task("disabled", lambda: calls.append("disabled"), 0),
+        _task("broken", broken, 0.01, order=1),
     ]
     thread = threading.Thread(target=periodic.run_lane, args=(lane, stop), daemon=True)
     thread.start()

@@ -9,7 +9,7 @@ before it enqueues, runs or dispatches a job.
 from __future__ import annotations
 
 import shipway.builds.publish
-import shipway.jobs.relay  # the relay pass first: its lane runs tasks in this order
+import shipway.jobs.relay
 import shipway.releases.autopromote
 import shipway.releases.compensation
 import shipway.releases.monitor

@@ -29,7 +29,8 @@ class PeriodicTask:
     """Run ``run`` every ``interval(settings)`` seconds (0 or less: disabled) in ``lane``.
 
     The interval is counted from the end of one run to the start of the next; a task
-    with ``first_run_delayed`` waits one interval before its first run.
+    with ``first_run_delayed`` waits one interval before its first run. Tasks of one lane
+    run in ``order`` (lowest first), whatever order their modules were imported in.
     """
 
     name: str
@@ -37,6 +38,7 @@ class PeriodicTask:
     interval: Callable[[Settings], float]
     lane: str
     first_run_delayed: bool = False
+    order: int = 100
 
 
 _TASKS: dict[str, PeriodicTask] = {}
@@ -48,6 +50,7 @@ def periodic(
     interval: Callable[[Settings], float],
     lane: str | None = None,
     first_run_delayed: bool = False,
+    order: int = 100,
 ) -> Callable[[T], T]:
     """Register a function to run every ``interval(settings)`` s in ``lane`` (default: its own)."""
 
@@ -58,6 +61,7 @@ def periodic(
             interval=interval,
             lane=lane or name,
             first_run_delayed=first_run_delayed,
+            order=order,
         )
         return fn
 
@@ -65,8 +69,8 @@ def periodic(
 
 
 def tasks() -> list[PeriodicTask]:
-    """Every registered periodic task, in registration order."""
-    return list(_TASKS.values())
+    """Every registered periodic task, by lane order (then name)."""
+    return sorted(_TASKS.values(), key=lambda task: (task.order, task.name))
 
 
 def run_once(task: PeriodicTask) -> None:
@@ -82,6 +86,7 @@ def run_once(task: PeriodicTask) -> None:
 def run_lane(lane: list[PeriodicTask], stop: threading.Event) -> None:
     """Run the tasks of one lane, each when due, until ``stop`` is set."""
     settings = get_settings()
+    lane = sorted(lane, key=lambda task: (task.order, task.name))
     enabled = [task for task in lane if task.interval(settings) > 0]
     for task in lane:
         if task not in enabled:

@@ -37,7 +37,7 @@ def relay_once(session_maker: Callable[[], Session] | None = None) -> RelayRepor
     return report
 
 
-@periodic("relay", interval=lambda settings: settings.relay_interval_seconds, lane="relay")
+@periodic("relay", interval=lambda settings: settings.relay_interval_seconds, lane="relay", order=0)
 def relay_pass() -> None:
     """The periodic relay pass (logs what it did when it did anything)."""
     report = relay_once()

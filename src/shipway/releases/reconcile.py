@@ -185,7 +185,12 @@ def follow_moved_replicas(session: Session, *, router: Router, runtime: Runtime)
     return moved
 
 
-@periodic("router-watch", interval=lambda settings: settings.relay_interval_seconds, lane="relay")
+@periodic(
+    "router-watch",
+    interval=lambda settings: settings.relay_interval_seconds,
+    lane="relay",
+    order=10,  # after the relay pass: dispatching is never delayed by a router rebuild
+)
 def watch_router() -> ReconcileReport | None:
     """Periodic safety net: restart stopped replicas of serving releases, and a dead HAProxy
     that has routes; either way the router is rebuilt from the database and the engine."""

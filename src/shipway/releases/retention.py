@@ -147,6 +147,7 @@ def image_expired(session: Session, *, version: Version) -> bool:
     interval=lambda settings: settings.gc_interval_seconds,
     lane="relay",
     first_run_delayed=True,
+    order=20,
 )
 def collect_once() -> CollectReport:
     """One garbage-collection pass on the configured database and engine."""
