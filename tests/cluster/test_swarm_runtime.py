@@ -5,8 +5,8 @@ is a classified failure."""
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
+from functools import partial
 
 import docker
 import httpx
@@ -15,6 +15,7 @@ import pytest
 from shipway.runtime.base import ReplicaSpec, RuntimeFailure
 from shipway.runtime.swarm_runtime import SwarmRuntime
 from tests.support.cluster import Cluster
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -54,16 +55,6 @@ def answer(url: str) -> str | None:
     return response.text.strip() if response.status_code == 200 else None
 
 
-def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_replicas_spread_over_the_nodes_and_answer_at_their_endpoints(
     cluster: Cluster, runtime: SwarmRuntime, base_image_ref: str
 ) -> None:
@@ -74,7 +65,8 @@ def test_replicas_spread_over_the_nodes_and_answer_at_their_endpoints(
     for i, replica in enumerate(replicas):
         assert replica.running and replica.endpoint is not None
         url = replica.endpoint.url("/")
-        assert wait_until(lambda u=url: answer(u), 20, f"replica {i} at {url}") == f"r{i}"
+        body = wait_until(partial(answer, url), timeout=20, message=f"replica {i} at {url}")
+        assert body == f"r{i}"
     # Idempotent by name: a second run of the same spec finds the running replica.
     again = runtime.run_replica(spec(base_image_ref, run, 0))
     assert again.id == replicas[0].id and again.endpoint == replicas[0].endpoint
@@ -86,7 +78,9 @@ def test_replicas_spread_over_the_nodes_and_answer_at_their_endpoints(
     assert template["ContainerSpec"]["Init"] is True
     assert template["Resources"]["Limits"]["MemoryBytes"] == 32 << 20
     assert template["RestartPolicy"]["Condition"] == "any"
-    assert wait_until(lambda: runtime.logs(replicas[0].id), 20, "logs")[-1].endswith("replica 0")
+    assert wait_until(lambda: runtime.logs(replicas[0].id), timeout=20, message="logs")[
+        -1
+    ].endswith("replica 0")
 
 
 def test_stop_start_and_remove(runtime: SwarmRuntime, base_image_ref: str) -> None:
@@ -98,7 +92,8 @@ def test_stop_start_and_remove(runtime: SwarmRuntime, base_image_ref: str) -> No
     assert [r.id for r in runtime.stopped_replicas("shipway.test")] == [replica.id]
     started = runtime.start_replica(replica.id)
     assert started is not None and started.running and started.endpoint is not None
-    assert wait_until(lambda: answer(started.endpoint.url("/")), 20, "restarted") == "r0"
+    url = started.endpoint.url("/")
+    assert wait_until(partial(answer, url), timeout=20, message="restarted") == "r0"
     runtime.remove_replica(replica.id)
     runtime.remove_replica(replica.id)  # gone already: no error
     assert runtime.inspect_replica(replica.id) is None

@@ -94,7 +94,7 @@ def collect_images(session: Session, *, runtime: Runtime) -> CollectReport:
             report.kept[version.id] = f"among the newest {keep} archived versions"
             continue
         image = str(version.runtime_image)
-        where = _remove_everywhere(image, runtime=runtime, report=report)
+        where = _remove_everywhere(version.id, image, runtime=runtime, report=report)
         if not where:
             continue
         report.removed.append(image)
@@ -116,7 +116,9 @@ def collect_images(session: Session, *, runtime: Runtime) -> CollectReport:
     return report
 
 
-def _remove_everywhere(image: str, *, runtime: Runtime, report: CollectReport) -> list[str]:
+def _remove_everywhere(
+    version_id: str, image: str, *, runtime: Runtime, report: CollectReport
+) -> list[str]:
     """Remove an expired image from the engine and from its registry; where it was."""
     where = []
     if runtime.inspect_image(image) is not None:
@@ -128,7 +130,7 @@ def _remove_everywhere(image: str, *, runtime: Runtime, report: CollectReport) -
             where.append("registry")
     except registry.RegistryError as error:  # kept in the registry; tried again next pass
         log.warning("image gc: %s", error)
-        report.kept[image] = f"registry: {error}"
+        report.kept[version_id] = f"registry: {error}"
     return where
 
 
