@@ -117,6 +117,18 @@ stop_haproxy() { # stop_haproxy DATA_DIR: the HAProxy master (and its workers) o
   echo "stopped HAProxy (pid $pid, $cfg)"
 }
 
+stop_registry() { # stop_registry PID: the demo's docker-registry, if that pid still is one
+  local pid=$1
+  process_matches "$pid" docker-registry || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do
+    process_matches "$pid" docker-registry || break
+    sleep 0.25
+  done
+  process_matches "$pid" docker-registry && kill -KILL "$pid" 2>/dev/null
+  echo "stopped the image registry (pid $pid)"
+}
+
 remove_docker_objects() { # remove_docker_objects DEPLOYMENT_ID: its containers, then its images
   local dep=$1 ids
   command -v docker >/dev/null 2>&1 || return 0
@@ -147,6 +159,7 @@ clean_up() { # clean_up DATA_DIR: everything a run recorded in DATA_DIR/cleanup.
   if [ -f "$list" ]; then
     while read -r kind value; do
       [ "$kind" = deployment ] && remove_docker_objects "$value"
+      [ "$kind" = registry ] && stop_registry "$value"
     done <"$list"
     rm -f "$list"
   fi
@@ -427,6 +440,39 @@ if [ -z "${SHIPWAY_ROUTER_PORT_RANGE:-}" ]; then
   export SHIPWAY_ROUTER_PORT_RANGE=$port_base-$((port_base + 99))
 fi
 
+REGISTRY_URL=""
+if [ -n "${SHIPWAY_REGISTRY:-}" ]; then
+  remember "image registry: yours, SHIPWAY_REGISTRY=$SHIPWAY_REGISTRY"
+elif [ "${SHIPWAY_DEMO_REGISTRY:-1}" = 1 ] && command -v docker-registry >/dev/null 2>&1 &&
+  timeout 20 docker info >/dev/null 2>&1; then
+  step "Start an image registry (Debian's docker-registry, Distribution 2.8): builds push there"
+  REGISTRY_PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  REGISTRY_CONFIG=$DATA/registry/config.yml
+  mkdir -p "$DATA/registry/data"
+  # JSON is YAML; Docker trusts a plain-HTTP registry on 127.0.0.0/8 without configuration.
+  cat >"$REGISTRY_CONFIG" <<JSON
+{"version": 0.1, "log": {"level": "warn"},
+ "storage": {"filesystem": {"rootdirectory": "$DATA/registry/data"}, "delete": {"enabled": true}},
+ "http": {"addr": "127.0.0.1:$REGISTRY_PORT"}}
+JSON
+  setsid docker-registry serve "$REGISTRY_CONFIG" >"$DATA/registry/registry.log" 2>&1 </dev/null &
+  echo "registry $!" >>"$LEFTOVERS"
+  deadline=$((SECONDS + 20))
+  until curl -fsS --max-time 2 "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the registry did not answer on 127.0.0.1:$REGISTRY_PORT (log: $DATA/registry/registry.log)"
+    sleep 0.2
+  done
+  export SHIPWAY_REGISTRY=127.0.0.1:$REGISTRY_PORT/demo
+  export SHIPWAY_REGISTRY_API_URL=http://127.0.0.1:$REGISTRY_PORT
+  export SHIPWAY_REGISTRY_GC_COMMAND="docker-registry garbage-collect --delete-untagged $REGISTRY_CONFIG"
+  REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+  info "http://127.0.0.1:$REGISTRY_PORT/v2/ answers; log $DATA/registry/registry.log"
+  info "\$ export SHIPWAY_REGISTRY=$SHIPWAY_REGISTRY SHIPWAY_REGISTRY_API_URL=$SHIPWAY_REGISTRY_API_URL"
+  info "=> every build is pushed there and the version runs from repository@sha256:digest,"
+  info "   as replicas on a swarm must (README: 'Replicas on a Docker Swarm'); SHIPWAY_DEMO_REGISTRY=0 skips it"
+  remember "image registry: $REGISTRY_URL (images under $SHIPWAY_REGISTRY)"
+fi
+
 step "Start 'shipway up' (embedded: SQLite + filesystem Celery transport; API, relay and one worker)"
 setsid "$BIN/shipway" up >"$LOG" 2>&1 </dev/null &
 SERVER_PID=$!
@@ -498,6 +544,16 @@ else
   step "Get the version: state ready, artifact digest, image, provenance"
   call 200 GET "/api/v1/deployments/$DEPLOYMENT/versions/$V1" "" \
     '"\n".join(f"{k}: {d[k]}" for k in ("id", "version_number", "state", "artifact_sha256", "runtime_image", "runtime_command", "git_branch", "git_message"))'
+  if [ -n "$REGISTRY_URL" ]; then
+    info "=> runtime_image is the registry's repository@sha256:digest; the registry lists:"
+    info "\$ curl -sS $REGISTRY_URL/v2/_catalog"
+    curl -sS --max-time 10 "$REGISTRY_URL/v2/_catalog" | sed 's/^/    /' || fail "the registry's catalog did not answer"
+    echo
+    case "$(json "$RESPONSE" 'd["runtime_image"]')" in
+      "$SHIPWAY_REGISTRY"/*@sha256:*) ;;
+      *) fail "v1 does not run from the registry by digest: $(json "$RESPONSE" 'd["runtime_image"]')" ;;
+    esac
+  fi
 
   step "The build job queued the promote: its result names the promote job"
   wait_job "$V1_PUBLISH_JOB"
