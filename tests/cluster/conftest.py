@@ -76,7 +76,9 @@ def _skip(request: pytest.FixtureRequest) -> None:
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """3 dockerd nodes in a swarm (node 1 manager) and a registry; removed afterwards."""
     _skip(request)
-    running = Cluster(nodes=3)
+    # A 3 s dispatcher heartbeat (Swarm's default is 5 s), as README advises for shipway:
+    # a dead node's replicas are rescheduled sooner.
+    running = Cluster(nodes=3, heartbeat=3)
     try:
         running.start()
         waited = running.timings.get("lock_wait", 0.0)
