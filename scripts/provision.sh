@@ -64,6 +64,7 @@ has_package() {
     docker-registry) command -v docker-registry >/dev/null ;;
     iproute2) command -v ip >/dev/null ;;
     util-linux) command -v nsenter >/dev/null && command -v unshare >/dev/null ;;
+    pebble) command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null ;;
     *) pkg_installed "$1" ;;
   esac
 }
@@ -101,6 +102,8 @@ browser=(chromium chromium-driver)
 # namespaces (ip, nsenter, unshare) and Debian's registry (Distribution 2.8). Its package
 # enables a system service on :5000; the harness runs its own registry and never uses it.
 cluster=(docker-registry iproute2 util-linux)
+# An ACME test server (RFC 8555) and its mock DNS, for automatic HTTPS (tests, demo).
+tls=(pebble)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
 if [ ! -x "$VENV/bin/python" ] && ! { command -v "$PY" >/dev/null && "$PY" -c 'import ensurepip, venv' 2>/dev/null; }; then
   required+=(python3.11 python3.11-venv)
@@ -130,6 +133,15 @@ for pkg in "${browser[@]}"; do
     changed "$pkg" "installed"
   else
     warn "$pkg" "could not be installed (the dashboard's browser tests will be skipped)"
+  fi
+done
+for pkg in "${tls[@]}"; do
+  if has_package "$pkg"; then
+    say "$pkg" "already present"
+  elif apt_install "$pkg" && has_package "$pkg"; then
+    changed "$pkg" "installed"
+  else
+    warn "$pkg" "could not be installed (the HTTPS tests will be skipped)"
   fi
 done
 for pkg in "${cluster[@]}"; do
