@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from shipway.runtime.base import ReplicaSpec
+import docker.errors
+import pytest
+import requests
+
+from shipway.runtime.base import ReplicaSpec, RuntimeFailure
+from shipway.runtime.swarm_managers import ManagerPool, transient
 from shipway.runtime.swarm_runtime import (
     _current_task,
     _docker_status,
@@ -61,3 +66,77 @@ def test_the_task_template_has_init_limits_labels_restart_policy_and_placement()
     placement = template["Placement"]
     assert placement["Constraints"] == ["node.labels.zone==a"]
     assert placement["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.id"}}]
+
+
+# --- manager failover (runtime/swarm_managers.py) ---------------------------------------
+
+
+class _Api:
+    """A manager's API whose calls give ``outcomes`` in turn (an exception is raised)."""
+
+    def __init__(self, name: str, outcomes: list[object]) -> None:
+        self.base_url, self.outcomes, self.calls = name, outcomes, 0
+
+    def answer(self) -> object:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+class _Client:
+    def __init__(self, name: str, *outcomes: object) -> None:
+        self.api = _Api(name, list(outcomes))
+
+
+def _api_error(status: int, text: str) -> docker.errors.APIError:
+    response = requests.Response()
+    response.status_code = status
+    return docker.errors.APIError(text, response=response, explanation=text)
+
+
+NO_LEADER = "rpc error: code = Unknown desc = The swarm does not have a leader."
+
+
+def _pool(*clients: _Client, seconds: float = 5.0) -> ManagerPool:
+    return ManagerPool(clients=clients, failover_seconds=seconds)
+
+
+def test_a_manager_that_does_not_answer_fails_over_to_the_next_and_stays_there() -> None:
+    dead = _Client("unix:///n1", requests.exceptions.ConnectionError("refused"))
+    alive = _Client("unix:///n2", "services")
+    pool = _pool(dead, alive)
+    assert pool.call(lambda api: api.answer(), what="list services") == "services"
+    assert pool.call(lambda api: api.answer(), what="list services") == "services"
+    assert (dead.api.calls, alive.api.calls, pool.current, pool.failovers) == (1, 2, 1, 1)
+
+
+def test_an_election_is_waited_out_on_the_surviving_managers() -> None:
+    first = _Client("m1", _api_error(500, NO_LEADER), _api_error(500, NO_LEADER), "ok")
+    second = _Client("m2", _api_error(503, "no leader"))
+    assert _pool(first, second).call(lambda api: api.answer(), what="scale") == "ok"
+    assert first.api.calls == 3 and second.api.calls == 2
+
+
+def test_a_refused_request_is_not_retried_elsewhere() -> None:
+    first = _Client("m1", _api_error(400, "invalid mount config"))
+    second = _Client("m2", "ok")
+    with pytest.raises(docker.errors.APIError):
+        _pool(first, second).call(lambda api: api.answer(), what="create")
+    assert second.api.calls == 0
+
+
+def test_no_manager_within_the_deadline_is_a_classified_failure() -> None:
+    pool = _pool(
+        _Client("m1", requests.exceptions.ConnectionError("refused")),
+        _Client("m2", _api_error(500, NO_LEADER)),
+        seconds=0.3,
+    )
+    with pytest.raises(RuntimeFailure) as failed:
+        pool.call(lambda api: api.answer(), what="create sw-r-0")
+    assert failed.value.reason == "swarm_unavailable"
+    assert "create sw-r-0" in failed.value.message
+    assert failed.value.evidence["managers"] == ["m1", "m2"]
+    assert any("does not have a leader" in e for e in failed.value.evidence["errors"])
+    assert transient(requests.exceptions.ReadTimeout()) and not transient(ValueError("bad"))

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
         description="Where replicas run: the one Docker engine of DOCKER_HOST, or a Docker "
         "Swarm whose manager is DOCKER_HOST (one service per replica, host-mode ports).",
     )
+    swarm_managers: str = Field(
+        default="",
+        description="Comma-separated Docker endpoints (tcp://host:2376, unix:///path) of the "
+        "swarm's managers; SHIPWAY_RUNTIME=swarm sends service operations there, failing over "
+        "to the next manager when one does not answer or the swarm is electing a leader. "
+        "DOCKER_HOST is then only the engine builds run on (this host's own). Empty: "
+        "DOCKER_HOST is a manager and takes both.",
+    )
+    swarm_failover_seconds: float = Field(
+        default=60.0,
+        description="How long one Swarm operation looks for a manager that answers (a new "
+        "leader's election included) before the job fails with swarm_unavailable.",
+    )
     registry: str = Field(
         default="",
         description="host:port[/path] of a Docker registry every node pulls from; when set, "
@@ -184,6 +197,11 @@ class Settings(BaseSettings):
         if not 0 < first <= last < 65536:
             raise ValueError(f"bad router_port_range {self.router_port_range!r}")
         return first, last
+
+    @property
+    def swarm_manager_endpoints(self) -> list[str]:
+        """``swarm_managers`` as a list (empty: the manager is DOCKER_HOST)."""
+        return [part.strip() for part in self.swarm_managers.split(",") if part.strip()]
 
     @property
     def base_url(self) -> str:

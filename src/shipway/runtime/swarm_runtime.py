@@ -9,15 +9,19 @@ under its restart policy, and reschedules it when its node is lost.
 Ports are published in host mode with no fixed published port: the node that runs the
 task picks a free port, reported in the task's port status. The replica's endpoint is
 that node's address and port, so neither the routing mesh nor VIPs (which need IPVS)
-are used. Images are built on the engine of ``DOCKER_HOST`` (a manager); on more than
-one node they must come from a registry every node can pull from.
+are used. Images are built on the engine of ``DOCKER_HOST``: by default a manager, which
+then also takes the service operations; with ``managers`` (``SHIPWAY_SWARM_MANAGERS``)
+``DOCKER_HOST`` is only the builder's own engine (any node, or none of the swarm) and the
+service operations go to those managers, failing over between them
+(runtime/swarm_managers.py). On more than one node images must come from a registry
+every node can pull from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from shipway.runtime.base import (
     RuntimeFailure,
 )
 from shipway.runtime.docker_runtime import DockerRuntime
+from shipway.runtime.swarm_managers import ManagerPool
 
 SCHEDULE_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
@@ -52,14 +57,34 @@ PULL_ERRORS = ("No such image", "pull access denied", "manifest unknown", "not f
 
 
 class SwarmRuntime:
-    """Runs replicas on a Docker Swarm through a manager's API (``DOCKER_HOST``)."""
+    """Runs replicas on a Docker Swarm through its managers' API.
+
+    ``client`` is the engine builds run on (default ``DOCKER_HOST``); ``managers`` are the
+    Docker endpoints of the swarm's managers (default: that same engine, which must then
+    be a manager). ``failover_seconds`` bounds how long one operation looks for a manager
+    that answers (see runtime/swarm_managers.py).
+    """
 
     endpoints_move = True  # a task of a lost node is rescheduled elsewhere, on a new port
 
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        managers: Sequence[str] = (),
+        failover_seconds: float = 60.0,
+    ) -> None:
         self.client = client or docker.from_env()
-        self.images = DockerRuntime(self.client)  # builds run on the manager's engine
+        self.images = DockerRuntime(self.client)  # builds run on this engine
+        self.managers = (
+            ManagerPool(endpoints=managers, failover_seconds=failover_seconds)
+            if managers
+            else ManagerPool(clients=[self.client], failover_seconds=failover_seconds)
+        )
         self._node_addresses: dict[str, str] = {}
+
+    def _call(self, operation: Callable[[docker.APIClient], Any], what: str) -> Any:
+        return self.managers.call(operation, what=what)
 
     # ------------------------------------------------------------------ images
 
@@ -107,34 +132,24 @@ class SwarmRuntime:
                 return replica
             self.remove_replica(existing["ID"])
         try:
-            created = self.client.api.create_service(
-                _task_template(spec),
-                name=spec.name,
-                labels=spec.labels,
-                mode=ServiceMode("replicated", replicas=1),
-                # host mode, no published port: the node that runs the task picks one
-                endpoint_spec=EndpointSpec(
-                    ports=[
-                        {
-                            "Protocol": "tcp",
-                            "TargetPort": spec.container_port,
-                            "PublishMode": "host",
-                        }
-                    ]
-                ),
-            )
+            created = self._call(lambda api: _create(api, spec), f"create {spec.name}")
         except docker.errors.APIError as error:
-            raise RuntimeFailure(
-                "scheduling_failed",
-                f"the swarm refused the service {spec.name}: {error.explanation or error}",
-                error=str(error.explanation or error),
-            ) from None
+            again = self._service(spec.name) if error.status_code == 409 else None
+            if again is None:
+                raise RuntimeFailure(
+                    "scheduling_failed",
+                    f"the swarm refused the service {spec.name}: {error.explanation or error}",
+                    error=str(error.explanation or error),
+                ) from None
+            # A manager created it and died before it answered: the retry found it by name.
+            created = again
         return self._await_running(str(created["ID"]), spec)
 
     def replicas(self, selector: dict[str, str]) -> list[Replica]:
         """Every replica service whose labels include ``selector``."""
         filters = {"label": [f"{key}={value}" for key, value in selector.items()]}
-        return [self._replica(s) for s in self.client.api.services(filters=filters)]
+        services = self._call(lambda api: api.services(filters=filters), "list services")
+        return [self._replica(s) for s in services]
 
     def inspect_replica(self, container_id: str) -> Replica | None:
         """One replica (by service id), or None if it is gone."""
@@ -143,19 +158,14 @@ class SwarmRuntime:
 
     def stopped_replicas(self, label: str) -> list[Replica]:
         """Every replica service carrying ``label`` whose task does not run."""
-        services = self.client.api.services(filters={"label": [label]})
+        filters = {"label": [label]}
+        services = self._call(lambda api: api.services(filters=filters), "list services")
         return [r for r in (self._replica(s) for s in services) if not r.running]
 
     def start_replica(self, container_id: str) -> Replica | None:
         """Run a stopped replica again (a new task; its node and port may change)."""
-        service = self._service(container_id)
-        if service is None:
+        if not self._scale(container_id, replicas=1, force=True):
             return None
-        spec = service["Spec"]
-        spec["Mode"] = {"Replicated": {"Replicas": 1}}
-        task = spec["TaskTemplate"]
-        task["ForceUpdate"] = int(task.get("ForceUpdate", 0)) + 1
-        self._update(service, spec)
         deadline = time.monotonic() + SCHEDULE_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             replica = self.inspect_replica(container_id)
@@ -167,10 +177,13 @@ class SwarmRuntime:
     def logs(self, container_id: str, *, tail: int = 20) -> list[str]:
         """The last lines the replica's tasks printed."""
         try:
-            raw = self.client.api.service_logs(
-                container_id, stdout=True, stderr=True, tail=tail, follow=False
+            raw = self._call(
+                lambda api: api.service_logs(
+                    container_id, stdout=True, stderr=True, tail=tail, follow=False
+                ),
+                f"read the logs of {container_id}",
             )
-        except docker.errors.APIError:
+        except (docker.errors.APIError, RuntimeFailure):
             return []
         text = b"".join(raw).decode("utf-8", "replace") if raw else ""
         return text.splitlines()[-tail:]
@@ -178,12 +191,8 @@ class SwarmRuntime:
     def stop_replica(self, container_id: str, *, timeout_seconds: float) -> None:
         """Scale the replica's service to 0 (its task gets SIGTERM, then SIGKILL after
         the stop grace period) and wait until no task of it runs."""
-        service = self._service(container_id)
-        if service is None:
+        if not self._scale(container_id, replicas=0):
             return
-        spec = service["Spec"]
-        spec["Mode"] = {"Replicated": {"Replicas": 0}}
-        self._update(service, spec)
         deadline = time.monotonic() + timeout_seconds + 10
         while time.monotonic() < deadline and self._running_tasks(container_id):
             time.sleep(POLL_SECONDS)
@@ -191,29 +200,47 @@ class SwarmRuntime:
     def remove_replica(self, container_id: str) -> None:
         """Remove the replica's service (its task stops); no error if it is gone."""
         with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_service(container_id)
+            self._call(lambda api: api.remove_service(container_id), f"remove {container_id}")
 
     # --------------------------------------------------------------- internals
 
     def _service(self, name_or_id: str) -> dict[str, Any] | None:
         try:
-            return dict(self.client.api.inspect_service(name_or_id))
+            found = self._call(lambda api: api.inspect_service(name_or_id), f"read {name_or_id}")
         except docker.errors.NotFound:
             return None
+        return dict(found)
 
-    def _update(self, service: dict[str, Any], spec: dict[str, Any]) -> None:
-        self.client.api.update_service(
-            service["ID"],
-            version=service["Version"]["Index"],
-            task_template=spec["TaskTemplate"],
-            name=spec["Name"],
-            labels=spec.get("Labels"),
-            mode=ServiceMode("replicated", replicas=spec["Mode"]["Replicated"]["Replicas"]),
-            endpoint_spec=spec.get("EndpointSpec"),
-        )
+    def _scale(self, service_id: str, *, replicas: int, force: bool = False) -> bool:
+        """Set the service's task count (``force``: a new task even at the same count);
+        False if the service is gone. Read and update happen in one try on one manager,
+        so a retry after a failover updates the service's current version."""
+
+        def scale(api: docker.APIClient) -> bool:
+            try:
+                service = api.inspect_service(service_id)
+            except docker.errors.NotFound:
+                return False
+            spec = service["Spec"]
+            task = spec["TaskTemplate"]
+            if force:
+                task["ForceUpdate"] = int(task.get("ForceUpdate", 0)) + 1
+            api.update_service(
+                service["ID"],
+                version=service["Version"]["Index"],
+                task_template=task,
+                name=spec["Name"],
+                labels=spec.get("Labels"),
+                mode=ServiceMode("replicated", replicas=replicas),
+                endpoint_spec=spec.get("EndpointSpec"),
+            )
+            return True
+
+        return bool(self._call(scale, f"scale {service_id} to {replicas}"))
 
     def _tasks(self, service_id: str) -> list[dict[str, Any]]:
-        tasks = self.client.api.tasks(filters={"service": service_id})
+        filters = {"service": service_id}
+        tasks = self._call(lambda api: api.tasks(filters=filters), f"list tasks of {service_id}")
         return sorted(tasks, key=lambda t: str(t.get("CreatedAt", "")))
 
     def _running_tasks(self, service_id: str) -> list[dict[str, Any]]:
@@ -280,11 +307,29 @@ class SwarmRuntime:
     def _node_address(self, node_id: str) -> str | None:
         if node_id not in self._node_addresses:
             try:
-                node = self.client.api.inspect_node(node_id)
+                node = self._call(lambda api: api.inspect_node(node_id), f"read node {node_id}")
             except docker.errors.NotFound:
                 return None
             self._node_addresses[node_id] = str((node.get("Status") or {}).get("Addr", ""))
         return self._node_addresses[node_id] or None
+
+
+def _create(api: docker.APIClient, spec: ReplicaSpec) -> dict[str, Any]:
+    """Create the replica's service: one task, its port published in host mode with no
+    fixed published port (the node that runs the task picks one)."""
+    return dict(
+        api.create_service(
+            _task_template(spec),
+            name=spec.name,
+            labels=spec.labels,
+            mode=ServiceMode("replicated", replicas=1),
+            endpoint_spec=EndpointSpec(
+                ports=[
+                    {"Protocol": "tcp", "TargetPort": spec.container_port, "PublishMode": "host"}
+                ]
+            ),
+        )
+    )
 
 
 def _task_template(spec: ReplicaSpec) -> TaskTemplate:
