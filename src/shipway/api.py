@@ -249,6 +249,7 @@ def create_app() -> FastAPI:
     from shipway.dashboard.routes import mount_dashboard
     from shipway.deployments.event_routes import router as events
     from shipway.deployments.routes import router as deployments
+    from shipway.domains.routes import router as domains
     from shipway.jobs.routes import router as jobs
     from shipway.jobs.stream_routes import router as job_stream
     from shipway.metrics.routes import router as metrics
@@ -265,7 +266,17 @@ def create_app() -> FastAPI:
         '`{"error": {"code", "message", "details"}}`.',
     )
     api = APIRouter(prefix="/api/v1")
-    for router in (deployments, builds, versions, releases, jobs, job_stream, events, queue):
+    for router in (
+        deployments,
+        domains,
+        builds,
+        versions,
+        releases,
+        jobs,
+        job_stream,
+        events,
+        queue,
+    ):
         api.include_router(router)
     app.include_router(api)
     app.include_router(metrics)

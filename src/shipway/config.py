@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     router_port_range: str = Field(
         default="20000-20999", description="Public ports given to routes, 'low-high' inclusive."
     )
+    apps_domain: str = Field(
+        default="shipway.localhost",
+        description="Domain under which every environment gets a generated hostname "
+        "(<environment>.<deployment>-<id>.<apps domain>); *.localhost needs no DNS.",
+    )
     router_daemon: bool = Field(
         default=True, description="HAProxy outlives shipway (else it dies with its parent)."
     )

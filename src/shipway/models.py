@@ -3,6 +3,7 @@
 from shipway.auth.models import ApiToken
 from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.db import Base
+from shipway.domains.models import Domain
 from shipway.events.models import Event
 from shipway.idempotency.models import IdempotencyRecord
 from shipway.jobs.models import Job
@@ -13,6 +14,7 @@ __all__ = [
     "ApiToken",
     "Base",
     "Deployment",
+    "Domain",
     "Environment",
     "Event",
     "IdempotencyRecord",

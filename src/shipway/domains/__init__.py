@@ -1,0 +1,1 @@
+"""Hostnames of environments: one generated under the apps domain, and custom domains."""
