@@ -7,10 +7,20 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the client commands (deployments, versions, jobs, publish, promote, …) to ``app``."""
-    from shipway.client.commands import deployments, jobs, login, promote, publish, queue, versions
+    from shipway.client.commands import (
+        deployments,
+        domains,
+        jobs,
+        login,
+        promote,
+        publish,
+        queue,
+        versions,
+    )
 
     app.add_typer(deployments.app, name="deployments")
     app.add_typer(versions.app, name="versions")
+    app.add_typer(domains.app, name="domains")
     app.add_typer(jobs.app, name="jobs")
     app.command("publish")(publish.publish)
     app.command("promote")(promote.promote)
