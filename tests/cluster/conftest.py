@@ -8,6 +8,11 @@ folder), removed right after its last test, so ``make test`` does not carry thre
 engines through the rest of the run. ``SHIPWAY_CLUSTER_TESTS=0`` skips the suite;
 ``SHIPWAY_CLUSTER_SCALE`` (tests/cluster/scale.py) picks its size: ``smoke`` by default
 (``make test``), ``full`` in ``make test-cluster``.
+
+``three_managers`` is a second cluster (3 managers) for the manager-failover test. One
+cluster runs per machine at a time (the harness's lock): the tests that use it run first
+(``pytest_collection_modifyitems``), and their module-scoped cluster is removed before the
+package's ``cluster`` starts; the fixture refuses to start while that one runs.
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ def _why_not() -> str | None:
     return None
 
 
+_RUNNING: list[Cluster] = []  # the package's cluster while it runs
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on a cluster of their own run before any test of the package's cluster."""
+    items.sort(key=lambda item: "three_managers" not in getattr(item, "fixturenames", ()))
+
+
 def _report(config: pytest.Config, line: str) -> None:
     """A line for the "cluster summary" section printed at the end of the run."""
     config.stash.setdefault(_SUMMARY, []).append(line)
@@ -79,6 +92,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     # A 3 s dispatcher heartbeat (Swarm's default is 5 s), as README advises for shipway:
     # a dead node's replicas are rescheduled sooner.
     running = Cluster(nodes=3, heartbeat=3)
+    _RUNNING.append(running)
     try:
         running.start()
         waited = running.timings.get("lock_wait", 0.0)
@@ -97,6 +111,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         yield running
     finally:
         running.stop()
+        _RUNNING.remove(running)
         if "stop" in running.timings:
             _report(
                 request.config,
@@ -118,3 +133,28 @@ def base_image_ref(cluster: Cluster, request: pytest.FixtureRequest) -> str:
     ref = cluster.load_image(BASE_IMAGE)
     _report(request.config, f"{BASE_IMAGE} into the registry in {time.monotonic() - t0:.1f}s")
     return ref
+
+
+@pytest.fixture(scope="module")
+def three_managers(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """3 nodes, all managers (Raft: the swarm survives one lost manager), a 1 s dispatcher
+    heartbeat (a lost node is noticed in seconds); removed at the end of the module."""
+    _skip(request)
+    if _RUNNING:
+        pytest.fail(
+            "the package's cluster still runs and the machine runs one cluster at a time: "
+            "tests on three_managers must run before the others (pytest_collection_modifyitems)"
+        )
+    running = Cluster(nodes=3, managers=3, heartbeat=1.0)
+    try:
+        running.start()
+        _report(
+            request.config,
+            f"3 managers Ready: {running.timings['swarm']:.1f}s after start"
+            + f" (after {running.timings.get('lock_wait', 0.0):.0f}s waiting for the lock)",
+        )
+        yield running
+    finally:
+        running.stop()
+        if "stop" in running.timings:
+            _report(request.config, f"3-manager cluster removed in {running.timings['stop']:.1f}s")

@@ -1,4 +1,9 @@
-"""Start real Redis and PostgreSQL servers on free ports in a scratch folder, for tests."""
+"""Start real Redis and PostgreSQL servers on free ports in a scratch folder, for tests.
+
+They listen on 127.0.0.1; ``listen=`` adds addresses (the multi-node suite adds the
+cluster's root address, 10.87.0.254, so processes in the nodes' network namespaces reach
+them as other hosts would), and a PostgreSQL server then trusts clients of ``trust=``.
+"""
 
 from __future__ import annotations
 
@@ -55,10 +60,15 @@ class Redis:
     port: int
     process: subprocess.Popen[bytes]
     folder: Path
+    listen: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, address: str) -> str:
+        """The URL of database 0 through ``address`` (one of ``listen``)."""
+        return f"redis://{address}:{self.port}/0"
 
     def stop(self) -> None:
         """Stop the server (it can be started again with ``start``)."""
@@ -70,11 +80,13 @@ class Redis:
         """(Re)start the server on the same port."""
         if self.process.poll() is None:
             return
-        self.process = _spawn_redis(self.port, self.folder)
+        self.process = _spawn_redis(self.port, self.folder, self.listen)
         wait_for_port(self.port)
 
 
-def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+def _spawn_redis(
+    port: int, folder: Path, listen: tuple[str, ...] = ("127.0.0.1",)
+) -> subprocess.Popen[bytes]:
     redis_server = shutil.which("redis-server")
     if not redis_server:
         raise FileNotFoundError("redis-server not found; run `make provision`")
@@ -84,7 +96,11 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            *listen,
+            # Protected mode refuses clients not on loopback when there is no password:
+            # another address is only given for the test lab's other "hosts".
+            "--protected-mode",
+            "no" if set(listen) - {"127.0.0.1"} else "yes",
             "--save",
             "",
             "--appendonly",
@@ -97,11 +113,14 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def start_redis(folder: Path) -> Redis:
-    """A fresh Redis on a free port."""
+def start_redis(folder: Path, *, listen: tuple[str, ...] = ()) -> Redis:
+    """A fresh Redis on a free port, on 127.0.0.1 and the ``listen`` addresses."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    redis = Redis(port=port, process=_spawn_redis(port, folder), folder=folder)
+    addresses = ("127.0.0.1", *listen)
+    redis = Redis(
+        port=port, process=_spawn_redis(port, folder, addresses), folder=folder, listen=addresses
+    )
     wait_for_port(port)
     return redis
 
@@ -112,9 +131,11 @@ class Postgres:
 
     port: int
     datadir: Path
+    listen: tuple[str, ...] = ("127.0.0.1",)
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, host: str = "127.0.0.1") -> str:
+        """The URL of ``database`` through ``host`` (one of ``listen``)."""
+        return f"postgresql+psycopg://postgres@{host}:{self.port}/{database}"
 
     def ctl(self, *args: str) -> None:
         """Run pg_ctl against this cluster."""
@@ -128,7 +149,7 @@ class Postgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = (
-            f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1"
+            f"-p {self.port} -k {self.datadir} -c listen_addresses={','.join(self.listen)}"
             " -c fsync=off -c max_connections=300"
         )
         self.ctl("-o", options, "-l", str(self.datadir / "server.log"), "start")
@@ -139,8 +160,11 @@ class Postgres:
         self.ctl("-m", mode, "stop")
 
 
-def start_postgres(folder: Path) -> Postgres:
-    """A fresh PostgreSQL cluster (trust auth, fsync off) on a free port."""
+def start_postgres(
+    folder: Path, *, listen: tuple[str, ...] = (), trust: tuple[str, ...] = ()
+) -> Postgres:
+    """A fresh PostgreSQL cluster (trust auth, fsync off) on a free port, on 127.0.0.1 and
+    the ``listen`` addresses, trusting clients of the ``trust`` networks (CIDR) too."""
     datadir = folder / "pgdata"
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
@@ -152,6 +176,9 @@ def start_postgres(folder: Path) -> Postgres:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    pg = Postgres(port=free_port(), datadir=datadir)
+    if trust:
+        with (datadir / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trust)
+    pg = Postgres(port=free_port(), datadir=datadir, listen=("127.0.0.1", *listen))
     pg.start()
     return pg
