@@ -5,24 +5,33 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision lint format test test-chaos test-fuzz test-cluster demo bench bench-quick bench-promote clean distclean
+.PHONY: help provision images lint format test test-chaos test-fuzz test-cluster test-topology demo bench bench-quick bench-promote bench-cluster clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
+	@echo "make images     build shipway's container images offline (Debian base by debootstrap)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make format     apply ruff's fixes and formatting"
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
 	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
 	@echo "make test-fuzz  provision, then a long API fuzz run (SHIPWAY_FUZZ_EXAMPLES=200 per operation)"
 	@echo "make test-cluster  provision, then the multi-node suite: a 3-node Docker Swarm + registry (root)"
+	@echo "make test-topology  provision, images, then docker-compose.yml and deploy/stack.yml brought up"
+	@echo "                and exercised for real (publish, promote, public URL, rollback)"
 	@echo "make demo       provision, then a guided tour of the API against 'shipway up'"
 	@echo "make bench      every benchmark against its raw baseline (writes bench/RESULTS.md)"
 	@echo "make bench-quick  the same, small sizes (a smoke run; BENCH_OUTPUT=... to keep it)"
+	@echo "make bench-cluster  swarm benchmarks on a 3-node cluster + registry (root; its section of bench/RESULTS.md)"
 	@echo "make clean      remove scratch data and caches (keeps .venv)"
 	@echo "make distclean  clean, and remove .venv"
 
 provision:
 	@bash scripts/provision.sh
+
+# shipway:local, shipway/support:local and their base shipway/debian:bookworm, without any
+# image registry (scripts/images.sh; minutes the first time, seconds when nothing changed).
+images:
+	@bash scripts/images.sh
 
 $(BIN)/ruff $(BIN)/pytest:
 	@echo "no virtualenv yet: run 'make provision' first" >&2
@@ -58,6 +67,11 @@ test-fuzz: provision
 test-cluster: provision
 	SHIPWAY_CLUSTER_SCALE=full $(BIN)/pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 
+# The production topologies brought up for real (tests/topology): docker-compose.yml on this
+# engine, deploy/stack.yml on the cluster harness. `make test` skips them (and says so).
+test-topology: provision images
+	SHIPWAY_TOPOLOGY_TESTS=1 $(BIN)/pytest -q -p no:cacheprovider -m topology tests/topology $(PYTEST_ARGS)
+
 demo: provision
 	@bash scripts/demo.sh
 
@@ -71,6 +85,13 @@ bench-quick: provision
 
 bench-promote: provision
 	$(BIN)/python -m bench.promote
+
+# Publish, promote and node loss on the project's 3-node swarm (tests/support/cluster.py,
+# needs root; waits for the machine's cluster lock), beside raw Swarm. Writes the swarm
+# section of bench/RESULTS.md; BENCH_CLUSTER_ARGS=--quick prints a short run, writes nothing.
+BENCH_CLUSTER_ARGS ?= --write
+bench-cluster: provision
+	$(BIN)/python -m bench.swarm $(BENCH_CLUSTER_ARGS)
 
 clean:
 	rm -rf .scratch .shipway .pytest_cache .mypy_cache .ruff_cache .hypothesis build

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import Section, machine
+from bench.swarm_report import swarm_block
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         summary(sections),
     ]
     text = "\n".join(header) + "\n" + "\n".join(section.markdown() for section in sections)
+    kept = swarm_block(output.read_text()) if output.exists() else None
+    if kept:  # the cluster figures (make bench-cluster) stay until that bench runs again
+        text += "\n" + kept
     output.write_text(text)
     print(f"bench: wrote {output}", file=sys.stderr)
     return 1 if any(section.error for section in sections) else 0

@@ -51,3 +51,23 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for needle in ("raw", "p50 / p99", "failed requests", "promote", "publish"):
         assert needle in text, needle
     assert (RESULTS.read_bytes() if RESULTS.exists() else None) == before
+
+
+def test_swarm_section_renders_and_replaces_itself_in_results(tmp_path: Path) -> None:
+    """The swarm bench needs a cluster (make bench-cluster); its report code runs here."""
+    from bench.swarm_report import Kill, Round, section, swarm_block, write_section
+
+    rounds = [
+        Round(0.6, 0.1, 0.8, 1.4, 1.3, 1.2, {"scale": 1.0, "switch": 0.02}),
+        Round(0.7, 0.1, 0.9, 1.2, 1.4, 1.3, {"scale": 1.1, "switch": 0.03}),
+    ]
+    kills = [Kill(15.0, 15.4, 1, 4, 90, 5.0, 0, 200)]
+    text = section(rounds, kills, waited=0.0, load=[1.0, 1.0, 1.0]).markdown()
+    assert "## Swarm" in text and "0 / 200" in text and "**failed:**" not in text
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Summary\n")
+    write_section(text, results)
+    write_section(text.replace("0 / 200", "1 / 200"), results)  # replaced, not appended
+    written = results.read_text()
+    assert written.startswith("# Benchmark results") and written.count("## Swarm") == 1
+    assert "1 / 200" in written and swarm_block(written) is not None
