@@ -1,4 +1,6 @@
-"""docker-compose.yml (production mode) agrees with the CLI, the settings and itself."""
+"""docker-compose.yml (production mode) agrees with the CLI, the settings and itself.
+
+tests/topology/test_compose_up.py brings it up for real (`make test-topology`)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,16 @@ from shipway.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
-SHIPWAY_SERVICES = {"migrate": "db", "api": "api", "worker": "worker", "relay": "relay"}
-INFRA = {"postgres", "redis", "haproxy"}
+SHIPWAY_SERVICES = {
+    "migrate": "db",
+    "api": "api",
+    "worker": "worker",
+    "relay": "relay",
+    "router": "router",
+}
+INFRA = {"postgres", "redis", "registry"}
+# Services that drive the router; they reach replicas on the project's network.
+ROUTER_CLIENTS = ("worker", "relay", "api")
 # Read straight from the environment by the CLI, not through Settings.
 EXTRA_ENV = {"SHIPWAY_LOG_LEVEL"}
 
@@ -43,7 +53,7 @@ def test_shipway_services_run_real_cli_commands(services: dict[str, Any]) -> Non
     assert isinstance(cli, typer.core.TyperGroup)
     for name, subcommand in SHIPWAY_SERVICES.items():
         service = services[name]
-        assert service["image"] == services["api"]["image"], name
+        assert service["image"] == services["api"]["image"] == "${SHIPWAY_IMAGE:-shipway:local}"
         assert service.get("build") == ".", name
         argv = service["command"]
         assert isinstance(argv, list) and argv[0] == subcommand, (name, argv)
@@ -60,10 +70,16 @@ def test_shipway_services_run_real_cli_commands(services: dict[str, Any]) -> Non
 
 def test_dockerfile_runs_the_shipway_cli() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    # Any Debian bookworm base: Docker Hub's python:3.11-slim by default, `make images` the
+    # debootstrapped one (no public registry needed).
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{BASE\}", dockerfile, re.M)
+    assert "haproxy" in dockerfile  # the router service runs it
     assert re.search(r'^ENTRYPOINT \["shipway"\]', dockerfile, re.M)
     for path in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for item in path.split():
+            if item.startswith("--"):  # --from=<stage>
+                break
             assert (ROOT / item).exists(), f"Dockerfile copies {item}, which is missing"
 
 
@@ -91,7 +107,36 @@ def test_database_credentials_match_postgres(services: dict[str, Any]) -> None:
         pg_env["POSTGRES_PASSWORD"],
         pg_env["POSTGRES_DB"],
     )
-    assert services["postgres"]["image"].startswith("postgres:15")
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-shipway/support:local}"
+    assert services["postgres"]["command"] == ["postgres"]  # as postgres:15 runs
+
+
+def test_the_router_is_reachable_and_owned_by_one_service(services: dict[str, Any]) -> None:
+    """The router service owns HAProxy and publishes the route ports; the others use its
+    sockets (external mode) and reach replicas on the project's network."""
+    router = services["router"]
+    assert router["command"] == ["router", "run"]
+    env = services["api"]["environment"]
+    assert env["SHIPWAY_ROUTER_EXTERNAL"] == "true"
+    assert env["SHIPWAY_ROUTER_BIND_HOST"] == "0.0.0.0"
+    port_range = env["SHIPWAY_ROUTER_PORT_RANGE"]
+    assert any(port.endswith(f"{port_range}:{port_range}") for port in router["ports"]), router[
+        "ports"
+    ]
+    network = compose_network(services)
+    for name in ROUTER_CLIENTS:
+        service_env = services[name]["environment"]
+        assert service_env["SHIPWAY_REPLICA_NETWORK"] == network, name
+        assert service_env["SHIPWAY_ROUTER_EXTERNAL"] == "true", name
+    for name in ("worker", "relay"):
+        assert any(v.endswith(":/var/run/docker.sock") for v in services[name]["volumes"]), name
+    registry = env["SHIPWAY_REGISTRY"]
+    assert any(p.endswith(f"{registry}:5000") for p in services["registry"]["ports"])
+
+
+def compose_network(services: dict[str, Any]) -> str:
+    compose_file: dict[str, Any] = __import__("yaml").safe_load(COMPOSE.read_text())
+    return str(compose_file["networks"]["default"]["name"])
 
 
 def test_dependencies_are_consistent(services: dict[str, Any]) -> None:
@@ -104,7 +149,8 @@ def test_dependencies_are_consistent(services: dict[str, Any]) -> None:
             elif condition == "service_completed_successfully":
                 assert services[dependency].get("restart") == "no", dependency
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in set(SHIPWAY_SERVICES) - {"migrate"}:
+    assert "migrate" not in services["router"].get("depends_on", {})  # needs no database
+    for name in set(SHIPWAY_SERVICES) - {"migrate", "router"}:
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert {"postgres", "redis"} <= set(depends), name
@@ -124,7 +170,7 @@ def test_bind_mounts_exist(services: dict[str, Any]) -> None:
                 assert (ROOT / source).is_file(), f"{name} mounts {source}, which is missing"
 
 
-def _compose_cli() -> list[str] | None:
+def compose_cli() -> list[str] | None:
     for argv in (["docker", "compose"], ["docker-compose"]):
         if not shutil.which(argv[0]):
             continue
@@ -135,7 +181,7 @@ def _compose_cli() -> list[str] | None:
 
 
 def test_docker_compose_accepts_the_file() -> None:
-    argv = _compose_cli()
+    argv = compose_cli()
     if argv is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     result = subprocess.run(

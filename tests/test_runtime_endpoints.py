@@ -7,7 +7,7 @@ import pytest
 from shipway.config import Settings, get_settings
 from shipway.releases.traffic import server_of, servers_of
 from shipway.runtime.base import Endpoint, Replica
-from shipway.runtime.docker_runtime import _reachable
+from shipway.runtime.docker_inspect import _reachable
 
 
 def replica(*, address: str | None, port: int | None, name: str = "sw-rel-0") -> Replica:

@@ -20,8 +20,10 @@ from shipway.config import get_settings
 app = typer.Typer(help="shipway: build-and-promote control plane.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+router_app = typer.Typer(help="The router (HAProxy).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(db_app, name="db")
+app.add_typer(router_app, name="router")
 register_client_commands(app)  # deployments, versions, jobs, publish, promote, queue, …
 console = Console(stderr=True)
 
@@ -134,6 +136,22 @@ def relay() -> None:
         run_forever(stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+@router_app.command("run")
+def router_run() -> None:
+    """Run HAProxy in the foreground for processes in external router mode."""
+    from shipway.router.serve import run_router
+
+    _logging()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stopped = run_router(stop=stop)
+    except KeyboardInterrupt:
+        stopped = True
+    if not stopped:
+        raise typer.Exit(1)
 
 
 @app.command()

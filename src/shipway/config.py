@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="The host address the Docker runtime publishes replica ports on; "
         "health checks and the router reach replicas there.",
     )
+    replica_network: str = Field(
+        default="",
+        description="A Docker network the Docker runtime attaches replicas to (nothing is "
+        "published then): the router and health checks reach each replica at its address on "
+        "that network and its container port (for shipway itself running on that network).",
+    )
     public_url: str = Field(default="", description="Base URL clients use; default from host/port.")
 
     lease_seconds: float = Field(default=30.0, description="How long a claimed job stays leased.")
@@ -161,6 +167,12 @@ class Settings(BaseSettings):
     )
     router_daemon: bool = Field(
         default=True, description="HAProxy outlives shipway (else it dies with its parent)."
+    )
+    router_external: bool = Field(
+        default=False,
+        description="HAProxy is run by `shipway router run` (another container, maybe another "
+        "network namespace): shipway only talks to it through the router folder's sockets, "
+        "never starts or stops it, and judges it alive by its master socket, not by pid.",
     )
     router_start_timeout_seconds: float = Field(
         default=10.0, description="How long start/reload may take before failing."

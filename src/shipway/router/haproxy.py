@@ -79,7 +79,7 @@ class HAProxyRouter:
     def from_settings(cls, settings: Settings | None = None) -> HAProxyRouter:
         """A router configured by ``SHIPWAY_ROUTER_*`` / ``SHIPWAY_HAPROXY_BINARY``."""
         s = settings or get_settings()
-        return cls(
+        router = cls(
             s.resolved_router_dir,
             binary=s.haproxy_binary,
             bind_host=s.router_bind_host,
@@ -90,11 +90,16 @@ class HAProxyRouter:
             hard_stop_after_seconds=s.router_hard_stop_after_seconds,
             request_timeout_seconds=s.router_request_timeout_seconds,
         )
+        router.process.external = s.router_external  # run by `shipway router run`
+        return router
 
     # -- process lifecycle -------------------------------------------------
 
     def start(self) -> None:
-        """Start HAProxy with every route and server of the saved desired state."""
+        """Start HAProxy with every route and server of the saved desired state (an external
+        one is only waited for: its owner restores the state)."""
+        if self.process.external:
+            return self.process.start()
         with locked(self.directory):
             if self.process.is_running():
                 return

@@ -5,6 +5,9 @@ The master (``-W``) owns a CLI socket (``-S``) used for ``reload`` and
 to the new worker, so no connection is refused and in-flight requests finish in
 the old worker. In daemon mode (``-D``) HAProxy outlives the Python process;
 otherwise it is a child that receives SIGTERM when its parent dies (Linux).
+An ``external`` process belongs to someone else (``shipway router run``, maybe in
+another container): it is never started or stopped here, and it is alive while its
+master socket answers (its pid may be in another pid namespace).
 """
 
 from __future__ import annotations
@@ -33,9 +36,17 @@ class HAProxyProcess:
     """One HAProxy master-worker process tree whose files live in ``directory``."""
 
     def __init__(
-        self, directory: Path, *, binary: str, daemon: bool, timeout: float, api: RuntimeAPI
+        self,
+        directory: Path,
+        *,
+        binary: str,
+        daemon: bool,
+        timeout: float,
+        api: RuntimeAPI,
+        external: bool = False,
     ) -> None:
         self.directory, self.binary, self.daemon, self.timeout = directory, binary, daemon, timeout
+        self.external = external
         self.config_path = directory / "haproxy.cfg"
         self.pid_path = directory / "haproxy.pid"
         self.log_path = directory / "haproxy.log"
@@ -61,7 +72,11 @@ class HAProxyProcess:
             )
 
     def start(self) -> None:
-        """Start master and worker from ``haproxy.cfg`` and wait until the worker answers."""
+        """Start master and worker from ``haproxy.cfg`` and wait until the worker answers
+        (an external one: wait until it answers, RouterError after the timeout)."""
+        if self.external:
+            self._wait_external()
+            return
         if self.is_running():
             return
         self.pid_path.unlink(missing_ok=True)
@@ -80,6 +95,16 @@ class HAProxyProcess:
         except RouterError:
             self.stop(timeout=2.0)  # leave nothing half-started behind
             raise
+
+    def _wait_external(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise RouterError(
+                    f"the external router (shipway router run) does not answer on "
+                    f"{self.master.path} after {self.timeout}s"
+                )
+            time.sleep(0.1)
 
     def _start_attached(self, args: list[str], log: int) -> None:
         try:
@@ -177,6 +202,8 @@ class HAProxyProcess:
 
     def _exited(self) -> bool:
         """Whether the started master is gone (unknown while it has not written its pid)."""
+        if self.external:
+            return False  # its pid means nothing here: waits end at their deadline
         if self._child is not None:
             return self._child.poll() is not None
         pid = self._pid_file() or self._master_pid
@@ -186,10 +213,19 @@ class HAProxyProcess:
 
     def is_running(self) -> bool:
         """Whether this directory's HAProxy master is alive."""
+        if self.external:
+            try:
+                self.master.status()
+            except RouterError:
+                return False
+            return True
         return self.pid() is not None
 
     def stop(self, *, graceful: bool = False, timeout: float = 10.0) -> None:
-        """Stop HAProxy: SIGTERM (or SIGUSR1 to let requests finish), SIGKILL after timeout."""
+        """Stop HAProxy: SIGTERM (or SIGUSR1 to let requests finish), SIGKILL after timeout.
+        An external HAProxy is left alone (its owner stops it)."""
+        if self.external:
+            return
         pid = self.pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -26,6 +26,7 @@ from shipway.runtime.base import (
     ReplicaSpec,
     RuntimeFailure,
 )
+from shipway.runtime.docker_inspect import replica_of
 from shipway.runtime.docker_push import push_image
 
 log = logging.getLogger(__name__)
@@ -244,19 +245,22 @@ class DockerRuntime:
         failure would look like a scheduling error).
         """
         api = self.client.api
+        network = spec.network or get_settings().replica_network or None
+        # On a replica network the router reaches the container itself: nothing published.
+        bindings = {f"{spec.container_port}/tcp": (get_settings().replica_address, None)}
         host_config = api.create_host_config(
-            port_bindings={f"{spec.container_port}/tcp": (get_settings().replica_address, None)},
+            port_bindings=None if network else bindings,
             restart_policy={"Name": "no"},
             # An init as PID 1 forwards SIGTERM: a server that installs no handler
             # (busybox httpd) stops at once instead of after the whole stop timeout.
             init=True,
             mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
             nano_cpus=int(spec.cpus * 1_000_000_000) if spec.cpus else None,
-            network_mode=spec.network,
+            network_mode=network,
         )
         networking = (
-            api.create_networking_config({spec.network: api.create_endpoint_config()})
-            if spec.network
+            api.create_networking_config({network: api.create_endpoint_config()})
+            if network
             else None
         )
         try:
@@ -289,27 +293,7 @@ class DockerRuntime:
 
     @staticmethod
     def _replica(attrs: dict[str, Any]) -> Replica:
-        state = attrs.get("State") or {}
-        ports = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
-        host_port, address = None, None
-        for bindings in ports.values():
-            for binding in bindings or []:
-                if binding.get("HostPort"):
-                    host_port = int(binding["HostPort"])
-                    address = _reachable(str(binding.get("HostIp") or ""))
-                    break
-        return Replica(
-            id=attrs["Id"],
-            name=str(attrs.get("Name", "")).lstrip("/"),
-            labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
-            status=str(state.get("Status", "unknown")),
-            exit_code=state.get("ExitCode") if state.get("Status") in ("exited", "dead") else None,
-            restart_count=int(attrs.get("RestartCount") or 0),
-            host_port=host_port,
-            address=address,
-            oom_killed=bool(state.get("OOMKilled")),
-            error=str(state.get("Error") or ""),
-        )
+        return replica_of(attrs)
 
     def replicas(self, selector: dict[str, str]) -> list[Replica]:
         """Every container whose labels include ``selector``."""
@@ -376,12 +360,3 @@ def _scheduling_failure(spec: ReplicaSpec, error: docker.errors.APIError) -> Run
         f"the engine could not create or start {spec.name}: {error.explanation or error}",
         error=str(error.explanation or error),
     )
-
-
-WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
-
-
-def _reachable(host_ip: str) -> str:
-    """The address a published port is reached on: its binding's, or the configured one
-    when the engine bound every interface."""
-    return get_settings().replica_address if host_ip in WILDCARD_ADDRESSES else host_ip
