@@ -3,6 +3,8 @@ hostname, custom domains validated, one environment per domain, tenants kept apa
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from sqlalchemy import func, select
 from shipway.domains.hostnames import generated_hostname, normalize_hostname
 from shipway.errors import InvalidInput
 from tests.conftest import TokenFactory, auth
+from tests.support.certs import ThrowawayCA
 from tests.test_api_auth import assert_error
 
 
@@ -166,3 +169,103 @@ def test_hostname_rules() -> None:
     )
     assert name == "staging.my-site-2-0-12345678.apps.test"
     assert normalize_hostname(name, apps_domain="other.test") == name
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def cert_url(deployment: dict[str, Any], hostname: str) -> str:
+    return f"{url(deployment)}/{hostname}/certificate"
+
+
+def test_an_uploaded_certificate_is_served_and_its_key_never_answered(
+    client: TestClient, deployment: dict[str, Any]
+) -> None:
+    ca = ThrowawayCA()
+    chain, key = ca.issue(["shop.example.com"])
+    assert add(client, deployment, "shop.example.com").status_code == 201
+    answer = client.put(
+        cert_url(deployment, "shop.example.com"),
+        json={"certificate": chain, "private_key": key},
+        headers=auth(deployment["token"]),
+    )
+    assert answer.status_code == 200, answer.text
+    certificate = answer.json()["certificate"]
+    assert certificate["source"] == "uploaded" and certificate["status"] == "issued"
+    assert certificate["issuer"] == "shipway test CA" and certificate["not_after"]
+    rows = {row["hostname"]: row for row in listed(client, deployment)}
+    assert rows["shop.example.com"]["certificate"] == certificate
+    for text in (answer.text, json.dumps(listed(client, deployment))):
+        assert "PRIVATE KEY" not in text and key.splitlines()[1] not in text
+
+    dropped = client.delete(
+        cert_url(deployment, "shop.example.com"), headers=auth(deployment["token"])
+    )
+    assert dropped.status_code == 200, dropped.text
+    assert dropped.json()["certificate"] is None  # no ACME configured: plain HTTP again
+
+
+@pytest.mark.parametrize(
+    "problem", ["other key", "other name", "expired", "not pem", "encrypted key", "wildcard ok"]
+)
+def test_a_bad_certificate_upload_is_a_422(
+    client: TestClient, deployment: dict[str, Any], problem: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = ThrowawayCA()
+    chain, key = ca.issue(["shop.example.com"])
+    if problem == "other key":
+        key = ca.issue(["shop.example.com"])[1]
+    elif problem == "other name":
+        chain, key = ca.issue(["www.example.com"])
+    elif problem == "expired":
+        chain, key = ca.issue(
+            ["shop.example.com"], starts=timedelta(days=-3), valid_for=timedelta(days=1)
+        )
+    elif problem == "not pem":
+        chain = "hello"
+    elif problem == "encrypted key":
+        key = (
+            ec.generate_private_key(ec.SECP256R1())
+            .private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"pw"),
+            )
+            .decode()
+        )
+    elif problem == "wildcard ok":
+        chain, key = ca.issue(["*.example.com"])
+    assert add(client, deployment, "shop.example.com").status_code == 201
+    answer = client.put(
+        cert_url(deployment, "shop.example.com"),
+        json={"certificate": chain, "private_key": key},
+        headers=auth(deployment["token"]),
+    )
+    if problem == "wildcard ok":
+        assert answer.status_code == 200, answer.text
+        return
+    error = assert_error(answer, 422, "certificate_invalid")
+    assert "PRIVATE KEY" not in answer.text
+    assert problem != "other key" or "does not belong" in error["message"]
+    rows = {row["hostname"]: row for row in listed(client, deployment)}
+    assert rows["shop.example.com"]["certificate"] is None  # nothing stored
+
+
+def test_with_acme_configured_every_hostname_asks_for_a_certificate(
+    client: TestClient, deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipway.config import get_settings
+
+    monkeypatch.setenv("SHIPWAY_ACME_DIRECTORY_URL", "https://127.0.0.1:1/dir")
+    get_settings.cache_clear()
+    try:
+        assert add(client, deployment, "shop.example.com").status_code == 201
+        rows = listed(client, deployment)
+    finally:
+        monkeypatch.delenv("SHIPWAY_ACME_DIRECTORY_URL")
+        get_settings.cache_clear()
+    assert [row["certificate"]["status"] for row in rows] == ["pending", "pending"]
+    assert all(row["certificate"]["source"] == "acme" for row in rows)

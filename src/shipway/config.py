@@ -165,6 +165,18 @@ class Settings(BaseSettings):
         description="Domain under which every environment gets a generated hostname "
         "(<environment>.<deployment>-<id>.<apps domain>); *.localhost needs no DNS.",
     )
+    acme_directory_url: str = Field(
+        default="",
+        description="ACME directory that issues certificates for every hostname over HTTP-01 "
+        "(e.g. https://acme-v02.api.letsencrypt.org/directory); empty: no automatic HTTPS.",
+    )
+    acme_email: str = Field(default="", description="Contact address of the ACME account.")
+    acme_ca_bundle: str = Field(
+        default="", description="CA bundle trusted for the ACME server's own HTTPS (a test CA)."
+    )
+    certificate_renew_before_days: float = Field(
+        default=30.0, description="Renew a certificate this long before it expires."
+    )
     router_daemon: bool = Field(
         default=True, description="HAProxy outlives shipway (else it dies with its parent)."
     )

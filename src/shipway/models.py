@@ -3,7 +3,7 @@
 from shipway.auth.models import ApiToken
 from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.db import Base
-from shipway.domains.models import Domain
+from shipway.domains.models import AcmeAccount, Certificate, Domain
 from shipway.events.models import Event
 from shipway.idempotency.models import IdempotencyRecord
 from shipway.jobs.models import Job
@@ -11,8 +11,10 @@ from shipway.workers_registry.models import Worker
 from shipway.workspaces.models import Project, Workspace
 
 __all__ = [
+    "AcmeAccount",
     "ApiToken",
     "Base",
+    "Certificate",
     "Deployment",
     "Domain",
     "Environment",

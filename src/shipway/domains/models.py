@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shipway.db import Base, UTCDateTime
+from shipway.db import Base, JSONType, UTCDateTime
 from shipway.ids import utcnow
 
 
@@ -22,4 +23,42 @@ class Domain(Base):
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))  # generated | custom
     created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Certificate(Base):
+    """The TLS certificate of one hostname: issued by the ACME CA, or uploaded by its owner.
+
+    The private key is never answered by the API; it reaches only the router's files
+    (mode 0600). ``next_attempt_at`` schedules the next issuance or renewal.
+    """
+
+    __tablename__ = "certificates"
+
+    hostname: Mapped[str] = mapped_column(String(253), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    source: Mapped[str] = mapped_column(String(20))  # acme | uploaded
+    status: Mapped[str] = mapped_column(String(20))  # pending | issued | failed
+    fullchain_pem: Mapped[str | None] = mapped_column(Text)
+    key_pem: Mapped[str | None] = mapped_column(Text)
+    issuer: Mapped[str | None] = mapped_column(String(500))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    failure_reason: Mapped[str | None] = mapped_column(String(60))
+    failure_diagnostics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Certificate({self.hostname!r}, {self.source}, {self.status})"
+
+
+class AcmeAccount(Base):
+    """The installation's account at one ACME directory (its key signs every order)."""
+
+    __tablename__ = "acme_accounts"
+
+    directory_url: Mapped[str] = mapped_column(String(500), primary_key=True)
+    key_pem: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,4 +1,4 @@
-"""HTTP routes of domains: thin wrappers over the service."""
+"""HTTP routes of domains and their certificates: thin wrappers over the services."""
 
 from __future__ import annotations
 
@@ -9,21 +9,42 @@ from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
 from shipway.config import get_settings
 from shipway.deployments.routes import ENVIRONMENT
-from shipway.deployments.service import get_deployment
-from shipway.domains import service
-from shipway.domains.models import Domain
-from shipway.domains.schemas import DomainCreate, DomainList, DomainRead
+from shipway.deployments.service import get_deployment, get_environment
+from shipway.domains import service, tls
+from shipway.domains.models import Certificate, Domain
+from shipway.domains.schemas import (
+    CertificateRead,
+    CertificateUpload,
+    DomainCreate,
+    DomainList,
+    DomainRead,
+)
 from shipway.schemas import error_responses
 
 router = APIRouter(tags=["domains"])
 PATH = "/deployments/{deployment_id}/environments/{environment}/domains"
+ONE = PATH + "/{hostname}"
 
 
-def _read(domain: Domain, environment: str) -> DomainRead:
-    return DomainRead.model_validate(
-        {**{c: getattr(domain, c) for c in DomainRead.model_fields if c != "environment"},
-         "environment": environment}
-    )  # fmt: skip
+def _read(domain: Domain, environment: str, certificate: Certificate | None) -> DomainRead:
+    fields = {name: getattr(domain, name) for name in ("hostname", "kind", "deployment_id")}
+    return DomainRead(
+        **fields,
+        environment=environment,
+        created_by=domain.created_by,
+        created_at=domain.created_at,
+        certificate=CertificateRead.model_validate(certificate) if certificate else None,
+    )
+
+
+def _domain(
+    session: Session, principal: Principal, deployment_id: str, environment: str, hostname: str
+) -> Domain:
+    deployment = get_deployment(
+        session, deployment_id=deployment_id, workspace_id=principal.workspace_id
+    )
+    env = get_environment(session, deployment=deployment, name=environment)
+    return service.find_domain(session, deployment=deployment, environment=env, hostname=hostname)
 
 
 @router.get(PATH, response_model=DomainList, responses=error_responses(401, 403, 404, 422))
@@ -33,7 +54,8 @@ def list_domains(
     principal: Principal = Depends(reader),
     session: Session = Depends(get_session),
 ) -> DomainList:
-    """The environment's hostnames: its generated one under the apps domain, then custom ones."""
+    """The environment's hostnames (its generated one first) and their certificates."""
+    settings = get_settings()
     with session.begin():
         deployment = get_deployment(
             session, deployment_id=deployment_id, workspace_id=principal.workspace_id
@@ -42,9 +64,13 @@ def list_domains(
             session,
             deployment=deployment,
             environment=environment,
-            apps_domain=get_settings().apps_domain,
+            apps_domain=settings.apps_domain,
+            acme=bool(settings.acme_directory_url),
         )
-        return DomainList(data=[_read(row, environment) for row in rows])
+        certificates = service.certificates_of(session, rows)
+        return DomainList(
+            data=[_read(row, environment, certificates.get(row.hostname)) for row in rows]
+        )
 
 
 @router.post(
@@ -60,7 +86,9 @@ def add_domain(
     principal: Principal = Depends(writer),
     session: Session = Depends(get_session),
 ) -> DomainRead:
-    """Route a custom domain to the environment (409 if any environment has it already)."""
+    """Route a custom domain to the environment (409 if any environment has it already);
+    with ACME configured its certificate is issued right after."""
+    settings = get_settings()
     with session.begin():
         deployment = get_deployment(
             session, deployment_id=deployment_id, workspace_id=principal.workspace_id
@@ -71,16 +99,13 @@ def add_domain(
             environment=environment,
             hostname=body.hostname,
             actor=principal.actor,
-            apps_domain=get_settings().apps_domain,
+            apps_domain=settings.apps_domain,
+            acme=bool(settings.acme_directory_url),
         )
-        return _read(domain, environment)
+        return _read(domain, environment, session.get(Certificate, domain.hostname))
 
 
-@router.delete(
-    PATH + "/{hostname}",
-    response_model=DomainRead,
-    responses=error_responses(401, 403, 404, 409, 422),
-)
+@router.delete(ONE, response_model=DomainRead, responses=error_responses(401, 403, 404, 409, 422))
 def remove_domain(
     deployment_id: str,
     hostname: str,
@@ -100,4 +125,44 @@ def remove_domain(
             hostname=hostname,
             actor=principal.actor,
         )
-        return _read(removed, environment)
+        return _read(removed, environment, None)
+
+
+@router.put(
+    ONE + "/certificate",
+    response_model=DomainRead,
+    responses=error_responses(401, 403, 404, 413, 422),
+)
+def upload_certificate(
+    body: CertificateUpload,
+    deployment_id: str,
+    hostname: str,
+    environment: str = ENVIRONMENT,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> DomainRead:
+    """Serve the owner's certificate and key for this hostname (checked: PEM, the key matches,
+    the names cover the hostname, not expired); the key is never answered back."""
+    with session.begin():
+        domain = _domain(session, principal, deployment_id, environment, hostname)
+        row = tls.upload_certificate(
+            session, domain=domain, fullchain_pem=body.certificate, key_pem=body.private_key
+        )
+        return _read(domain, environment, row)
+
+
+@router.delete(
+    ONE + "/certificate", response_model=DomainRead, responses=error_responses(401, 403, 404, 422)
+)
+def use_acme_certificate(
+    deployment_id: str,
+    hostname: str,
+    environment: str = ENVIRONMENT,
+    principal: Principal = Depends(writer),
+    session: Session = Depends(get_session),
+) -> DomainRead:
+    """Drop an uploaded certificate: the ACME CA issues one (if configured), else plain HTTP."""
+    acme = bool(get_settings().acme_directory_url)
+    with session.begin():
+        domain = _domain(session, principal, deployment_id, environment, hostname)
+        return _read(domain, environment, tls.drop_upload(session, domain=domain, acme=acme))

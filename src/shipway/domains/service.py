@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from shipway.catalog.models import Deployment, Environment
 from shipway.deployments.service import ensure_environment, get_environment
 from shipway.domains.hostnames import generated_hostname, normalize_hostname
-from shipway.domains.models import Domain
+from shipway.domains.models import Certificate, Domain
+from shipway.domains.tls import request_certificate
 from shipway.errors import Conflict, InvalidInput, NotFound
 from shipway.ids import utcnow
 from shipway.states import record_event
@@ -19,11 +20,13 @@ GENERATED, CUSTOM = "generated", "custom"
 
 
 def domains_of(
-    session: Session, *, deployment: Deployment, environment: str, apps_domain: str
+    session: Session, *, deployment: Deployment, environment: str, apps_domain: str, acme: bool
 ) -> list[Domain]:
     """The environment's hostnames: its generated one first, then custom ones by name."""
     env = get_environment(session, deployment=deployment, name=environment)
-    ensure_generated(session, deployment=deployment, environment=env, apps_domain=apps_domain)
+    ensure_generated(
+        session, deployment=deployment, environment=env, apps_domain=apps_domain, acme=acme
+    )
     rows = session.scalars(
         select(Domain).where(Domain.environment_id == env.id).order_by(Domain.hostname)
     ).all()
@@ -31,9 +34,15 @@ def domains_of(
 
 
 def ensure_generated(
-    session: Session, *, deployment: Deployment, environment: Environment, apps_domain: str
+    session: Session,
+    *,
+    deployment: Deployment,
+    environment: Environment,
+    apps_domain: str,
+    acme: bool,
 ) -> Domain:
-    """The environment's generated hostname under the apps domain (made on first use)."""
+    """The environment's generated hostname under the apps domain (made on first use; with
+    ``acme``, its certificate is asked for)."""
     existing = session.scalars(
         select(Domain).where(Domain.environment_id == environment.id, Domain.kind == GENERATED)
     ).first()
@@ -47,7 +56,7 @@ def ensure_generated(
     )
     if session.get(Domain, hostname) is not None:  # another deployment's tail clashed
         hostname = f"{environment.name}.{deployment.id.replace('_', '-').lower()}.{apps_domain}"
-    return _insert(
+    domain = _insert(
         session,
         Domain(
             hostname=hostname,
@@ -59,6 +68,9 @@ def ensure_generated(
             created_at=utcnow(),
         ),
     )
+    if acme:
+        request_certificate(session, domain=domain)
+    return domain
 
 
 def add_domain(
@@ -69,8 +81,10 @@ def add_domain(
     hostname: str,
     actor: str,
     apps_domain: str,
+    acme: bool,
 ) -> Domain:
-    """Route ``hostname`` to the environment (created if missing); Conflict if it is taken."""
+    """Route ``hostname`` to the environment (created if missing); Conflict if it is taken.
+    With ``acme``, its certificate is asked for at once."""
     name = normalize_hostname(hostname, apps_domain=apps_domain)
     env = ensure_environment(session, deployment=deployment, name=environment)
     taken = session.get(Domain, name)
@@ -103,6 +117,8 @@ def add_domain(
             created_at=utcnow(),
         ),
     )
+    if acme:
+        request_certificate(session, domain=domain)
     _record(session, deployment, env, "domain.added", name, actor)
     return domain
 
@@ -123,9 +139,32 @@ def remove_domain(
             code="domain_generated",
             hostname=domain.hostname,
         )
+    certificate = session.get(Certificate, domain.hostname)
+    if certificate is not None:
+        session.delete(certificate)
     session.delete(domain)
     _record(session, deployment, env, "domain.removed", domain.hostname, actor)
     return domain
+
+
+def find_domain(
+    session: Session, *, deployment: Deployment, environment: Environment, hostname: str
+) -> Domain:
+    """A hostname of this environment, or NotFound (whoever else it belongs to)."""
+    domain = session.get(Domain, hostname.strip().lower().removesuffix("."))
+    if domain is None or domain.environment_id != environment.id:
+        raise NotFound(
+            f"domain {hostname} of environment {environment.name} of {deployment.id} not found",
+            hostname=hostname,
+        )
+    return domain
+
+
+def certificates_of(session: Session, domains: list[Domain]) -> dict[str, Certificate]:
+    """The certificate rows of these hostnames, by hostname."""
+    names = [domain.hostname for domain in domains]
+    rows = session.scalars(select(Certificate).where(Certificate.hostname.in_(names))).all()
+    return {row.hostname: row for row in rows}
 
 
 def _insert(session: Session, domain: Domain) -> Domain:
