@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     runtime: Literal["docker", "swarm"] = Field(
         default="docker",
         description="Where replicas run: the one Docker engine of DOCKER_HOST, or a Docker "
-        "Swarm whose manager is DOCKER_HOST (one service per replica, host-mode ports).",
+        "Swarm (one service per replica, host-mode ports) whose managers are "
+        "SHIPWAY_SWARM_MANAGERS, else DOCKER_HOST.",
     )
     swarm_managers: str = Field(
         default="",
