@@ -51,7 +51,16 @@ import httpx
 from bench.common import ROOT, Section, arguments
 from bench.promote import BASE_IMAGE, REPLICAS, Shipway, breakdown, run_job, shipway_in
 from bench.publish import site_files, tar_gz
-from bench.swarm_raw import pull_everywhere, raw_build_push, raw_service, remove_services
+from bench.swarm_raw import (
+    RAW_LABEL,
+    node_id,
+    pull_everywhere,
+    raw_build_push,
+    raw_service,
+    raw_watch_service,
+    remove_services,
+    running_nodes,
+)
 from bench.swarm_report import KILLED_NODE, Kill, Round, section, write_section
 from tests.support.cluster import Cluster
 
@@ -202,6 +211,10 @@ def node_kill(lab: Lab, values: dict[str, Any], marker: str) -> Kill:
         r.endpoint.address for r in observer.replicas({RELEASE_LABEL: release_id}) if r.endpoint
     }
     assert lost in placed, f"no replica on node {KILLED_NODE}: {placed}"
+    # The floor: a raw service of the same image, watched through the same node loss.
+    raw_id = raw_watch_service(cluster, values["runtime_image"])
+    lost_id = node_id(cluster, KILLED_NODE)
+    assert lost_id in running_nodes(cluster, raw_id), "no raw replica on the node to kill"
     stop = threading.Event()
     sent, failed, took = [0], [0], []
 
@@ -225,11 +238,15 @@ def node_kill(lab: Lab, values: dict[str, Any], marker: str) -> Kill:
     cluster.kill_node(KILLED_NODE)
     for thread in threads:
         thread.start()
-    swarm_at = routed_at = None
+    swarm_at = routed_at = raw_at = None
     try:
-        while routed_at is None:
+        while routed_at is None or raw_at is None:
             if time.monotonic() - started > 180:
-                raise RuntimeError("the lost replica was never routed again")
+                raise RuntimeError("the lost replicas were never running and routed again")
+            if raw_at is None:
+                nodes = running_nodes(cluster, raw_id)
+                if len(nodes) == REPLICAS and lost_id not in nodes:
+                    raw_at = time.monotonic() - started
             replicas = observer.replicas({RELEASE_LABEL: release_id})
             endpoints = {(r.endpoint.address, r.endpoint.port) for r in replicas if r.endpoint}
             if (
@@ -240,7 +257,7 @@ def node_kill(lab: Lab, values: dict[str, Any], marker: str) -> Kill:
             ):
                 swarm_at = swarm_at or time.monotonic() - started
                 routed = {(s.address, s.port) for s in router_config().servers(key)}
-                if routed == endpoints:
+                if routed_at is None and routed == endpoints:
                     routed_at = time.monotonic() - started
             time.sleep(0.1)
     finally:
@@ -252,8 +269,10 @@ def node_kill(lab: Lab, values: dict[str, Any], marker: str) -> Kill:
         after = [_body(c, url) for _ in range(200)]
     cluster.restart_node(KILLED_NODE)
     remove_services(cluster, f"shipway.deployment={dep}")
+    remove_services(cluster, f"{RAW_LABEL}=watch")
     assert swarm_at is not None
     return Kill(
+        raw_running=raw_at,
         swarm_running=swarm_at,
         routed=routed_at,
         failed_during=failed[0],

@@ -147,3 +147,51 @@ def wait_gone(cluster: Cluster, label: str) -> None:
         return True
 
     wait_for(gone, timeout=60, what=f"containers labelled {label} gone", interval=0.2)
+
+
+def raw_watch_service(cluster: Cluster, reference: str, port: int = 8080) -> str:
+    """A raw 3-replica service (spread, host-mode port each node picks) to watch through a
+    node loss beside shipway's; its id once its tasks run."""
+    template = TaskTemplate(
+        container_spec=ContainerSpec(
+            image=reference, init=True, stop_grace_period=10 * 1_000_000_000
+        ),
+        restart_policy=RestartPolicy(condition="any", delay=1_000_000_000, max_attempts=0),
+        placement=Placement(preferences=[("spread", "node.id")]),
+    )
+    endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": port, "PublishMode": "host"}])
+    with cluster.manager_client() as manager:
+        created = manager.api.create_service(
+            template,
+            name=f"swb-raw-watch-{random.randint(0, 99999)}",
+            labels={RAW_LABEL: "watch"},
+            mode=ServiceMode("replicated", replicas=REPLICAS),
+            endpoint_spec=endpoint,
+        )
+    service_id = str(created["ID"])
+    wait_for(
+        lambda: len(running_nodes(cluster, service_id)) == REPLICAS,
+        timeout=60,
+        what="the raw watch service running",
+    )
+    return service_id
+
+
+def running_nodes(cluster: Cluster, service_id: str) -> list[str]:
+    """The node ids of the service's running tasks (one entry per task)."""
+    with cluster.manager_client() as manager:
+        tasks = manager.api.tasks(filters={"service": service_id, "desired-state": "running"})
+    return [
+        str(task.get("NodeID"))
+        for task in tasks
+        if (task.get("Status") or {}).get("State") == "running"
+    ]
+
+
+def node_id(cluster: Cluster, index: int) -> str:
+    """The swarm's id of node ``index``."""
+    with cluster.manager_client() as manager:
+        for node in manager.nodes.list():
+            if node.attrs["Description"]["Hostname"] == cluster.node(index).name:
+                return str(node.id)
+    raise RuntimeError(f"node {index} is not in the swarm")

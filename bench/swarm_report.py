@@ -35,7 +35,8 @@ class Round:
 class Kill:
     """One node-kill sample: seconds after the kill, and requests through the public URL."""
 
-    swarm_running: float
+    raw_running: float  # a raw service of the same image, same node loss: running again
+    swarm_running: float  # shipway's replicas running again (Swarm reschedules them)
     routed: float
     failed_during: int
     sent_during: int
@@ -77,14 +78,22 @@ def section(rounds: list[Round], kills: list[Kill], waited: float, load: list[fl
         target="for information",
     )
     if kills:
-        swarm = median([k.swarm_running for k in kills])
+        raw = median([k.raw_running for k in kills])
         routed = median([k.routed for k in kills])
+        swarm = median([k.swarm_running for k in kills])
         out.add(
             f"node {KILLED_NODE} killed → all replicas routed again (median of {len(kills)})",
             f"{routed:.1f} s",
-            baseline=f"{swarm:.1f} s",
-            ratio=routed / swarm,
-            target="for information (floor: Swarm reports the replicas running)",
+            baseline=f"{raw:.1f} s",
+            ratio=routed / raw,
+            target="for information (floor: a raw service's replicas running again)",
+        )
+        out.add(
+            f"node {KILLED_NODE} killed → shipway's replicas running again (Swarm)",
+            f"{swarm:.1f} s",
+            baseline=f"{raw:.1f} s",
+            ratio=swarm / raw,
+            target="for information",
         )
         failed = sum(k.failed_after for k in kills)
         sent = sum(k.sent_after for k in kills)
@@ -122,10 +131,11 @@ def section(rounds: list[Round], kills: list[Kill], waited: float, load: list[fl
             f"{step} {median([r.steps[step] for r in rounds]) * 1000:.0f}"
             for step in rounds[0].steps
         ),
-        "node kill per sample (s after the kill: Swarm running / routed; requests while "
-        "down failed/slow/sent, after failed/sent): "
+        "node kill per sample (s after the kill: raw service running / shipway's replicas "
+        "running / routed; requests while down failed/slow/sent, after failed/sent): "
         + "; ".join(
-            f"{k.swarm_running:.1f} / {k.routed:.1f}; {k.failed_during}/{k.slow_during}/"
+            f"{k.raw_running:.1f} / {k.swarm_running:.1f} / {k.routed:.1f}; "
+            f"{k.failed_during}/{k.slow_during}/"
             f"{k.sent_during}, {k.failed_after}/{k.sent_after}"
             for k in kills
         ),
