@@ -196,6 +196,19 @@ class Settings(BaseSettings):
     router_request_timeout_seconds: float = Field(
         default=60.0, description="HAProxy client/server inactivity timeout."
     )
+    router_http_port: int = Field(
+        default=0,
+        ge=0,
+        lt=65536,
+        description="Port of the shared HTTP listener that routes every environment by Host "
+        "(and answers ACME challenges); 0: none, each environment only has its own port.",
+    )
+    router_https_port: int = Field(
+        default=0,
+        ge=0,
+        lt=65536,
+        description="Port of the shared HTTPS listener (certificates by SNI); 0: none.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

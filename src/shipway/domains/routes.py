@@ -67,10 +67,8 @@ def list_domains(
             apps_domain=settings.apps_domain,
             acme=bool(settings.acme_directory_url),
         )
-        certificates = service.certificates_of(session, rows)
-        return DomainList(
-            data=[_read(row, environment, certificates.get(row.hostname)) for row in rows]
-        )
+        found = service.certificates_of(session, rows)
+        return DomainList(data=[_read(row, environment, found.get(row.hostname)) for row in rows])
 
 
 @router.post(

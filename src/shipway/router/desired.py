@@ -30,7 +30,7 @@ def resolve_ports(
     port_range: tuple[int, int],
 ) -> DesiredState:
     """Explicit ports first, then ports routes already had, then free ones."""
-    new = DesiredState()
+    new = DesiredState(hosts=old.hosts)  # hosts change only through the host routing
     for route in routes:
         kept = old.routes.get(route.key)
         port = route.listen_port or (kept.listen_port if kept else 0)

@@ -27,7 +27,9 @@ from shipway.router.base import (
 )
 from shipway.router.desired import check_unique, listen_ports, resolve_ports
 from shipway.router.haproxy_config import ConfigOptions, render_config
-from shipway.router.process import HAProxyProcess
+from shipway.router.host_files import HostFiles
+from shipway.router.hosts import HostRouting
+from shipway.router.process import HAProxyProcess, check_directory
 from shipway.router.runtime_api import RuntimeAPI
 from shipway.router.stat_rows import server_from_row, stat_int, stats_from_row
 from shipway.router.state import (
@@ -40,8 +42,6 @@ from shipway.router.state import (
     write_atomic,
 )
 
-# sun_path holds 107 bytes; HAProxy binds "<path>.<pid>.tmp" first, then renames it.
-MAX_SOCKET_PATH = 107 - len(".4194304.tmp")
 _STILL_CONNECTED = "still has connections"
 
 
@@ -60,20 +60,25 @@ class HAProxyRouter:
         timeout: float = 10.0,
         hard_stop_after_seconds: float = 300.0,
         request_timeout_seconds: float = 60.0,
+        http_port: int = 0,
+        https_port: int = 0,
     ) -> None:
         self.directory = Path(directory).resolve()
-        _check_directory(self.directory)
+        check_directory(self.directory)
         self.bind_host, self.public_host, self.port_range = bind_host, public_host, port_range
         self.options = ConfigOptions(
             directory=self.directory,
             bind_host=bind_host,
             request_timeout_seconds=request_timeout_seconds,
             hard_stop_after_seconds=hard_stop_after_seconds,
+            http_port=http_port,
+            https_port=https_port,
         )
         self.api = RuntimeAPI(self.options.admin_socket, timeout=timeout)
         self.process = HAProxyProcess(
             self.directory, binary=binary, daemon=daemon, timeout=timeout, api=self.api
         )
+        self.hosts = HostRouting(options=self.options, api=self.api, is_running=self.is_running)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> HAProxyRouter:
@@ -89,6 +94,8 @@ class HAProxyRouter:
             timeout=s.router_start_timeout_seconds,
             hard_stop_after_seconds=s.router_hard_stop_after_seconds,
             request_timeout_seconds=s.router_request_timeout_seconds,
+            http_port=s.router_http_port,
+            https_port=s.router_https_port,
         )
         router.process.external = s.router_external  # run by `shipway router run`
         return router
@@ -168,7 +175,10 @@ class HAProxyRouter:
             self._apply_config(state)
 
     def public_url(self, key: str) -> str:
-        """``http://host:port`` of the route."""
+        """``https://hostname`` once a hostname of the route has a certificate, else the
+        route's own ``http://host:port``."""
+        if (by_host := self.hosts.url(key)) and by_host.startswith("https://"):
+            return by_host
         with locked(self.directory):
             port = load_state(self.directory).route(key).listen_port
         host = self.public_host or self.bind_host
@@ -352,6 +362,8 @@ class HAProxyRouter:
     def _write_config(self, state: DesiredState) -> None:
         """Validate with ``haproxy -c`` first, then replace haproxy.cfg atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.hosts.enabled:  # the maps and crt-list the config names must exist
+            HostFiles(self.directory).write(state.hosts)
         candidate = self.directory / "haproxy.cfg.new"
         candidate.write_text(render_config(state, self.options))
         self.process.check(candidate)
@@ -380,18 +392,8 @@ class HAProxyRouter:
         return allocate_port(self.bind_host, self.port_range, taken)
 
 
-def _as_router(router: HAProxyRouter) -> Router:
-    """Unused at runtime: makes mypy prove that HAProxyRouter implements Router."""
+def _as_router(router: HAProxyRouter) -> Router:  # mypy proves it implements Router
     return router
-
-
-def _check_directory(directory: Path) -> None:
-    text = str(directory)
-    if any(c.isspace() or c in ",\"'#" for c in text):
-        raise RouterError(f"router folder {text!r} must not contain spaces, commas, quotes or #")
-    if len(str(directory / "master.sock")) > MAX_SOCKET_PATH:
-        limit = MAX_SOCKET_PATH - len("/master.sock")
-        raise RouterError(f"router folder {text!r} is too long for unix sockets (max {limit})")
 
 
 def _same_endpoint(a: Server, b: Server) -> bool:

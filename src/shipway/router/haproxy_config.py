@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipway.router.base import Route, Server
+from shipway.router.host_files import HostFiles
 from shipway.router.state import DesiredState
+
+UNKNOWN_HOST = "unknown_host"  # not be_*: only route backends carry that prefix
+NOT_FOUND_PAGE = (
+    "<!doctype html><title>404 No site here</title><h1>No site at this address</h1>"
+    "<p>This router serves no site for this hostname. If it is yours, add it as a domain "
+    "of an environment (shipway domains add) and point its DNS here.</p>"
+)
 
 
 @dataclass(frozen=True)
@@ -17,6 +25,8 @@ class ConfigOptions:
     bind_host: str
     request_timeout_seconds: float = 60.0
     hard_stop_after_seconds: float = 300.0
+    http_port: int = 0  # the shared listeners of host-based routing (0: none)
+    https_port: int = 0
 
     @property
     def admin_socket(self) -> Path:
@@ -65,7 +75,57 @@ def render_config(state: DesiredState, options: ConfigOptions) -> str:
             "    balance roundrobin",
         ]
         lines += [f"    {server_line(server)}" for server in route_state.servers]
+    if options.http_port or options.https_port:
+        lines += _host_listeners(options)
     return "\n".join(lines) + "\n"
+
+
+def _host_listeners(options: ConfigOptions) -> list[str]:
+    """The shared HTTP/HTTPS listeners: backend by Host through a map; ACME challenge answers,
+    HTTPS redirects and HSTS from maps too (all changed at runtime, no reload)."""
+    files = HostFiles(options.directory)
+    bind = f"[{options.bind_host}]" if ":" in options.bind_host else options.bind_host
+    host = "req.hdr(host),field(1,:),lower"
+    token = f"path,field(4,/),map({files.acme_map})"
+    backend = f"{host},map({files.hosts_map})"
+    routing = [
+        f"    use_backend %[{backend}] if {{ {backend} -m found }}",
+        f"    default_backend {UNKNOWN_HOST}",
+    ]
+    lines: list[str] = []
+    if options.http_port:
+        https = "" if options.https_port == 443 else f":{options.https_port}"
+        lines += [
+            "",
+            "frontend fe_http",
+            f"    bind {bind}:{options.http_port}",
+            "    http-request return status 200 content-type text/plain "
+            f'lf-string "%[{token}]" if {{ path_beg /.well-known/acme-challenge/ }} '
+            f"{{ {token} -m found }}",
+        ]
+        if options.https_port:
+            lines.append(
+                f"    http-request redirect prefix https://%[{host}]{https} code 308 "
+                f"if {{ {host},map({files.redirect_map}) -m found }}"
+            )
+        lines += routing
+    if options.https_port:
+        lines += [
+            "",
+            "frontend fe_https",
+            f"    bind {bind}:{options.https_port} ssl crt-list {files.crt_list} alpn http/1.1",
+            f"    http-request set-var(txn.host) {host}",
+            '    http-response set-header Strict-Transport-Security "max-age=31536000" '
+            f"if {{ var(txn.host),map({files.hsts_map}) -m found }}",
+            "    http-request set-header X-Forwarded-Proto https",
+            *routing,
+        ]
+    return [
+        *lines,
+        "",
+        f"backend {UNKNOWN_HOST}",
+        f'    http-request return status 404 content-type text/html string "{NOT_FOUND_PAGE}"',
+    ]
 
 
 def server_line(server: Server) -> str:

@@ -26,6 +26,8 @@ from shipway.router.base import RouterError
 from shipway.router.runtime_api import MasterCLI, ProcStatus, RuntimeAPI
 
 _PR_SET_PDEATHSIG = 1
+# sun_path holds 107 bytes; HAProxy binds "<path>.<pid>.tmp" first, then renames it.
+MAX_SOCKET_PATH = 107 - len(".4194304.tmp")
 
 # A reload takes 50-100 ms: asking the master socket every 10 ms (a cheap local query)
 # notices it done about 20 ms sooner than every 50 ms; whoever changes routes waits on it.
@@ -321,3 +323,13 @@ def _die_with_parent() -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
     return preexec
+
+
+def check_directory(directory: Path) -> None:
+    """RouterError unless the folder can hold HAProxy's config and unix sockets."""
+    text = str(directory)
+    if any(c.isspace() or c in ",\"'#" for c in text):
+        raise RouterError(f"router folder {text!r} must not contain spaces, commas, quotes or #")
+    if len(str(directory / "master.sock")) > MAX_SOCKET_PATH:
+        limit = MAX_SOCKET_PATH - len("/master.sock")
+        raise RouterError(f"router folder {text!r} is too long for unix sockets (max {limit})")

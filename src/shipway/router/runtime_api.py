@@ -25,15 +25,20 @@ class UnixLineClient:
     def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
         self.path, self.timeout = path, timeout
 
-    def send(self, command: str) -> str:
-        """The raw answer to ``command``; RouterError if the socket cannot be reached."""
+    def send(self, command: str, *, payload: str | None = None) -> str:
+        """The raw answer to ``command`` (with a multi-line ``payload``, as ``set ssl cert``
+        takes: ``<command> <<``, the lines, an empty line); RouterError if unreachable."""
         if "\n" in command or "\r" in command:
             raise RouterError("a runtime API command is one line", command=command)
+        message = command.encode() + b"\n"
+        if payload is not None:
+            body = "\n".join(line for line in payload.splitlines() if line.strip())
+            message = f"{command} <<\n{body}\n\n".encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(self.timeout)
                 conn.connect(str(self.path))
-                conn.sendall(command.encode() + b"\n")
+                conn.sendall(message)
                 conn.shutdown(socket.SHUT_WR)
                 chunks = []
                 while chunk := conn.recv(65536):

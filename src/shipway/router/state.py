@@ -21,7 +21,7 @@ from shipway.router.base import Route, RouterError, Server
 
 STATE_FILE = "state.json"
 LOCK_FILE = "router.lock"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added hosts; a version 1 file reads as having none
 
 
 @dataclass
@@ -55,10 +55,23 @@ class RouteState:
 
 
 @dataclass
+class HostTable:
+    """Host-based routing on the shared listeners: which route each hostname goes to, which
+    hostnames have a certificate installed (its PEM lives in ``certs/``, mode 0600; here
+    only its fingerprint), and which redirect to HTTPS or send HSTS."""
+
+    routes: dict[str, str] = field(default_factory=dict)  # hostname → route key, in order
+    certificates: dict[str, str] = field(default_factory=dict)  # hostname → sha256 of PEM
+    redirects: list[str] = field(default_factory=list)
+    hsts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DesiredState:
-    """Every route by key."""
+    """Every route by key, and the hostnames routed to them."""
 
     routes: dict[str, RouteState] = field(default_factory=dict)
+    hosts: HostTable = field(default_factory=HostTable)
 
     def route(self, key: str) -> RouteState:
         """The route ``key``, or RouterError if it does not exist."""
@@ -82,12 +95,13 @@ class DesiredState:
                 }
                 for key, route in sorted(self.routes.items())
             },
+            "hosts": asdict(self.hosts),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DesiredState:
         """Parse what ``to_json`` wrote."""
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in (1, FORMAT_VERSION):
             raise RouterError(f"unknown router state version {data.get('version')!r}")
         return cls(
             routes={
@@ -96,7 +110,8 @@ class DesiredState:
                     servers=[Server(**s) for s in route["servers"]],
                 )
                 for key, route in data["routes"].items()
-            }
+            },
+            hosts=HostTable(**data.get("hosts", {})),
         )
 
 
