@@ -30,12 +30,14 @@ def test_the_periodic_registry_holds_every_loop_of_the_relay_process() -> None:
     assert lanes == {
         "relay": "relay",
         "router-watch": "relay",
+        "host-routing": "relay",
         "image-gc": "relay",
         "health-monitor": "health-monitor",
         "auto-promote": "auto-promote",
+        "certificates": "certificates",
     }
     names = [task.name for task in periodic.tasks() if task.lane == "relay"]
-    assert names == ["relay", "router-watch", "image-gc"]  # whatever the import order
+    assert names == ["relay", "router-watch", "host-routing", "image-gc"]  # any import order
 
 
 def _task(

@@ -9,6 +9,8 @@ before it enqueues, runs or dispatches a job.
 from __future__ import annotations
 
 import shipway.builds.publish
+import shipway.domains.renewal
+import shipway.domains.routing
 import shipway.jobs.relay
 import shipway.releases.autopromote
 import shipway.releases.compensation

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     certificate_renew_before_days: float = Field(
         default=30.0, description="Renew a certificate this long before it expires."
     )
+    certificate_check_seconds: float = Field(
+        default=5.0, description="How often the relay looks for certificates to issue or renew."
+    )
     router_daemon: bool = Field(
         default=True, description="HAProxy outlives shipway (else it dies with its parent)."
     )

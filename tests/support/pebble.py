@@ -172,7 +172,8 @@ class Pebble:
                 tails.append(f"--- {name}.log\n" + "\n".join(text))
         return "\n".join(tails)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_files: bool = False) -> None:
+        """Stop both servers (``keep_files``: "the CA is down", its CA file stays trusted)."""
         for process in reversed(self._processes):
             if process.poll() is None:
                 process.terminate()
@@ -182,4 +183,5 @@ class Pebble:
                     process.kill()
                     process.wait(timeout=10)
         self._processes.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not keep_files:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -56,18 +56,24 @@ def ensure_generated(
     )
     if session.get(Domain, hostname) is not None:  # another deployment's tail clashed
         hostname = f"{environment.name}.{deployment.id.replace('_', '-').lower()}.{apps_domain}"
-    domain = _insert(
-        session,
-        Domain(
-            hostname=hostname,
-            workspace_id=deployment.workspace_id,
-            deployment_id=deployment.id,
-            environment_id=environment.id,
-            kind=GENERATED,
-            created_by="shipway",
-            created_at=utcnow(),
-        ),
-    )
+    try:
+        domain = _insert(
+            session,
+            Domain(
+                hostname=hostname,
+                workspace_id=deployment.workspace_id,
+                deployment_id=deployment.id,
+                environment_id=environment.id,
+                kind=GENERATED,
+                created_by="shipway",
+                created_at=utcnow(),
+            ),
+        )
+    except Conflict:  # made at the same moment by the relay or another request
+        made = session.get(Domain, hostname)
+        if made is None or made.environment_id != environment.id:
+            raise
+        return made
     if acme:
         request_certificate(session, domain=domain)
     return domain

@@ -139,6 +139,10 @@ class HostRouting:
             self._del_map(self.files.acme_map, token)
             self.api.change(f"add map {self.files.acme_map} {token} {key_authorization}")
 
+    def publish(self, token: str, key_authorization: str) -> None:
+        """``challenge`` under the name the ACME issuer's ChallengeBoard uses."""
+        self.challenge(token, key_authorization)
+
     def withdraw(self, token: str) -> None:
         """Stop answering the challenge ``token``."""
         _check_token(token)
