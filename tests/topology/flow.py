@@ -64,13 +64,21 @@ def publish_promote_rollback(
     job_timeout: float = 300,
     report: Callable[[str], None] = print,
     created: Callable[[str], None] = lambda deployment: None,
+    replicas: int = 1,
+    promoted: Callable[[str], None] = lambda deployment: None,
 ) -> tuple[str, str]:
     """The whole path; returns the deployment id and its public URL (which answers v1
-    again at the end). ``created`` is told the deployment id first (for cleaning up)."""
+    again at the end). ``created`` is told the deployment id first (for cleaning up),
+    ``promoted`` once v1 serves (to look at its replicas)."""
     made = api.call("POST", "/api/v1/deployments", json={"name": "site", "kind": "static"})
     assert made.status_code == 201, made.text
     deployment = str(made.json()["id"])
     created(deployment)
+    if replicas != 1:
+        patched = api.call(
+            "PATCH", f"/api/v1/deployments/{deployment}", json={"replicas": replicas}
+        )
+        assert patched.status_code == 200, patched.text
 
     def step(name: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         started = time.monotonic()
@@ -101,6 +109,7 @@ def publish_promote_rollback(
     url = str(environments[0]["public_url"])
     answers(url, "version one")
     report(f"promoted v1: {url} answers it")
+    promoted(deployment)
     v2 = publish("version two")
     promote(v2, "version two")
     answers(url, "version two")

@@ -24,7 +24,7 @@ from tests.test_compose import compose_cli
 from tests.topology.flow import Api, publish_promote_rollback
 from tests.topology.ports import free_port_range
 
-pytestmark = pytest.mark.topology
+pytestmark = [pytest.mark.topology, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 UP_TIMEOUT = 240
