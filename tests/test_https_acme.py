@@ -6,6 +6,7 @@ redirects; an ACME failure is classified and never takes the site down."""
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +34,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 @pytest.fixture
 def ca(shipway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[pebble.Pebble]:
+    """pebble issuing 1-hour certificates, the router's listeners on, ACME configured."""
     http_port, https_port = free_port(), free_port()
-    with pebble.Pebble(http_port=http_port) as running:
+    with pebble.Pebble(http_port=http_port, validity_seconds=3600) as running:
         for name, value in {
             "SHIPWAY_ROUTER_HTTP_PORT": str(http_port),
             "SHIPWAY_ROUTER_HTTPS_PORT": str(https_port),
@@ -141,3 +143,62 @@ def test_an_environment_is_served_over_https_with_certificates_from_the_ca(
     )  # routed over plain HTTP meanwhile
     answer = fetch(f"https://127.0.0.1:{settings.router_https_port}/", generated, root)
     assert answer.text == "test site\n"
+
+
+def test_a_renewal_under_traffic_fails_no_request(
+    client: TestClient,
+    deployment: dict[str, Any],
+    make_version: VersionFactory,
+    ca: pebble.Pebble,
+) -> None:
+    """A short-lived certificate (1 h) is renewed while HTTPS requests flow: none fails, and
+    the new certificate is served afterwards."""
+    from datetime import timedelta
+
+    from shipway.db import transaction
+    from shipway.domains.models import Certificate
+    from shipway.ids import utcnow
+
+    settings = get_settings()
+    version = make_version(deployment["id"], "ready")
+    assert run(accepted(promote(client, deployment, version, "renew-1"))["job"]["id"]) == (
+        "succeeded"
+    )
+    relay_passes()
+    generated, row = next(iter(domains(client, deployment).items()))
+    first = row["certificate"]
+    assert first["status"] == "issued"
+    # Renewal is due at two thirds of the hour; make it due now, as if 40 minutes passed.
+    with transaction() as session:
+        certificate = session.get(Certificate, generated)
+        assert certificate is not None and certificate.next_attempt_at is not None
+        assert certificate.next_attempt_at - utcnow() > timedelta(minutes=35)
+        certificate.next_attempt_at = utcnow()
+    root = ca.root_pem()
+    url = f"https://127.0.0.1:{settings.router_https_port}/"
+    failures: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                answer = fetch(url, generated, root)
+                assert answer.text == "test site\n"
+                served += 1
+            except (httpx.HTTPError, AssertionError) as error:
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        report = relay_passes()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert report is not None and report.issued == [generated]
+    assert failures == [] and served > 0
+    renewed = domains(client, deployment)[generated]["certificate"]
+    assert renewed["not_after"] > first["not_after"]
+    assert fetch(url, generated, root).status_code == 200

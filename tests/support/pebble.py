@@ -51,6 +51,7 @@ class Pebble:
     """pebble + pebble-challtestsrv on free loopback ports (see the module)."""
 
     http_port: int
+    validity_seconds: int = 0  # of the certificates it issues (0: pebble's default, 5 years)
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="shipway-pebble-")))
     env: dict[str, str] = field(default_factory=dict)
     acme_port: int = 0
@@ -117,6 +118,8 @@ class Pebble:
                 "externalAccountBindingRequired": False,
             }
         }
+        if self.validity_seconds:
+            config["pebble"]["certificateValidityPeriod"] = self.validity_seconds
         (self.folder / "pebble.json").write_text(json.dumps(config, indent=2))
         env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", **self.env}
         self._spawn(
