@@ -8,6 +8,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from tests.conftest import VersionFactory, auth
 from tests.support import pebble
 from tests.support.services import free_port
 from tests.test_api_promote import accepted, promote, run
+from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.skipif(pebble.available() is not None, reason=str(pebble.available()))
 
@@ -143,6 +145,15 @@ def test_an_environment_is_served_over_https_with_certificates_from_the_ca(
     )  # routed over plain HTTP meanwhile
     answer = fetch(f"https://127.0.0.1:{settings.router_https_port}/", generated, root)
     assert answer.text == "test site\n"
+
+    samples = scrape(client)
+    issued = rows[generated]["certificate"]["not_after"]
+    expiry = value(
+        samples, "shipway_certificate_expiry_timestamp_seconds", hostname=generated, source="acme"
+    )
+    assert expiry == datetime.fromisoformat(issued.replace("Z", "+00:00")).timestamp()
+    assert value(samples, "shipway_certificate_failures", reason="acme_unreachable") == 1
+    assert value(samples, "shipway_certificates", status="issued") == 2
 
 
 def test_a_renewal_under_traffic_fails_no_request(

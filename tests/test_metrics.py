@@ -62,6 +62,9 @@ def test_exposes_every_metric_with_its_type(client: TestClient, make_token: Toke
         "shipway_releases": "gauge",
         "shipway_rollbacks": "counter",
         "shipway_canary_aborts": "counter",
+        "shipway_certificate_expiry_timestamp_seconds": "gauge",
+        "shipway_certificates": "gauge",
+        "shipway_certificate_failures": "gauge",
     }
 
 

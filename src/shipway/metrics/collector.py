@@ -38,6 +38,7 @@ from shipway.ids import utcnow
 from shipway.jobs import handlers
 from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
+from shipway.metrics.certificates import certificate_metrics, read_certificates
 from shipway.queue import queries as queue
 from shipway.workers_registry import service as registry
 
@@ -268,9 +269,11 @@ class ShipwayCollector(Collector):
         with self.lock, self.maker() as session, session.begin():
             finished = self._finished(session, now=now)
             snapshot = read_snapshot(session, now=now)
+            certificates = read_certificates(session)
         yield from _job_metrics(finished, snapshot)
         yield from _queue_metrics(snapshot)
         yield from _release_metrics(snapshot)
+        yield from certificate_metrics(certificates)
 
 
 def _job_metrics(finished: FinishedTotals, snapshot: Snapshot) -> Iterable[Metric]:
