@@ -109,28 +109,29 @@ def test_another_workspace_cannot_see_take_or_remove_a_domain(
     assert "mine.example.com" in [row["hostname"] for row in listed(client, deployment)]
 
 
-@pytest.mark.parametrize(
-    "hostname",
-    [
-        "localhost",
-        "127.0.0.1",
-        "*.example.com",
-        "-bad.example.com",
-        "bad_.example.com",
-        "a..example.com",
-        "exämple.com",
-        "x" * 64 + ".example.com",
-        "example.123",
-        "production.site-abc.shipway.localhost",
-        "",
-    ],
-)
+BAD_HOSTNAMES = [
+    "localhost",
+    "127.0.0.1",
+    "*.example.com",
+    "-bad.example.com",
+    "bad_.example.com",
+    "a..example.com",
+    "exämple.com",
+    "x" * 64 + ".example.com",
+    "example.123",
+    "production.site-abc.shipway.localhost",
+    "",
+]
+
+
 def test_a_bad_hostname_is_a_422_and_adds_nothing(
-    client: TestClient, deployment: dict[str, Any], hostname: str
+    client: TestClient, deployment: dict[str, Any]
 ) -> None:
     listed(client, deployment)  # the generated row exists before
     before = domain_rows()
-    assert_error(add(client, deployment, hostname), 422)
+    for hostname in BAD_HOSTNAMES:
+        error = assert_error(add(client, deployment, hostname), 422)
+        assert hostname in str(error) or not hostname, error
     assert domain_rows() == before
 
 
