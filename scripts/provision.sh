@@ -102,6 +102,9 @@ browser=(chromium chromium-driver)
 # namespaces (ip, nsenter, unshare) and Debian's registry (Distribution 2.8). Its package
 # enables a system service on :5000; the harness runs its own registry and never uses it.
 cluster=(docker-registry iproute2 util-linux)
+# The production topologies (make images, make test-topology): Debian's docker-compose 1.29
+# runs docker-compose.yml; debootstrap makes the images' Debian base without a registry.
+topology=(docker-compose debootstrap)
 # An ACME test server (RFC 8555) and its mock DNS, for automatic HTTPS (tests, demo).
 tls=(pebble)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
@@ -151,6 +154,15 @@ for pkg in "${cluster[@]}"; do
     changed "$pkg" "installed"
   else
     warn "$pkg" "could not be installed (the cluster tests will be skipped)"
+  fi
+done
+for pkg in "${topology[@]}"; do
+  if has_package "$pkg"; then
+    say "$pkg" "already present"
+  elif apt_install "$pkg" && has_package "$pkg"; then
+    changed "$pkg" "installed"
+  else
+    warn "$pkg" "could not be installed (make images / make test-topology need it)"
   fi
 done
 
