@@ -111,10 +111,11 @@ def test_an_environment_is_served_over_https_with_certificates_from_the_ca(
         assert certificate["next_attempt_at"] > certificate["not_before"]
 
     root = ca.root_pem()
-    public = client.get(
+    production = client.get(
         f"/api/v1/deployments/{deployment['id']}", headers=auth(deployment["token"])
-    ).json()["environments"][0]["public_url"]
-    assert public == f"https://{generated}:{settings.router_https_port}"
+    ).json()["environments"][0]
+    assert production["public_url"] == f"https://{generated}:{settings.router_https_port}"
+    assert httpx.get(production["route_url"]).text == "test site\n"  # its own port, plain
     for host in (generated, "shop.example.test"):
         url = f"https://127.0.0.1:{settings.router_https_port}/"
         answer = fetch(url, host, root)  # chain verified against pebble's root, by SNI

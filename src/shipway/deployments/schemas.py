@@ -117,7 +117,14 @@ class EnvironmentRead(BaseModel):
     release_id: str | None
     status: str | None
     replicas: int
-    public_url: str | None = Field(description="Router address (null until a router serves it)")
+    public_url: str | None = Field(
+        description="Router address: https://<hostname> once a hostname of the environment has "
+        "a certificate, else route_url (null until a router serves it)"
+    )
+    route_url: str | None = Field(
+        default=None,
+        description="The environment's own port on the router (plain HTTP, no Host needed)",
+    )
     policy: dict[str, Any] = Field(
         default_factory=dict,
         description="The environment's policy, defaults filled in (see docs/policies.md)",

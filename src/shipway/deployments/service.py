@@ -253,6 +253,7 @@ def environments_of(session: Session, *, deployment_id: str) -> list[Environment
             status=release.status if release else None,
             replicas=release.replicas if release else 0,
             public_url=public_url(deployment_id, env.name),
+            route_url=public_url(deployment_id, env.name, own_port=True),
             policy=dump_policy(parse_policy(env.policy)),
         )
         for env, release, version in rows

@@ -182,3 +182,7 @@ class Router(Protocol):
     def public_url(self, key: str) -> str:
         """The URL clients use to reach the route."""
         ...
+
+    def route_url(self, key: str) -> str:
+        """The route's own address (its port), whatever hostnames it also has."""
+        ...

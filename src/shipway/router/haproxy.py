@@ -120,13 +120,11 @@ class HAProxyRouter:
         with locked(self.directory):
             self.process.stop(graceful=graceful, timeout=timeout)
 
-    def restart(self) -> None:
-        """Stop and start again from the saved desired state (drops open connections)."""
+    def restart(self) -> None:  # from the saved desired state (drops open connections)
         self.stop()
         self.start()
 
     def is_running(self) -> bool:
-        """Whether this router's HAProxy is alive."""
         return self.process.is_running()
 
     def reload(self) -> None:
@@ -175,10 +173,12 @@ class HAProxyRouter:
             self._apply_config(state)
 
     def public_url(self, key: str) -> str:
-        """``https://hostname`` once a hostname of the route has a certificate, else the
-        route's own ``http://host:port``."""
-        if (by_host := self.hosts.url(key)) and by_host.startswith("https://"):
-            return by_host
+        """``https://hostname`` once a hostname of the route has a certificate, else its port."""
+        by_host = self.hosts.url(key)
+        return by_host if by_host and by_host.startswith("https://") else self.route_url(key)
+
+    def route_url(self, key: str) -> str:
+        """The route's own address, ``http://host:port`` (its port-per-environment frontend)."""
         with locked(self.directory):
             port = load_state(self.directory).route(key).listen_port
         host = self.public_host or self.bind_host
