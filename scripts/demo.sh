@@ -117,6 +117,12 @@ stop_haproxy() { # stop_haproxy DATA_DIR: the HAProxy master (and its workers) o
   echo "stopped HAProxy (pid $pid, $cfg)"
 }
 
+stop_pid() { # stop_pid PID TEXT: SIGTERM that process if its command line still holds TEXT
+  process_matches "$1" "$2" || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  echo "stopped $2 (pid $1)"
+}
+
 stop_registry() { # stop_registry PID: the demo's docker-registry, if that pid still is one
   local pid=$1
   process_matches "$pid" docker-registry || return 0
@@ -160,6 +166,7 @@ clean_up() { # clean_up DATA_DIR: everything a run recorded in DATA_DIR/cleanup.
     while read -r kind value; do
       [ "$kind" = deployment ] && remove_docker_objects "$value"
       [ "$kind" = registry ] && stop_registry "$value"
+      [ "$kind" = pebble ] && stop_pid "$value" pebble
     done <"$list"
     rm -f "$list"
   fi
@@ -473,6 +480,52 @@ JSON
   remember "image registry: $REGISTRY_URL (images under $SHIPWAY_REGISTRY)"
 fi
 
+ACME_ROOT=""
+if [ "${SHIPWAY_DEMO_HTTPS:-1}" = 1 ] && command -v pebble >/dev/null 2>&1 &&
+  command -v pebble-challtestsrv >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 &&
+  [ -z "${SHIPWAY_ACME_DIRECTORY_URL:-}" ]; then
+  step "Start an ACME server (Debian's pebble, with its mock DNS) and turn on host routing + HTTPS"
+  free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  HTTP_PORT=$(free_port)
+  HTTPS_PORT=$(free_port)
+  ACME_PORT=$(free_port)
+  ACME_MGMT=$(free_port)
+  DNS_PORT=$(free_port)
+  mkdir -p "$DATA/pebble"
+  # pebble's own HTTPS listener: a throwaway self-signed certificate for 127.0.0.1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$DATA/pebble/key.pem" -out "$DATA/pebble/cert.pem" >/dev/null 2>&1 ||
+    fail "openssl could not make pebble's listener certificate"
+  cat >"$DATA/pebble/pebble.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$ACME_PORT", "managementListenAddress": "127.0.0.1:$ACME_MGMT",
+ "certificate": "$DATA/pebble/cert.pem", "privateKey": "$DATA/pebble/key.pem",
+ "httpPort": $HTTP_PORT, "tlsPort": $(free_port), "ocspResponderURL": "",
+ "externalAccountBindingRequired": false}}
+JSON
+  setsid pebble-challtestsrv -dns01 "127.0.0.1:$DNS_PORT" -http01 "" -https01 "" -tlsalpn01 "" \
+    -management "127.0.0.1:$(free_port)" -defaultIPv4 127.0.0.1 -defaultIPv6 "" \
+    >"$DATA/pebble/challtestsrv.log" 2>&1 </dev/null &
+  echo "pebble $!" >>"$LEFTOVERS"
+  PEBBLE_VA_NOSLEEP=1 setsid pebble -config "$DATA/pebble/pebble.json" -dnsserver "127.0.0.1:$DNS_PORT" \
+    >"$DATA/pebble/pebble.log" 2>&1 </dev/null &
+  echo "pebble $!" >>"$LEFTOVERS"
+  deadline=$((SECONDS + 20))
+  until curl -fsS --max-time 2 --cacert "$DATA/pebble/cert.pem" "https://127.0.0.1:$ACME_PORT/dir" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "pebble did not answer (log: $DATA/pebble/pebble.log)"
+    sleep 0.2
+  done
+  curl -fsS --cacert "$DATA/pebble/cert.pem" "https://127.0.0.1:$ACME_MGMT/roots/0" >"$DATA/pebble/root.pem" ||
+    fail "pebble's root certificate could not be read"
+  ACME_ROOT=$DATA/pebble/root.pem
+  export SHIPWAY_ROUTER_HTTP_PORT=$HTTP_PORT SHIPWAY_ROUTER_HTTPS_PORT=$HTTPS_PORT
+  export SHIPWAY_ACME_DIRECTORY_URL=https://127.0.0.1:$ACME_PORT/dir SHIPWAY_ACME_CA_BUNDLE=$DATA/pebble/cert.pem
+  info "ACME directory $SHIPWAY_ACME_DIRECTORY_URL (it validates HTTP-01 on port $HTTP_PORT; its mock DNS says 127.0.0.1)"
+  info "\$ export SHIPWAY_ROUTER_HTTP_PORT=$HTTP_PORT SHIPWAY_ROUTER_HTTPS_PORT=$HTTPS_PORT SHIPWAY_ACME_DIRECTORY_URL=..."
+  info "=> every environment also answers at https://<environment>.<deployment>-<id>.shipway.localhost:$HTTPS_PORT"
+  info "   once pebble issued its certificate (pebble's root, to trust it: $ACME_ROOT); SHIPWAY_DEMO_HTTPS=0 skips this"
+fi
+
 step "Start 'shipway up' (embedded: SQLite + filesystem Celery transport; API, relay and one worker)"
 setsid "$BIN/shipway" up >"$LOG" 2>&1 </dev/null &
 SERVER_PID=$!
@@ -573,12 +626,35 @@ else
     '[e["status"] for e in d["environments"] if e["name"] == "production"] == ["ACTIVE"]'
   call 200 GET "/api/v1/deployments/$DEPLOYMENT" "" \
     '"\n".join("%s: version %s, release %s %s, %s replicas, public_url %s" % (e["name"], e["active_version_number"], e["release_id"], e["status"], e["replicas"], e["public_url"]) for e in d["environments"])'
-  PUBLIC_URL=$(json "$RESPONSE" '[e["public_url"] for e in d["environments"] if e["name"] == "production"][0] or ""')
+  # route_url: production's own port (plain HTTP); public_url turns https once a certificate exists
+  PUBLIC_URL=$(json "$RESPONSE" '[e["route_url"] for e in d["environments"] if e["name"] == "production"][0] or ""')
   [ -n "$PUBLIC_URL" ] || fail "production has no public_url after its promote"
 
   step "Ask production which version answers (through HAProxy)"
   curl_public v1
   remember "v1 published with promote_to=production (2 replicas): $PUBLIC_URL answered v1"
+
+  if [ -n "$ACME_ROOT" ]; then
+    step "HTTPS: production's generated hostname, with a certificate issued by the ACME server"
+    info "the relay gave production a hostname, asked pebble for a certificate (HTTP-01, answered by HAProxy)"
+    info "and installed it in the running HAProxy through its runtime API (no reload); waiting for it ..."
+    wait_until "$JOB_TIMEOUT" "/api/v1/deployments/$DEPLOYMENT/environments/production/domains" \
+      'd["data"] and all((r["certificate"] or {}).get("status") == "issued" for r in d["data"])'
+    call 200 GET "/api/v1/deployments/$DEPLOYMENT/environments/production/domains" "" \
+      '"\n".join("%s (%s): certificate %s by %s until %s" % (r["hostname"], r["kind"], r["certificate"]["status"], r["certificate"]["issuer"], r["certificate"]["not_after"]) for r in d["data"])'
+    HOSTNAME_URL=https://$(json "$RESPONSE" 'd["data"][0]["hostname"]'):$HTTPS_PORT
+    info "\$ curl -sS --cacert $ACME_ROOT $HOSTNAME_URL/   (curl resolves *.localhost to 127.0.0.1 itself)"
+    answer=$(curl -sS --max-time "$HTTP_TIMEOUT" --cacert "$ACME_ROOT" "$HOSTNAME_URL/" | grep -o 'id="version">[^<]*' | cut -d '>' -f 2 || true)
+    [ "$answer" = v1 ] || fail "$HOSTNAME_URL answered '$answer', expected v1"
+    info "=> v1 answers over HTTPS, the chain verified against pebble's root"
+    HTTP_HOST_URL=http://${HOSTNAME_URL#https://}
+    HTTP_HOST_URL=${HTTP_HOST_URL%:*}:$HTTP_PORT
+    info "\$ curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' $HTTP_HOST_URL/"
+    info "$(curl -sS -o /dev/null -w '%{http_code} -> %{redirect_url}' --max-time "$HTTP_TIMEOUT" "$HTTP_HOST_URL/")"
+    call 200 GET "/api/v1/deployments/$DEPLOYMENT" "" \
+      '"\n".join("%s: public_url %s, route_url %s" % (e["name"], e["public_url"], e["route_url"]) for e in d["environments"])'
+    remember "HTTPS: $HOSTNAME_URL answered v1 with a certificate from pebble (root: $ACME_ROOT)"
+  fi
 
   step "Cancel: a job that already ended cannot be cancelled (HTTP 409, the one error shape)"
   call 409 POST "/api/v1/jobs/$PROMOTE1/cancel"
