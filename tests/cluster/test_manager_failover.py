@@ -242,4 +242,5 @@ def test_the_leader_killed_mid_rollout_ends_it_cleanly_with_nothing_doubled(
         f"later; DB, Swarm and HAProxy agree {agreed:.1f}s after the kill; {failovers} manager "
         f"failover(s) logged; {answers.count(expected)} of 100 requests answered {expected!r}"
     )
+    assert failovers >= 1  # the worker or the relay did move to another manager
     assert answers == [expected] * 100
