@@ -147,6 +147,15 @@ def test_an_environment_is_served_over_https_with_certificates_from_the_ca(
     answer = fetch(f"https://127.0.0.1:{settings.router_https_port}/", generated, root)
     assert answer.text == "test site\n"
 
+    queue = client.get("/api/v1/queue", headers=auth(deployment["token"])).json()
+    attention = {row["hostname"]: row for row in queue["certificates"]}
+    assert {host: row["why"] for host, row in attention.items()} == {
+        "late.example.test": "failing",
+        generated: "expiring",  # pebble issues 1-hour certificates here: within 14 days
+        "shop.example.test": "expiring",
+    }
+    assert attention["late.example.test"]["certificate"]["failure_reason"] == "acme_unreachable"
+
     samples = scrape(client)
     issued = rows[generated]["certificate"]["not_after"]
     expiry = value(

@@ -68,3 +68,14 @@ class DomainList(BaseModel):
     """Every hostname of an environment, the generated one first."""
 
     data: list[DomainRead]
+
+
+class CertificateAttention(BaseModel):
+    """A hostname whose certificate needs an operator's eye: its last issuance or renewal
+    failed, or it expires soon."""
+
+    hostname: str
+    deployment_id: str
+    environment: str
+    why: Literal["failing", "expiring"]
+    certificate: CertificateRead

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shipway.catalog.models import Environment
 from shipway.domains.models import Certificate, Domain
 from shipway.domains.pem import CertificateFacts, check_uploaded, facts_of
 from shipway.ids import utcnow
@@ -136,3 +137,28 @@ def _store(
     row.fullchain_pem, row.key_pem = fullchain_pem, key_pem
     row.issuer, row.not_before, row.not_after = facts.issuer, facts.not_before, facts.not_after
     row.attempts, row.failure_reason, row.failure_diagnostics = 0, None, None
+
+
+EXPIRING_WITHIN = timedelta(days=14)
+
+
+def needing_attention(
+    session: Session, *, workspace_id: str, now: datetime, limit: int = 50
+) -> list[tuple[Certificate, Domain, str]]:
+    """The workspace's certificates that failed their last attempt or expire within 14 days,
+    with their domain and environment name, the soonest expiry first."""
+    rows = session.execute(
+        select(Certificate, Domain, Environment.name)
+        .join(Domain, Domain.hostname == Certificate.hostname)
+        .join(Environment, Environment.id == Domain.environment_id)
+        .where(
+            Certificate.workspace_id == workspace_id,
+            or_(
+                Certificate.failure_reason.isnot(None),
+                Certificate.not_after < now + EXPIRING_WITHIN,
+            ),
+        )
+        .order_by(Certificate.not_after, Certificate.hostname)
+        .limit(limit)
+    ).all()
+    return [(certificate, domain, name) for certificate, domain, name in rows]

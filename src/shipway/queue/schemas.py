@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shipway.domains.schemas import CertificateAttention
 from shipway.schemas import Timestamp
 
 StuckReason = Literal["lease_expired", "deadline_passed", "queued_too_long"]
@@ -166,3 +167,8 @@ class QueueView(BaseModel):
     stuck: list[StuckJob]
     failures_last_hour: list[FailureGroup]
     rollouts: list[RolloutLine]
+    certificates: list[CertificateAttention] = Field(
+        default_factory=list,
+        description="Certificates whose last issuance or renewal failed, or that expire "
+        "within 14 days (the site keeps serving meanwhile)",
+    )

@@ -16,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
+from shipway.domains.schemas import CertificateAttention, CertificateRead
+from shipway.domains.tls import needing_attention
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.queue.queries import (
@@ -218,4 +220,22 @@ def queue_view(session: Session, *, viewer: Viewer, now: datetime | None = None)
         rollouts=_rollout_lines(
             running, waiting_rollouts(session, workspace_id=workspace_id), now=now
         ),
+        certificates=_certificates(session, workspace_id=workspace_id, now=now),
     )
+
+
+def _certificates(
+    session: Session, *, workspace_id: str, now: datetime
+) -> list[CertificateAttention]:
+    return [
+        CertificateAttention(
+            hostname=domain.hostname,
+            deployment_id=domain.deployment_id,
+            environment=environment,
+            why="failing" if certificate.failure_reason else "expiring",
+            certificate=CertificateRead.model_validate(certificate),
+        )
+        for certificate, domain, environment in needing_attention(
+            session, workspace_id=workspace_id, now=now
+        )
+    ]

@@ -503,6 +503,8 @@
       el("div", { testid: "workers" }),
       el("h2", {}, "Failures in the last hour"),
       el("div", { testid: "failures" }),
+      el("h2", {}, "Certificates needing attention"),
+      el("div", { testid: "certificates" }),
     );
     main().replaceChildren(root);
     poll(current, async (signal) => {
@@ -670,6 +672,29 @@
           ),
         ),
         { testid: "failures-table", emptyText: "no failure in the last hour" },
+      ),
+    );
+
+    fill(
+      root,
+      "certificates",
+      table(
+        ["hostname", "deployment", "why", "status", "reason", "what to do", "expires", "next attempt"],
+        (q.certificates || []).map((c) =>
+          el(
+            "tr",
+            { class: c.certificate.status === "failed" ? "bad" : "", testid: `certificate-${c.hostname}` },
+            el("td", { class: "mono" }, c.hostname),
+            el("td", {}, deploymentLink(c.deployment_id), ` / ${c.environment}`),
+            el("td", {}, badge(c.why)),
+            el("td", {}, badge(c.certificate.status)),
+            el("td", {}, c.certificate.failure_reason ? el("code", {}, c.certificate.failure_reason) : "—"),
+            el("td", { class: "small" }, (c.certificate.failure_diagnostics || {}).action || "—"),
+            el("td", {}, when(c.certificate.not_after)),
+            el("td", {}, when(c.certificate.next_attempt_at)),
+          ),
+        ),
+        { testid: "certificates-table", emptyText: "every certificate is fine" },
       ),
     );
   }
