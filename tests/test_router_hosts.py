@@ -5,17 +5,19 @@ challenge answers."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from shipway.router import HAProxyRouter, Route, RouterError
+from shipway.router import HAProxyRouter, Route, RouterError, Server
 from shipway.router.hosts import WantedHosts
 from tests.support.certs import ThrowawayCA
 from tests.support.services import free_port
@@ -213,3 +215,81 @@ def _peer_der(router: HAProxyRouter, host: str) -> bytes:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return der
+
+
+class PortEcho:
+    """One asyncio loop listening on many ports; each answers its own port number."""
+
+    def __init__(self, count: int) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.ports: list[int] = []
+        self.servers: list[Any] = []
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._listen(count), self.loop).result(timeout=60)
+
+    async def _listen(self, count: int) -> None:
+        import asyncio
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            port = writer.get_extra_info("sockname")[1]
+            while await reader.readline() not in (b"\r\n", b""):
+                pass
+            body = str(port).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                         % (len(body), body))  # fmt: skip
+            await writer.drain()
+            writer.close()
+
+        for _ in range(count):
+            server = await asyncio.start_server(answer, "127.0.0.1", 0)
+            self.servers.append(server)
+            self.ports.append(server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        for server in self.servers:
+            self.loop.call_soon_threadsafe(server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_thousand_environments_on_one_listener_each_reach_their_own_replica() -> None:
+    """1,000 routes, 1,000 hostnames on the one HTTP listener: every hostname reaches its own
+    server (none another's), and adding the 1,000 hostnames is no reload."""
+    count = 1000
+    echo = PortEcho(count)
+    folder = Path(tempfile.mkdtemp(prefix="swk-"))
+    low = random.randrange(33000, 58000, 100)
+    router = HAProxyRouter(
+        folder / "router",
+        port_range=(low, low + 1199),
+        daemon=False,
+        http_port=free_port(),
+        https_port=free_port(),
+    )
+    try:
+        router.start()
+        keys = [f"dep_{i:04d}--production" for i in range(count)]
+        router.sync(
+            {
+                Route(k): [Server("r1", "127.0.0.1", p)]
+                for k, p in zip(keys, echo.ports, strict=True)
+            }
+        )
+        before = reloads(router)
+        hosts = {f"production.app-{i:04d}.shipway.localhost": k for i, k in enumerate(keys)}
+        router.hosts.sync(WantedHosts(routes=hosts))
+        assert reloads(router) == before
+        wrong = {}
+        with httpx.Client(timeout=10) as client:
+            for host, port in zip(hosts, echo.ports, strict=True):
+                answer = client.get(
+                    f"http://127.0.0.1:{router.options.http_port}/", headers={"Host": host}
+                )
+                if answer.text != str(port):
+                    wrong[host] = (answer.status_code, answer.text[:40])
+        assert wrong == {}
+    finally:
+        router.stop()
+        echo.close()
+        shutil.rmtree(folder, ignore_errors=True)
