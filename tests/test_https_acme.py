@@ -124,6 +124,19 @@ def test_an_environment_is_served_over_https_with_certificates_from_the_ca(
         assert plain.status_code == 308
         assert plain.headers["location"] == f"https://{host}:{settings.router_https_port}/x"
 
+    # The environment's policy: no redirect, HSTS on.
+    policy = client.put(
+        f"/api/v1/deployments/{deployment['id']}/environments/production/policy",
+        json={"https": {"redirect": False, "hsts": True}},
+        headers=auth(deployment["token"]),
+    )
+    assert policy.status_code == 200, policy.text
+    relay_passes()
+    plain = httpx.get(f"http://127.0.0.1:{settings.router_http_port}/", headers={"Host": generated})
+    assert plain.status_code == 200
+    secure = fetch(f"https://127.0.0.1:{settings.router_https_port}/", generated, root)
+    assert secure.headers["strict-transport-security"] == "max-age=31536000"
+
     # The CA goes away: a new domain fails, classified; the others keep serving.
     ca.stop(keep_files=True)
     client.post(

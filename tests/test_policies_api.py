@@ -25,6 +25,7 @@ FULL_POLICY = {
         "after_healthy_seconds": 600,
         "strategy": None,
     },
+    "https": {"redirect": False, "hsts": True},
 }
 DEFAULTS = {
     "strategy": None,
@@ -36,6 +37,7 @@ DEFAULTS = {
     },
     "auto_rollback_on_unhealthy": False,
     "auto_promote": None,
+    "https": {"redirect": True, "hsts": False},
 }
 
 

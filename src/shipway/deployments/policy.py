@@ -54,6 +54,22 @@ class AutoPromote(BaseModel):
     )
 
 
+class HttpsPolicy(BaseModel):
+    """How the environment's hostnames use their certificates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redirect: bool = Field(
+        default=True,
+        description="Redirect plain HTTP to HTTPS (308) for hostnames that have a certificate",
+    )
+    hsts: bool = Field(
+        default=False,
+        description="Send Strict-Transport-Security (one year) over HTTPS; browsers then refuse "
+        "plain HTTP to the hostname for that long: turn on once HTTPS works",
+    )
+
+
 class EnvironmentPolicy(BaseModel):
     """Body of ``PUT /deployments/{id}/environments/{name}/policy`` (a full replace)."""
 
@@ -69,6 +85,7 @@ class EnvironmentPolicy(BaseModel):
         description="Roll back to the previous retained version when the release turns UNHEALTHY",
     )
     auto_promote: AutoPromote | None = None
+    https: HttpsPolicy = Field(default_factory=HttpsPolicy)
 
 
 class PolicyRead(BaseModel):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shipway.catalog.models import Deployment, Environment
 from shipway.deployments.addresses import route_key
+from shipway.deployments.policy import HttpsPolicy, parse_policy
 from shipway.domains.models import Certificate, Domain
 from shipway.domains.service import ensure_generated
 from shipway.jobs.periodic import periodic
@@ -43,17 +44,20 @@ def ensure_generated_hosts(
 
 def wanted_hosts(session: Session, *, routes: set[str]) -> WantedHosts:
     """Every hostname of an environment that has a route, generated ones first; the issued
-    certificates of those hostnames (chain + key); HTTPS redirects where one exists."""
+    certificates of those hostnames (chain + key); HTTPS redirects and HSTS where one exists,
+    as the environment's policy says (``https.redirect``, on by default; ``https.hsts``)."""
     rows = session.execute(
-        select(Domain, Environment.name)
+        select(Domain, Environment.name, Environment.policy)
         .join(Environment, Environment.id == Domain.environment_id)
         .order_by(Domain.kind != "generated", Domain.hostname)
     ).all()
     wanted = WantedHosts()
-    for domain, environment in rows:
+    https: dict[str, HttpsPolicy] = {}
+    for domain, environment, policy in rows:
         key = route_key(domain.deployment_id, environment)
         if key in routes:
             wanted.routes[domain.hostname] = key
+            https[domain.hostname] = parse_policy(policy).https
     certificates = session.scalars(
         select(Certificate).where(
             Certificate.hostname.in_(list(wanted.routes)), Certificate.status == "issued"
@@ -63,7 +67,10 @@ def wanted_hosts(session: Session, *, routes: set[str]) -> WantedHosts:
         if certificate.fullchain_pem and certificate.key_pem:
             pem = certificate.fullchain_pem.rstrip("\n") + "\n" + certificate.key_pem
             wanted.certificates[certificate.hostname] = pem
-            wanted.redirects.add(certificate.hostname)
+            if https[certificate.hostname].redirect:
+                wanted.redirects.add(certificate.hostname)
+            if https[certificate.hostname].hsts:
+                wanted.hsts.add(certificate.hostname)
     return wanted
 
 
