@@ -58,12 +58,19 @@ def _reads(quick: bool) -> Section:
     return reads.run(quick=quick)
 
 
+def _hosts(quick: bool) -> Section:
+    from bench import hosts
+
+    return hosts.run(quick=quick)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], Section]]] = {
     "dispatch": ("Job dispatch", _dispatch),
     "publish": ("Publish", _publish),
     "promote": ("Promote and rollback", _promote),
     "load": ("Promotes under load", _load),
     "reads": ("Reads on big tables", _reads),
+    "hosts": ("Host routing and HTTPS", _hosts),
 }
 
 

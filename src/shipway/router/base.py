@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -61,12 +62,8 @@ class Server:
 
     def __post_init__(self) -> None:
         check_name(self.name, "server name")
-        try:
-            ipaddress.ip_address(self.address)
-        except ValueError:
-            raise RouterError(
-                f"server {self.name}: address must be an IP, not {self.address!r}"
-            ) from None
+        if not _is_ip(self.address):
+            raise RouterError(f"server {self.name}: address must be an IP, not {self.address!r}")
         if not 0 < self.port < 65536:
             raise RouterError(f"server {self.name}: bad port {self.port}")
         check_weight(self.weight)
@@ -101,9 +98,23 @@ class ServerStats:
     ttime_ms: int  # average total session time (last 1024 requests)
 
 
+@functools.lru_cache(maxsize=4096)  # a router's state holds the same few node addresses
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=65536)  # every state load checks every name again
+def _is_name(value: str) -> bool:
+    return _NAME.match(value) is not None
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a safe HAProxy identifier, else RouterError."""
-    if not _NAME.match(value):
+    if not _is_name(value):
         raise RouterError(f"bad {what} {value!r}: use letters, digits and _ . : -")
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +64,8 @@ def render_config(state: DesiredState, options: ConfigOptions) -> str:
         "    timeout queue 10s",
     ]
     for key, route_state in sorted(state.routes.items()):
-        route = Route(key, route_state.listen_port)
-        host = f"[{options.bind_host}]" if ":" in options.bind_host else options.bind_host
-        lines += [
-            "",
-            f"frontend {route.frontend}",
-            f"    bind {host}:{route.listen_port}",
-            f"    default_backend {route.backend}",
-            "",
-            f"backend {route.backend}",
-            "    balance roundrobin",
-        ]
-        lines += [f"    {server_line(server)}" for server in route_state.servers]
+        servers = tuple(route_state.servers)
+        lines.append(_route_block(key, route_state.listen_port, servers, options.bind_host))
     if options.http_port or options.https_port:
         lines += _host_listeners(options)
     return "\n".join(lines) + "\n"
@@ -126,6 +117,23 @@ def _host_listeners(options: ConfigOptions) -> list[str]:
         f"backend {UNKNOWN_HOST}",
         f'    http-request return status 404 content-type text/html string "{NOT_FOUND_PAGE}"',
     ]
+
+
+@functools.lru_cache(maxsize=8192)  # a server change re-renders one route, not every one
+def _route_block(key: str, port: int, servers: tuple[Server, ...], bind_host: str) -> str:
+    route = Route(key, port)
+    host = f"[{bind_host}]" if ":" in bind_host else bind_host
+    lines = [
+        "",
+        f"frontend {route.frontend}",
+        f"    bind {host}:{route.listen_port}",
+        f"    default_backend {route.backend}",
+        "",
+        f"backend {route.backend}",
+        "    balance roundrobin",
+    ]
+    lines += [f"    {server_line(server)}" for server in servers]
+    return "\n".join(lines)
 
 
 def server_line(server: Server) -> str:

@@ -13,7 +13,7 @@ import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,18 @@ class DesiredState:
     routes: dict[str, RouteState] = field(default_factory=dict)
     hosts: HostTable = field(default_factory=HostTable)
 
+    def copy(self) -> DesiredState:
+        """A copy whose routes, server lists and host table can change independently."""
+        return DesiredState(
+            routes={k: RouteState(r.listen_port, list(r.servers)) for k, r in self.routes.items()},
+            hosts=HostTable(
+                routes=dict(self.hosts.routes),
+                certificates=dict(self.hosts.certificates),
+                redirects=list(self.hosts.redirects),
+                hsts=list(self.hosts.hsts),
+            ),
+        )
+
     def route(self, key: str) -> RouteState:
         """The route ``key``, or RouterError if it does not exist."""
         try:
@@ -91,11 +103,16 @@ class DesiredState:
             "routes": {
                 key: {
                     "listen_port": route.listen_port,
-                    "servers": [asdict(s) for s in route.servers],
+                    "servers": [_server_json(s) for s in route.servers],
                 }
                 for key, route in sorted(self.routes.items())
             },
-            "hosts": asdict(self.hosts),
+            "hosts": {
+                "routes": dict(self.hosts.routes),
+                "certificates": dict(self.hosts.certificates),
+                "redirects": list(self.hosts.redirects),
+                "hsts": list(self.hosts.hsts),
+            },
         }
 
     @classmethod
@@ -115,19 +132,50 @@ class DesiredState:
         )
 
 
+def _server_json(server: Server) -> dict[str, Any]:
+    """A server as JSON (what ``asdict`` gives, without its deep copy: it is hot)."""
+    return {
+        "name": server.name,
+        "address": server.address,
+        "port": server.port,
+        "weight": server.weight,
+        "state": server.state,
+    }
+
+
+# The last state read or written per file, by (inode, mtime, size): parsing a big router's
+# state on every server change made each change O(routes). Every writer replaces the file
+# (a new inode), so another process's change is never missed.
+_parsed: dict[Path, tuple[tuple[int, int, int], DesiredState]] = {}
+
+
 def load_state(directory: Path) -> DesiredState:
-    """The saved state of ``directory`` (empty if none was saved)."""
+    """The saved state of ``directory`` (empty if none was saved); the caller's own copy."""
     path = directory / STATE_FILE
     try:
-        text = path.read_text()
+        stamp = _stamp(path)
+        cached = _parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1].copy()
+        state = DesiredState.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return DesiredState()
-    return DesiredState.from_json(json.loads(text))
+    _parsed[path] = (stamp, state.copy())
+    return state
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def save_state(directory: Path, state: DesiredState) -> None:
     """Write the state atomically (a reader never sees half a file)."""
-    write_atomic(directory / STATE_FILE, json.dumps(state.to_json(), indent=2) + "\n")
+    # Compact, one server per line: the C encoder (indent= would use the slow pure-Python
+    # one, which made every server change cost O(routes) milliseconds on big routers).
+    path = directory / STATE_FILE
+    write_atomic(path, json.dumps(state.to_json(), separators=(",", ":")) + "\n")
+    _parsed[path] = (_stamp(path), state.copy())
 
 
 def write_atomic(path: Path, text: str) -> None:
