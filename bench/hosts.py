@@ -14,13 +14,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
 import socket
 import ssl
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,48 +31,12 @@ from shipway.releases.traffic import switch_traffic
 from shipway.router import HAProxyRouter, Route, Server
 from shipway.router.hosts import WantedHosts
 from tests.support.certs import ThrowawayCA
+from tests.support.port_servers import PortServers
 from tests.support.services import free_port
 
 
-class Backends:
-    """One asyncio loop answering ``ok`` on ``count`` ports (keep-alive HTTP/1.1)."""
-
-    def __init__(self, count: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ports: list[int] = []
-        self.servers: list[asyncio.Server] = []
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._listen(count), self.loop).result(timeout=120)
-
-    async def _listen(self, count: int) -> None:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:  # HAProxy may close a kept-alive connection at any time
-                    line = await reader.readline()
-                    if not line:
-                        break
-                    while await reader.readline() not in (b"\r\n", b""):
-                        pass
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                writer.close()
-
-        for _ in range(count):
-            server = await asyncio.start_server(answer, "127.0.0.1", 0)
-            self.servers.append(server)
-            self.ports.append(server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        for server in self.servers:
-            self.loop.call_soon_threadsafe(server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 @contextmanager
-def router_with(environments: int, backends: Backends) -> Iterator[HAProxyRouter]:
+def router_with(environments: int, backends: PortServers) -> Iterator[HAProxyRouter]:
     """A started router with ``environments`` routes and hostnames (one server each)."""
     folder = Path(tempfile.mkdtemp(prefix="swb-"))
     low = random.randrange(33000, 58000, 100)
@@ -105,7 +67,7 @@ def router_with(environments: int, backends: Backends) -> Iterator[HAProxyRouter
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def switch_times(router: HAProxyRouter, backends: Backends, rounds: int) -> list[float]:
+def switch_times(router: HAProxyRouter, backends: PortServers, rounds: int) -> list[float]:
     """Seconds per switch of one route between two servers, alternating."""
     key = "dep_0000--production"
     times = []
@@ -142,7 +104,7 @@ def request_times(router: HAProxyRouter, ca: ThrowawayCA, rounds: int) -> dict[s
                 started = time.perf_counter()
                 text = call()
                 results[name].append(time.perf_counter() - started)
-                assert text == "ok", text
+                assert text.isdigit(), text
     return {name: median(values) for name, values in results.items()}
 
 
@@ -200,7 +162,7 @@ def run(quick: bool = False) -> Section:
     section = Section("hosts", "Host routing and HTTPS on one listener")
     big = 100 if quick else 1000
     rounds = 5 if quick else 30
-    backends = Backends(20)
+    backends = PortServers(20)
     ca = ThrowawayCA()
     try:
         switches: dict[int, list[float]] = {}
@@ -245,7 +207,7 @@ def run(quick: bool = False) -> Section:
         section.notes.append(
             f"median of {rounds} switches per size (one route switched between two servers: "
             "add the new one, drain the old one); the requests: median of "
-            f"{rounds * 4} each, one server answering 'ok'"
+            f"{rounds * 4} each, one server answering its port"
         )
     finally:
         backends.close()

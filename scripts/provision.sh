@@ -69,6 +69,20 @@ has_package() {
   esac
 }
 
+install_optional() { # install_optional WHY PACKAGE...: each one if missing; a failure only warns
+  local why=$1 pkg
+  shift
+  for pkg in "$@"; do
+    if has_package "$pkg"; then
+      say "$pkg" "already present"
+    elif apt_install "$pkg" && has_package "$pkg"; then
+      changed "$pkg" "installed"
+    else
+      warn "$pkg" "could not be installed ($why)"
+    fi
+  done
+}
+
 apt_install() {
   if [ "$apt_updated" -eq 0 ]; then
     echo "  (apt-get update)"
@@ -120,51 +134,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
   for pkg in "${missing[@]}"; do changed "$pkg" "installed"; done
 fi
-for pkg in "${optional[@]}"; do
-  if has_package "$pkg"; then
-    say "$pkg" "already present"
-  elif apt_install "$pkg" && has_package "$pkg"; then
-    changed "$pkg" "installed"
-  else
-    warn "$pkg" "could not be installed (needed later for containers and routing)"
-  fi
-done
-for pkg in "${browser[@]}"; do
-  if has_package "$pkg"; then
-    say "$pkg" "already present"
-  elif apt_install "$pkg" && has_package "$pkg"; then
-    changed "$pkg" "installed"
-  else
-    warn "$pkg" "could not be installed (the dashboard's browser tests will be skipped)"
-  fi
-done
-for pkg in "${tls[@]}"; do
-  if has_package "$pkg"; then
-    say "$pkg" "already present"
-  elif apt_install "$pkg" && has_package "$pkg"; then
-    changed "$pkg" "installed"
-  else
-    warn "$pkg" "could not be installed (the HTTPS tests will be skipped)"
-  fi
-done
-for pkg in "${cluster[@]}"; do
-  if has_package "$pkg"; then
-    say "$pkg" "already present"
-  elif apt_install "$pkg" && has_package "$pkg"; then
-    changed "$pkg" "installed"
-  else
-    warn "$pkg" "could not be installed (the cluster tests will be skipped)"
-  fi
-done
-for pkg in "${topology[@]}"; do
-  if has_package "$pkg"; then
-    say "$pkg" "already present"
-  elif apt_install "$pkg" && has_package "$pkg"; then
-    changed "$pkg" "installed"
-  else
-    warn "$pkg" "could not be installed (make images / make test-topology need it)"
-  fi
-done
+install_optional "needed later for containers and routing" "${optional[@]}"
+install_optional "the dashboard's browser tests will be skipped" "${browser[@]}"
+install_optional "the HTTPS tests will be skipped" "${tls[@]}"
+install_optional "the cluster tests will be skipped" "${cluster[@]}"
+install_optional "make images / make test-topology need it" "${topology[@]}"
 
 # --- Python virtualenv -----------------------------------------------------
 

@@ -12,7 +12,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from shipway.router import HAProxyRouter, Route, RouterError, Server
 from shipway.router.hosts import WantedHosts
 from tests.support.certs import ThrowawayCA
+from tests.support.port_servers import PortServers
 from tests.support.services import free_port
 from tests.test_router import Backend, backends, port_range  # noqa: F401 (fixtures)
 
@@ -217,47 +217,11 @@ def _peer_der(router: HAProxyRouter, host: str) -> bytes:
     return der
 
 
-class PortEcho:
-    """One asyncio loop listening on many ports; each answers its own port number."""
-
-    def __init__(self, count: int) -> None:
-        import asyncio
-
-        self.loop = asyncio.new_event_loop()
-        self.ports: list[int] = []
-        self.servers: list[Any] = []
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._listen(count), self.loop).result(timeout=60)
-
-    async def _listen(self, count: int) -> None:
-        import asyncio
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            port = writer.get_extra_info("sockname")[1]
-            while await reader.readline() not in (b"\r\n", b""):
-                pass
-            body = str(port).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                         % (len(body), body))  # fmt: skip
-            await writer.drain()
-            writer.close()
-
-        for _ in range(count):
-            server = await asyncio.start_server(answer, "127.0.0.1", 0)
-            self.servers.append(server)
-            self.ports.append(server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        for server in self.servers:
-            self.loop.call_soon_threadsafe(server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 def test_a_thousand_environments_on_one_listener_each_reach_their_own_replica() -> None:
     """1,000 routes, 1,000 hostnames on the one HTTP listener: every hostname reaches its own
     server (none another's), and adding the 1,000 hostnames is no reload."""
     count = 1000
-    echo = PortEcho(count)
+    echo = PortServers(count)
     folder = Path(tempfile.mkdtemp(prefix="swk-"))
     low = random.randrange(33000, 58000, 100)
     router = HAProxyRouter(
