@@ -30,7 +30,7 @@ from bench.common import Section, arguments, median, ms, print_section
 from shipway.releases.traffic import switch_traffic
 from shipway.router import HAProxyRouter, Route, Server
 from shipway.router.hosts import WantedHosts
-from tests.support.certs import ThrowawayCA
+from tests.support.certs import ThrowawayCA, served_certificate
 from tests.support.port_servers import PortServers
 from tests.support.services import free_port
 
@@ -136,26 +136,13 @@ def install_times(
         leaf = chain.split("-----END CERTIFICATE-----")[0]
         started = time.perf_counter()
         router.hosts.sync(wanted)
-        while leaf not in _served(router, host):
+        while leaf not in served_certificate(router.options.https_port, host):
             time.sleep(0.001)
         installs.append(time.perf_counter() - started)
         started = time.perf_counter()
         router.reload()
         reloads.append(time.perf_counter() - started)
     return installs, reloads
-
-
-def _served(router: HAProxyRouter, host: str) -> str:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    address = ("127.0.0.1", router.options.https_port)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    return ssl.DER_cert_to_PEM_cert(der or b"")
 
 
 def run(quick: bool = False) -> Section:

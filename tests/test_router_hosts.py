@@ -18,7 +18,7 @@ import pytest
 
 from shipway.router import HAProxyRouter, Route, RouterError, Server
 from shipway.router.hosts import WantedHosts
-from tests.support.certs import ThrowawayCA
+from tests.support.certs import ThrowawayCA, served_certificate
 from tests.support.port_servers import PortServers
 from tests.support.services import free_port
 from tests.test_router import Backend, backends, port_range  # noqa: F401 (fixtures)
@@ -157,7 +157,7 @@ def test_certificates_are_installed_and_replaced_under_traffic_without_a_reload(
         stop.set()
         thread.join(timeout=30)
     assert failures == [] and served and set(served) == {"A"}
-    leaf = ssl.DER_cert_to_PEM_cert(_peer_der(router, "a.example.test"))
+    leaf = served_certificate(router.options.https_port, "a.example.test")
     assert leaf in renewed[0]  # the last certificate is the one served
     assert reloads(router) == before
 
@@ -199,22 +199,6 @@ def test_redirect_hsts_and_acme_challenges(
         router.hosts.challenge("bad token", "x")
     with pytest.raises(RouterError):
         router.hosts.sync(WantedHosts(routes={"bad host;": "dep_a--production"}))
-
-
-def _peer_der(router: HAProxyRouter, host: str) -> bytes:
-    import socket
-
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    address = ("127.0.0.1", router.options.https_port)
-    with (
-        socket.create_connection(address, timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return der
 
 
 def test_a_thousand_environments_on_one_listener_each_reach_their_own_replica() -> None:

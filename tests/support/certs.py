@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -76,3 +78,18 @@ class ThrowawayCA:
             .sign(self.key, hashes.SHA256())
         )
         return cert_pem(cert) + self.pem, key_pem(key)
+
+
+def served_certificate(port: int, hostname: str) -> str:
+    """The PEM of the certificate a TLS server on 127.0.0.1:``port`` presents for the SNI
+    ``hostname`` (not verified: whichever it is)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None, f"no certificate from 127.0.0.1:{port}"
+    return ssl.DER_cert_to_PEM_cert(der)

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader, writer
 from shipway.auth.service import Principal
+from shipway.catalog.models import Deployment
 from shipway.config import get_settings
 from shipway.deployments.routes import ENVIRONMENT
 from shipway.deployments.service import get_deployment, get_environment
@@ -37,12 +38,14 @@ def _read(domain: Domain, environment: str, certificate: Certificate | None) -> 
     )
 
 
+def _deployment(session: Session, principal: Principal, deployment_id: str) -> Deployment:
+    return get_deployment(session, deployment_id=deployment_id, workspace_id=principal.workspace_id)
+
+
 def _domain(
     session: Session, principal: Principal, deployment_id: str, environment: str, hostname: str
 ) -> Domain:
-    deployment = get_deployment(
-        session, deployment_id=deployment_id, workspace_id=principal.workspace_id
-    )
+    deployment = _deployment(session, principal, deployment_id)
     env = get_environment(session, deployment=deployment, name=environment)
     return service.find_domain(session, deployment=deployment, environment=env, hostname=hostname)
 
@@ -57,9 +60,7 @@ def list_domains(
     """The environment's hostnames (its generated one first) and their certificates."""
     settings = get_settings()
     with session.begin():
-        deployment = get_deployment(
-            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
-        )
+        deployment = _deployment(session, principal, deployment_id)
         rows = service.domains_of(
             session,
             deployment=deployment,
@@ -88,9 +89,7 @@ def add_domain(
     with ACME configured its certificate is issued right after."""
     settings = get_settings()
     with session.begin():
-        deployment = get_deployment(
-            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
-        )
+        deployment = _deployment(session, principal, deployment_id)
         domain = service.add_domain(
             session,
             deployment=deployment,
@@ -113,9 +112,7 @@ def remove_domain(
 ) -> DomainRead:
     """Stop routing a custom domain; answers what was removed (the generated hostname: 409)."""
     with session.begin():
-        deployment = get_deployment(
-            session, deployment_id=deployment_id, workspace_id=principal.workspace_id
-        )
+        deployment = _deployment(session, principal, deployment_id)
         removed = service.remove_domain(
             session,
             deployment=deployment,
