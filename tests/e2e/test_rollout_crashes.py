@@ -202,7 +202,9 @@ def test_worker_killed_in_phase_resumes_to_a_consistent_state(
     lock = RowLock()
     slow: SlowRequest | None = None
     if phase in ("drain", "retire"):
-        slow = SlowRequest(url, 12 if phase == "drain" else 4)
+        # Long enough to outlast v2's scale and health check on a busy machine: the drain
+        # must still be waiting for it when the test looks (4 s was not, at load 6).
+        slow = SlowRequest(url, 12)
         slow.start()
         wait_until(lambda: _busy(app["id"]), timeout=10, message="slow request not in flight")
     two = promote(api, app, v2)
