@@ -57,6 +57,7 @@ from bench.swarm_raw import (
     pull_everywhere,
     raw_build_push,
     raw_service,
+    raw_services_per_replica,
     raw_watch_service,
     remove_services,
     running_nodes,
@@ -175,7 +176,9 @@ def one_round(lab: Lab, index: int) -> Round:
     if index % 2:
         promote_s, job_id, dep = promote_and_serve(lab, values, marker)
         raw_s = raw_service(cluster, values["runtime_image"])
+        layout_s = raw_services_per_replica(cluster, values["runtime_image"])
     else:
+        layout_s = raw_services_per_replica(cluster, values["runtime_image"])
         raw_s = raw_service(cluster, values["runtime_image"])
         promote_s, job_id, dep = promote_and_serve(lab, values, marker)
     remove_services(cluster, f"shipway.deployment={dep}")
@@ -184,6 +187,7 @@ def one_round(lab: Lab, index: int) -> Round:
         raw_push=raw_p,
         publish=ship_s,
         raw_service=raw_s,
+        raw_per_replica=layout_s,
         promote=promote_s,
         created_to_active=created_to_active(job_id),
         steps=breakdown(job_id),

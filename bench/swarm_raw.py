@@ -195,3 +195,61 @@ def node_id(cluster: Cluster, index: int) -> str:
             if node.attrs["Description"]["Hostname"] == cluster.node(index).name:
                 return str(node.id)
     raise RuntimeError(f"node {index} is not in the swarm")
+
+
+def raw_services_per_replica(cluster: Cluster, reference: str, port: int = 8080) -> float:
+    """Shipway's layout done raw, for information: 3 one-task services created in parallel,
+    a host-mode port each node picks (read from the task), until each answers 200."""
+    with cluster.manager_client() as manager:
+        addresses = {str(n.id): n.attrs["Status"]["Addr"] for n in manager.nodes.list()}
+        poll = httpx.Client(
+            timeout=httpx.Timeout(1.0, connect=0.05),
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+        tag = random.randint(0, 99999)
+
+        def one(index: int) -> str:
+            created = manager.api.create_service(
+                TaskTemplate(
+                    container_spec=ContainerSpec(
+                        image=reference, init=True, stop_grace_period=10 * 1_000_000_000
+                    ),
+                    restart_policy=RestartPolicy(
+                        condition="any", delay=1_000_000_000, max_attempts=0
+                    ),
+                    placement=Placement(preferences=[("spread", "node.id")]),
+                ),
+                name=f"swb-raw-{tag}-{index}",
+                labels={RAW_LABEL: "per-replica"},
+                mode=ServiceMode("replicated", replicas=1),
+                endpoint_spec=EndpointSpec(
+                    ports=[{"Protocol": "tcp", "TargetPort": port, "PublishMode": "host"}]
+                ),
+            )
+            deadline = time.monotonic() + 120
+            url = None
+            while url is None and time.monotonic() < deadline:
+                for task in manager.api.tasks(filters={"service": created["ID"]}):
+                    status = task.get("Status") or {}
+                    ports = (status.get("PortStatus") or {}).get("Ports") or []
+                    if status.get("State") == "running" and ports:
+                        address = addresses[str(task["NodeID"])]
+                        url = f"http://{address}:{ports[0]['PublishedPort']}/healthz"
+                if url is None:
+                    time.sleep(0.05)
+            while url is not None and time.monotonic() < deadline:
+                try:
+                    if poll.get(url).status_code == 200:
+                        return str(created["ID"])
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.01)
+            raise RuntimeError(f"raw service {created['ID']} never answered")
+
+        with poll:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(REPLICAS) as pool:
+                list(pool.map(one, range(REPLICAS)))
+            elapsed = time.perf_counter() - started
+    remove_services(cluster, f"{RAW_LABEL}=per-replica")
+    return elapsed

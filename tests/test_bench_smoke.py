@@ -58,8 +58,8 @@ def test_swarm_section_renders_and_replaces_itself_in_results(tmp_path: Path) ->
     from bench.swarm_report import Kill, Round, section, swarm_block, write_section
 
     rounds = [
-        Round(0.6, 0.1, 0.8, 1.4, 1.3, 1.2, {"scale": 1.0, "switch": 0.02}),
-        Round(0.7, 0.1, 0.9, 1.2, 1.4, 1.3, {"scale": 1.1, "switch": 0.03}),
+        Round(0.6, 0.1, 0.8, 1.4, 1.2, 1.3, 1.2, {"scale": 1.0, "switch": 0.02}),
+        Round(0.7, 0.1, 0.9, 1.2, 1.1, 1.4, 1.3, {"scale": 1.1, "switch": 0.03}),
     ]
     kills = [Kill(15.0, 15.1, 15.4, 1, 4, 90, 5.0, 0, 200)]
     text = section(rounds, kills, waited=0.0, load=[1.0, 1.0, 1.0]).markdown()
