@@ -251,7 +251,11 @@ def test_healthy_canary_walks_every_step_with_the_weighted_share(
     traffic = Traffic(url, ["/", PAGE]).start()
     try:
         v2 = site_version(app["id"], images["v2"])
-        body = promote_with(client, app, v2, canary(20, 50, pause=4.0))
+        # Analyses every second: 10 canary requests a window at 20 % need ~50 requests/s,
+        # which the traffic loop keeps up on a busy machine (every 0.5 s needed ~100/s, and
+        # at load 6 every analysis was inconclusive: the canary never left step 0).
+        strategy = canary(20, 50, pause=4.0, interval_seconds=1.0)
+        body = promote_with(client, app, v2, strategy)
         canary_id, job_id = body["release"]["id"], body["job"]["id"]
         done = threading.Event()
         watcher = threading.Thread(target=follow_steps, args=(canary_id, traffic, done))
