@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from tests.conftest import TokenFactory, VersionFactory, auth
+from tests.support.certs import ThrowawayCA
 
 
 def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -43,13 +44,25 @@ def world(
         headers=auth(token, **{"Idempotency-Key": "world"}),
     )
     assert promoted.status_code == 202, promoted.text
+    domain = client.post(
+        f"/api/v1/deployments/{deployment['id']}/environments/production/domains",
+        json={"hostname": HOSTNAME},
+        headers=auth(token),
+    )
+    assert domain.status_code == 201, domain.text
     return {
         "token": token,
         "deployment_id": deployment["id"],
         "version_id": version_id,
         "job_id": promoted.json()["job"]["id"],
         "release_id": promoted.json()["release"]["id"],
+        "hostname": HOSTNAME,
     }
+
+
+HOSTNAME = "www.acme.test"
+_CHAIN, _KEY = ThrowawayCA().issue([HOSTNAME])
+CERTIFICATE = {"certificate": _CHAIN, "private_key": _KEY}
 
 
 def source_archive() -> bytes:
@@ -70,6 +83,8 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """
     dep, ver, job = w["deployment_id"], w["version_id"], w["job_id"]
     env = w.get("environment", "production")
+    host = w["hostname"]
+    domains = f"/api/v1/deployments/{dep}/environments/{env}/domains"
     upload = {"files": {"source": ("site.tar.gz", source_archive(), "application/gzip")}}
     return [
         ("GET", "/api/v1/deployments", {}),
@@ -98,6 +113,11 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", f"/api/v1/deployments/{dep}/versions/{ver}/pin", {}),
         ("DELETE", f"/api/v1/deployments/{dep}/versions/{ver}/pin", {}),
         ("GET", "/api/v1/queue", {}),
+        ("GET", domains, {}),
+        ("POST", domains, {"json": {"hostname": "new.acme.test"}}),
+        ("DELETE", f"{domains}/{host}", {}),
+        ("PUT", f"{domains}/{host}/certificate", {"json": CERTIFICATE}),
+        ("DELETE", f"{domains}/{host}/certificate", {}),
     ]
 
 
@@ -124,6 +144,7 @@ def test_route_table_covers_every_api_route(client: TestClient, world: dict[str,
         "version_id": "{version_id}",
         "job_id": "{job_id}",
         "environment": "{environment}",
+        "hostname": "{hostname}",
     }
     assert {(m, p) for m, p, _ in routes(fake)} == documented
 
@@ -191,7 +212,7 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 13
+    assert len(writes) == 17
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs
@@ -269,7 +290,12 @@ def test_own_deployment_with_foreign_version_is_404(
 
 
 def test_unknown_ids_are_404(client: TestClient, world: dict[str, Any]) -> None:
-    ghost = {"deployment_id": "dep_nope", "version_id": "ver_nope", "job_id": "job_nope"}
+    ghost = {
+        "deployment_id": "dep_nope",
+        "version_id": "ver_nope",
+        "job_id": "job_nope",
+        "hostname": "nope.acme.test",
+    }
     for method, path, kwargs in routes(ghost):
         if path in COLLECTIONS:
             continue

@@ -163,6 +163,12 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                 )
                 assert created.status_code == 201, created.text
                 dep = created.json()["id"]
+                domain = client.post(
+                    f"/api/v1/deployments/{dep}/environments/production/domains",
+                    json={"hostname": "www.acme.test"},
+                    headers=auth(admin),
+                )
+                assert domain.status_code == 201, domain.text
                 # an image that is never run: these tests only read versions
                 version = seed_ready_version(dep, image=NEVER_RUN_IMAGE, command="httpd -f -p 8080")
                 promoted = client.post(
@@ -177,6 +183,7 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                         "version_id": version,
                         "job_id": promoted.json()["job"]["id"],
                         "environment": "production",
+                        "hostname": "www.acme.test",
                     },
                     admin=admin,
                     reader=_token("deployments:read", workspace="acme"),

@@ -76,7 +76,7 @@ def list_domains(
     PATH,
     status_code=201,
     response_model=DomainRead,
-    responses=error_responses(401, 403, 404, 409, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
 )
 def add_domain(
     body: DomainCreate,
@@ -126,7 +126,7 @@ def remove_domain(
 @router.put(
     ONE + "/certificate",
     response_model=DomainRead,
-    responses=error_responses(401, 403, 404, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 422),
 )
 def upload_certificate(
     body: CertificateUpload,
