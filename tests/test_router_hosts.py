@@ -190,13 +190,13 @@ def test_redirect_hsts_and_acme_challenges(
     secure = https(router, "a.example.test", ca)
     assert secure.headers["strict-transport-security"] == "max-age=31536000"
 
-    router.hosts.challenge("tok-EN_1", "tok-EN_1.thumbprint")
+    router.hosts.publish("tok-EN_1", "tok-EN_1.thumbprint")
     answer = http(router, "a.example.test", "/.well-known/acme-challenge/tok-EN_1")
     assert answer.status_code == 200 and answer.text == "tok-EN_1.thumbprint"
     router.hosts.withdraw("tok-EN_1")
     assert http(router, "b.example.test", "/.well-known/acme-challenge/tok-EN_1").text == "B"
     with pytest.raises(RouterError):
-        router.hosts.challenge("bad token", "x")
+        router.hosts.publish("bad token", "x")
     with pytest.raises(RouterError):
         router.hosts.sync(WantedHosts(routes={"bad host;": "dep_a--production"}))
 

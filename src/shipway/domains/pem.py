@@ -26,7 +26,10 @@ class CertificateFacts:
 
 def facts_of(fullchain_pem: str) -> CertificateFacts:
     """Names, issuer and validity of the first (leaf) certificate in a PEM chain."""
-    leaf = _chain(fullchain_pem)[0]
+    return _facts(_chain(fullchain_pem)[0])
+
+
+def _facts(leaf: x509.Certificate) -> CertificateFacts:
     try:
         names = leaf.extensions.get_extension_for_class(
             x509.SubjectAlternativeName
@@ -58,12 +61,12 @@ def check_uploaded(
     """The facts of an uploaded certificate, or InvalidInput saying what is wrong with it."""
     if len(fullchain_pem) > MAX_PEM_BYTES or len(key_pem) > MAX_PEM_BYTES:
         raise _invalid(f"certificate and key are each at most {MAX_PEM_BYTES} bytes")
-    facts = facts_of(fullchain_pem)
+    leaf = _chain(fullchain_pem)[0]
+    facts = _facts(leaf)
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except (ValueError, TypeError):
         raise _invalid("the key is not an unencrypted PEM private key") from None
-    leaf = _chain(fullchain_pem)[0]
     mine = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

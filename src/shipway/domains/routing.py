@@ -13,7 +13,7 @@ from shipway.catalog.models import Deployment, Environment
 from shipway.deployments.addresses import route_key
 from shipway.deployments.policy import HttpsPolicy, parse_policy
 from shipway.domains.models import Certificate, Domain
-from shipway.domains.service import ensure_generated
+from shipway.domains.service import GENERATED, ensure_generated
 from shipway.jobs.periodic import periodic
 from shipway.router.host_files import fingerprint
 from shipway.router.hosts import HostChanges, HostRouting, WantedHosts
@@ -26,13 +26,14 @@ def ensure_generated_hosts(
 ) -> None:
     """Give every environment that has a route its generated hostname (and, with ``acme``,
     a certificate request): an environment is reachable by name once it is promoted."""
-    named = session.scalars(select(Domain.environment_id).where(Domain.kind == "generated"))
-    have = set(named.all())
-    rows = session.execute(
-        select(Environment, Deployment).join(Deployment, Deployment.id == Environment.deployment_id)
+    named = select(Domain.environment_id).where(Domain.kind == GENERATED)
+    rows = session.execute(  # only the environments still without one (none, usually)
+        select(Environment, Deployment)
+        .join(Deployment, Deployment.id == Environment.deployment_id)
+        .where(Environment.id.not_in(named))
     ).all()
     for environment, deployment in rows:
-        if environment.id not in have and route_key(deployment.id, environment.name) in routes:
+        if route_key(deployment.id, environment.name) in routes:
             ensure_generated(
                 session,
                 deployment=deployment,
@@ -49,7 +50,7 @@ def wanted_hosts(session: Session, *, routes: set[str]) -> WantedHosts:
     rows = session.execute(
         select(Domain, Environment.name, Environment.policy)
         .join(Environment, Environment.id == Domain.environment_id)
-        .order_by(Domain.kind != "generated", Domain.hostname)
+        .order_by(Domain.kind != GENERATED, Domain.hostname)
     ).all()
     wanted = WantedHosts()
     https: dict[str, HttpsPolicy] = {}

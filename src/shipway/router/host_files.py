@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +63,7 @@ class HostFiles:
         """Every file of ``table`` (the default certificate made once)."""
         self.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.default_cert.exists():
-            write_private(self.default_cert, _self_signed_pem())
+            write_atomic(self.default_cert, _self_signed_pem(), mode=0o600)
         write_atomic(self.hosts_map, _map({h: Route(k).backend for h, k in table.routes.items()}))
         write_atomic(self.redirect_map, _map(dict.fromkeys(table.redirects, "1")))
         write_atomic(self.hsts_map, _map(dict.fromkeys(table.hsts, "1")))
@@ -76,17 +75,6 @@ class HostFiles:
 
 def fingerprint(pem: str) -> str:
     return hashlib.sha256(pem.encode()).hexdigest()
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (certificates with their keys)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _map(entries: dict[str, str]) -> str:

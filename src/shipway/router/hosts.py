@@ -5,7 +5,7 @@ serve the wanted certificates, and redirect/HSTS the wanted hostnames: map entri
 ``add/set/del map`` and certificates with ``new/set/commit ssl cert`` and
 ``add/del ssl crt-list`` on the runtime API, so open connections are never dropped. The
 same table is saved in state.json and the files HAProxy reads at its next start.
-HTTP-01 answers go into the ``acme.map`` the same way (``challenge``/``withdraw``).
+HTTP-01 answers go into the ``acme.map`` the same way (``publish``/``withdraw``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from shipway.router.base import Route, RouterError
 from shipway.router.haproxy_config import ConfigOptions
-from shipway.router.host_files import HostFiles, fingerprint, write_private
+from shipway.router.host_files import HostFiles, fingerprint
 from shipway.router.runtime_api import RuntimeAPI
-from shipway.router.state import HostTable, load_state, locked, save_state
+from shipway.router.state import HostTable, load_state, locked, save_state, write_atomic
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -93,7 +93,7 @@ class HostRouting:
             for host, pem in wanted.certificates.items():
                 digest = fingerprint(pem)
                 if certificates.get(host) != digest:
-                    write_private(self.files.cert_path(host), pem)
+                    write_atomic(self.files.cert_path(host), pem, mode=0o600)
                     if live:
                         self._install(host, pem, new=host not in certificates)
                     certificates[host] = digest
@@ -130,18 +130,15 @@ class HostRouting:
             removed_certificates=removed,
         )
 
-    def challenge(self, token: str, key_authorization: str) -> None:
-        """Answer ``/.well-known/acme-challenge/<token>`` on the HTTP listener."""
+    def publish(self, token: str, key_authorization: str) -> None:
+        """Answer ``/.well-known/acme-challenge/<token>`` on the HTTP listener (the ACME
+        issuer's ChallengeBoard)."""
         _check_token(token)
         _check_token(key_authorization.replace(".", ""))
         with locked(self.options.directory):
             self._require_live()
             self._del_map(self.files.acme_map, token)
             self.api.change(f"add map {self.files.acme_map} {token} {key_authorization}")
-
-    def publish(self, token: str, key_authorization: str) -> None:
-        """``challenge`` under the name the ACME issuer's ChallengeBoard uses."""
-        self.challenge(token, key_authorization)
 
     def withdraw(self, token: str) -> None:
         """Stop answering the challenge ``token``."""

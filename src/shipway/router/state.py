@@ -178,10 +178,13 @@ def save_state(directory: Path, state: DesiredState) -> None:
     _parsed[path] = (_stamp(path), state.copy())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` through a synced temporary file."""
+def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` through a synced temporary file (created with
+    ``mode``: 0o600 for files with private keys, readable by their owner alone)."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as handle:
+    temporary.unlink(missing_ok=True)  # a leftover would keep its old mode
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
