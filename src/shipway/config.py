@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -255,7 +255,38 @@ class Settings(BaseSettings):
         return self.public_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings (cached; tests clear with ``get_settings.cache_clear()``)."""
-    return Settings()
+class _SettingsCache:
+    """The process-wide settings, read once; ``cache_clear`` makes the next call read again.
+
+    Unlike ``functools.lru_cache``, a clear always wins over a read already under way: a
+    thread that began reading the environment before the clear (a lease keeper waking up
+    while a test or a reload changes the environment) returns what it read but does not
+    store it, so it cannot bring back the settings the clear discarded.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings: Settings | None = None
+        self._generation = 0
+
+    def __call__(self) -> Settings:
+        settings = self._settings
+        if settings is not None:
+            return settings
+        with self._lock:
+            generation = self._generation
+        settings = Settings()
+        with self._lock:
+            if generation == self._generation and self._settings is None:
+                self._settings = settings
+            return self._settings or settings
+
+    def cache_clear(self) -> None:
+        """Forget the settings read so far (and any read still under way)."""
+        with self._lock:
+            self._generation += 1
+            self._settings = None
+
+
+get_settings = _SettingsCache()
+"""The process-wide settings (cached; tests clear with ``get_settings.cache_clear()``)."""
