@@ -24,4 +24,7 @@ class ApiToken(Base):
     scopes: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # May lie in the future: a rotated token stays valid until its grace period ends.
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rotated_to: Mapped[str | None] = mapped_column(String(40))
