@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import random
 import shutil
@@ -334,6 +335,7 @@ def test_failed_reload_keeps_the_previous_config_serving(
     router.add_server(KEY, a.server())
     taken = hold_first_free_port(router.port_range)
     config = router.process.config_path.read_text()
+    route_files = route_config_files(router)
     try:
         with pytest.raises(RouterError, match="keeps serving the previous one"):
             router.ensure_route(Route("dep_y--staging", taken.getsockname()[1]))
@@ -341,11 +343,91 @@ def test_failed_reload_keeps_the_previous_config_serving(
         taken.close()
 
     assert router.process.config_path.read_text() == config
+    assert route_config_files(router) == route_files  # conf.d put back as it was
     assert router.desired() == {route: [a.server()]}
     assert get(router.public_url(KEY)) == (200, "a")
     router.add_server(KEY, backends("b").server())  # runtime API still works
     assert set(names(router.public_url(KEY), 10)) == {"a", "b"}
     assert router.ensure_route(Route("dep_y--staging")).listen_port  # a free port works
+
+
+def route_config_files(router: HAProxyRouter) -> dict[str, str]:
+    """The per-route config files HAProxy reads, by name."""
+    return {p.name: p.read_text() for p in sorted(router.process.routes_path.glob("*.cfg"))}
+
+
+def test_a_server_change_rewrites_only_its_own_route_files(
+    router: HAProxyRouter, backends: Callable[..., Backend]
+) -> None:
+    other = "dep_y--staging"
+    router.sync({Route(KEY): [backends("a").server()], Route(other): [backends("b").server()]})
+    others = [
+        router.directory / "routes" / f"{other}.json",
+        router.process.routes_path / f"{other}.cfg",
+    ]
+    stamps = [os.stat(path).st_mtime_ns for path in others]
+    ours = router.process.routes_path / f"{KEY}.cfg"
+    before = ours.read_text()
+
+    router.add_server(KEY, backends("c").server())
+    router.drain(KEY, "a")
+
+    assert [os.stat(path).st_mtime_ns for path in others] == stamps
+    assert "server c " in ours.read_text() and ours.read_text() != before
+    assert "server a " in ours.read_text() and "weight 0" in ours.read_text()  # drain
+    router.reload()  # a reload reads conf.d: nothing lost
+    assert {s.name: s.state for s in router.servers(KEY)} == {"a": "drain", "c": "ready"}
+    assert get(router.public_url(other)) == (200, "b")
+
+
+def test_a_state_file_of_the_previous_format_is_split_into_route_files(
+    router_dir: Path,
+) -> None:
+    router_dir.mkdir(parents=True, exist_ok=True)
+    server = {"name": "a", "address": "127.0.0.1", "port": 8080, "weight": 100, "state": "ready"}
+    (router_dir / "state.json").write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "routes": {KEY: {"listen_port": 20123, "servers": [server]}},
+                "hosts": {"routes": {"a.example.test": KEY}},
+            }
+        )
+    )
+    state = load_state(router_dir)
+    assert state.routes[KEY].listen_port == 20123
+    assert state.routes[KEY].servers == [Server(**server)]  # type: ignore[arg-type]
+    assert state.hosts.routes == {"a.example.test": KEY}
+    assert json.loads((router_dir / "routes" / f"{KEY}.json").read_text())["listen_port"] == 20123
+    assert "routes" not in json.loads((router_dir / "state.json").read_text())
+
+
+def test_a_master_started_without_route_files_is_restarted_once(
+    router: HAProxyRouter, backends: Callable[..., Backend]
+) -> None:
+    """An HAProxy started by a shipway from before conf.d (every route in haproxy.cfg) would
+    lose every route on a reload: the first reload restarts it with conf.d instead."""
+    router.sync({Route(KEY): [backends("a").server()]})
+    route_file = router.process.routes_path / f"{KEY}.cfg"
+    legacy = router.process.config_path.read_text() + route_file.read_text()
+    router.stop()
+    router.process.config_path.write_text(legacy)
+    shutil.rmtree(router.process.routes_path)
+    old_way = [
+        *("haproxy", "-W", "-S", f"{router.process.master.path},mode,600"),
+        *("-p", str(router.process.pid_path), "-f", str(router.process.config_path), "-D"),
+    ]
+    subprocess.run(old_way, check=True, timeout=30)
+    wait_until(router.is_running, timeout=10, message="legacy HAProxy started")
+    assert get(router.public_url(KEY)) == (200, "a")
+    assert not router.process.reads_route_files()
+
+    router.ensure_route(Route("dep_y--staging"))  # a reload: restarted once, with conf.d
+
+    assert router.process.reads_route_files()
+    assert get(router.public_url(KEY)) == (200, "a")
+    router.add_server("dep_y--staging", backends("b").server())
+    assert get(router.public_url("dep_y--staging")) == (200, "b")
 
 
 def test_remove_route_closes_its_port(

@@ -1,8 +1,9 @@
 """HAProxyRouter: routes as HAProxy frontends/backends, servers driven by the runtime API.
 
 Server changes go only through the runtime API (no reload, no dropped
-connection). Adding or removing a route rewrites haproxy.cfg from the desired
-state (so the new worker has every current server) and reloads seamlessly.
+connection), and rewrite only that route's state and config files. Adding or removing a
+route rewrites the config from the desired state (so the new worker has every current
+server) and reloads seamlessly.
 Every operation holds the router lock of the state folder, so API and worker
 processes sharing one router never interleave a reload with a server change.
 """
@@ -25,8 +26,9 @@ from shipway.router.base import (
     check_name,
     check_weight,
 )
+from shipway.router.config_files import ConfigFiles
 from shipway.router.desired import check_unique, listen_ports, resolve_ports
-from shipway.router.haproxy_config import ConfigOptions, render_config
+from shipway.router.haproxy_config import ConfigOptions
 from shipway.router.host_files import HostFiles
 from shipway.router.hosts import HostRouting
 from shipway.router.process import HAProxyProcess, check_directory
@@ -36,10 +38,11 @@ from shipway.router.state import (
     DesiredState,
     RouteState,
     allocate_port,
+    load_route,
     load_state,
     locked,
+    save_route,
     save_state,
-    write_atomic,
 )
 
 _STILL_CONNECTED = "still has connections"
@@ -79,6 +82,7 @@ class HAProxyRouter:
             self.directory, binary=binary, daemon=daemon, timeout=timeout, api=self.api
         )
         self.hosts = HostRouting(options=self.options, api=self.api, is_running=self.is_running)
+        self.config_files = ConfigFiles(self.options)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> HAProxyRouter:
@@ -111,8 +115,8 @@ class HAProxyRouter:
             if self.process.is_running():
                 return
             state = load_state(self.directory)
-            self._write_config(state)
-            self.process.start()
+            with self._config_in_place(state):
+                self.process.start()
             self._restore_runtime_only(state)
 
     def stop(self, *, graceful: bool = False, timeout: float = 10.0) -> None:
@@ -144,14 +148,12 @@ class HAProxyRouter:
         """Create the route if missing (config reload); returns it with its listen port."""
         with locked(self.directory):
             self._require_running()
+            with contextlib.suppress(RouterError):  # the common case: one file, no reload
+                port = load_route(self.directory, route.key).listen_port
+                if route.listen_port in (0, port) and route.backend in self.api.backends():
+                    return Route(route.key, port)
             state = load_state(self.directory)
             existing = state.routes.get(route.key)
-            if (
-                existing is not None
-                and route.listen_port in (0, existing.listen_port)
-                and route.backend in self.api.backends()
-            ):
-                return Route(route.key, existing.listen_port)
             port = route.listen_port or (
                 existing.listen_port if existing else self._free_port(state, route.key)
             )
@@ -180,7 +182,7 @@ class HAProxyRouter:
     def route_url(self, key: str) -> str:
         """The route's own address, ``http://host:port`` (its port-per-environment frontend)."""
         with locked(self.directory):
-            port = load_state(self.directory).route(key).listen_port
+            port = load_route(self.directory, key).listen_port
         host = self.public_host or self.bind_host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
@@ -192,13 +194,12 @@ class HAProxyRouter:
         """Add (or update to) ``server``: same name with another address is replaced."""
         with locked(self.directory):
             self._require_running()
-            state = load_state(self.directory)
-            route_state = state.route(key)
+            route_state = load_route(self.directory, key)
             backend = Route(key).backend
             have = self._runtime_servers(backend).get(server.name)
             self._converge(backend, server, have)
             route_state.put(server)
-            self._save(state)
+            self._save_route(key, route_state)
 
     def set_weight(self, key: str, name: str, weight: int) -> None:
         """Change a server's weight (0-256; 0 = no new requests)."""
@@ -222,18 +223,17 @@ class HAProxyRouter:
         check_name(name, "server name")
         with locked(self.directory):
             self._require_running()
-            state = load_state(self.directory)
-            route_state = state.route(key)
+            route_state = load_route(self.directory, key)
             backend = Route(key).backend
             try:
                 if name in self._runtime_servers(backend):
                     self._delete(backend, name, timeout=timeout)
             except RouterError:
                 route_state.update(name, state="maint")
-                self._save(state)
+                self._save_route(key, route_state)
                 raise
             route_state.drop(name)
-            self._save(state)
+            self._save_route(key, route_state)
 
     def servers(self, key: str) -> list[Server]:
         """The route's servers as HAProxy runs them now (address, user weight, admin state)."""
@@ -294,13 +294,12 @@ class HAProxyRouter:
         check_name(name, "server name")
         with locked(self.directory):
             self._require_running()
-            state = load_state(self.directory)
-            route_state = state.route(key)
+            route_state = load_route(self.directory, key)
             if route_state.server(name) is None:
                 raise RouterError(f"route {key!r} has no server {name!r}")
             self.api.change(f"set server {Route(key).backend}/{name} {what}")
             route_state.update(name, **changes)
-            self._save(state)
+            self._save_route(key, route_state)
 
     def _runtime_servers(self, backend: str) -> dict[str, Server]:
         servers = [server_from_row(row) for row in self.api.stat_rows(backend)]
@@ -348,31 +347,32 @@ class HAProxyRouter:
 
     def _apply_config(self, state: DesiredState) -> None:
         """Write the config of ``state`` and reload; on failure the previous config stays."""
-        previous = self.process.config_path.read_text() if self.process.config_path.exists() else ""
-        self._write_config(state)
-        try:
-            self.process.reload()
-        except RouterError:
-            if previous:
-                write_atomic(self.process.config_path, previous)
-            raise
+        if not self.process.reads_route_files():
+            # Started before conf.d existed: a reload would miss it. Once, a restart.
+            self.process.stop(graceful=True, timeout=self.process.timeout)
+            with self._config_in_place(state):
+                self.process.start()
+        else:
+            with self._config_in_place(state):
+                self.process.reload()
         save_state(self.directory, state)
         self._restore_runtime_only(state)
 
-    def _write_config(self, state: DesiredState) -> None:
-        """Validate with ``haproxy -c`` first, then replace haproxy.cfg atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _config_in_place(self, state: DesiredState) -> contextlib.AbstractContextManager[None]:
+        """The checked config of ``state`` in place for a start or reload (undone on failure)."""
         if self.hosts.enabled:  # the maps and crt-list the config names must exist
             HostFiles(self.directory).write(state.hosts)
-        candidate = self.directory / "haproxy.cfg.new"
-        candidate.write_text(render_config(state, self.options))
-        self.process.check(candidate)
-        candidate.replace(self.process.config_path)
+        return self.config_files.replaced(state, self.process.check)
 
     def _save(self, state: DesiredState) -> None:
-        """Save the state and keep haproxy.cfg in step, so even a reload by hand loses nothing."""
-        save_state(self.directory, state)
-        write_atomic(self.process.config_path, render_config(state, self.options))
+        """Save the state and keep the config files in step (a reload by hand loses nothing)."""
+        written, removed = save_state(self.directory, state)
+        self.config_files.write_routes(state, written, removed)
+
+    def _save_route(self, key: str, route_state: RouteState) -> None:
+        """Save one route's state and config file: O(1) whatever the number of routes."""
+        save_route(self.directory, key, route_state)
+        self.config_files.write_route(key, route_state)
 
     def _restore_runtime_only(self, state: DesiredState) -> None:
         """Drain is not expressible in a config: draining servers start at weight 0."""

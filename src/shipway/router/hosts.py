@@ -18,7 +18,7 @@ from shipway.router.base import Route, RouterError
 from shipway.router.haproxy_config import ConfigOptions
 from shipway.router.host_files import HostFiles, fingerprint
 from shipway.router.runtime_api import RuntimeAPI
-from shipway.router.state import HostTable, load_state, locked, save_state, write_atomic
+from shipway.router.state import HostTable, load_hosts, locked, save_hosts, write_atomic
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -75,7 +75,7 @@ class HostRouting:
 
     def table(self) -> HostTable:
         with locked(self.options.directory):
-            return load_state(self.options.directory).hosts
+            return load_hosts(self.options.directory)
 
     def sync(self, wanted: WantedHosts) -> HostChanges:
         """Converge HAProxy and the saved table to ``wanted`` (runtime API only)."""
@@ -84,8 +84,7 @@ class HostRouting:
             if not _HOSTNAME.match(host):
                 raise RouterError(f"not a hostname the router can route: {host!r}")
         with locked(directory):
-            state = load_state(directory)
-            have = state.hosts
+            have = load_hosts(directory)
             live = self.enabled and self.is_running()
             self.files.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
             installed, removed = [], []
@@ -115,14 +114,14 @@ class HostRouting:
                 self._converge_map(
                     self.files.hsts_map, ones(have.hsts, "1"), ones(wanted.hsts, "1")
                 )
-            state.hosts = HostTable(
+            table = HostTable(
                 routes=dict(wanted.routes),
                 certificates=certificates,
                 redirects=sorted(wanted.redirects),
                 hsts=sorted(wanted.hsts),
             )
-            save_state(directory, state)
-            self.files.write(state.hosts)
+            save_hosts(directory, table)
+            self.files.write(table)
         return HostChanges(
             routed=[h for h in wanted.routes if have.routes.get(h) != wanted.routes[h]],
             unrouted=[h for h in have.routes if h not in wanted.routes],

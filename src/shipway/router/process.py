@@ -50,6 +50,7 @@ class HAProxyProcess:
         self.directory, self.binary, self.daemon, self.timeout = directory, binary, daemon, timeout
         self.external = external
         self.config_path = directory / "haproxy.cfg"
+        self.routes_path = directory / "conf.d"  # one file per route (config_files.py)
         self.pid_path = directory / "haproxy.pid"
         self.log_path = directory / "haproxy.log"
         self.master = MasterCLI(directory / "master.sock", timeout=timeout)
@@ -57,11 +58,12 @@ class HAProxyProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self._master_pid: int | None = None  # last pid read; survives pid file rewrites
 
-    def check(self, config_path: Path) -> None:
-        """Validate a config file with ``haproxy -c``; RouterError with HAProxy's output."""
+    def check(self, config_paths: list[Path]) -> None:
+        """Validate config files (or folders) with ``haproxy -c``; RouterError with
+        HAProxy's output."""
         try:
             done = subprocess.run(
-                [self.binary, "-c", "-q", "-f", str(config_path)],
+                [self.binary, "-c", "-q", *_config_args(config_paths)],
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,
@@ -70,7 +72,7 @@ class HAProxyProcess:
             raise RouterError(f"cannot run {self.binary} -c: {exc}") from exc
         if done.returncode != 0:
             raise RouterError(
-                f"HAProxy rejects {config_path}: {(done.stdout + done.stderr).strip()}"
+                f"HAProxy rejects {config_paths[0]}: {(done.stdout + done.stderr).strip()}"
             )
 
     def start(self) -> None:
@@ -84,7 +86,7 @@ class HAProxyProcess:
         self.pid_path.unlink(missing_ok=True)
         self._master_pid = None
         args = [self.binary, "-W", "-S", f"{self.master.path},mode,600"]
-        args += ["-p", str(self.pid_path), "-f", str(self.config_path)]
+        args += ["-p", str(self.pid_path), *_config_args([self.config_path, self.routes_path])]
         offset = self._log_size()
         with self.log_path.open("ab") as log:
             if self.daemon:
@@ -131,8 +133,20 @@ class HAProxyProcess:
         if code != 0:
             raise RouterError(f"HAProxy did not start (exit {code}): {self.log_since(offset)}")
 
+    def reads_route_files(self) -> bool:
+        """Whether the running master reads ``conf.d`` (a master started by a shipway from
+        before per-route files reads ``haproxy.cfg`` alone: a reload would lose routes)."""
+        pid = None if self.external else self.pid()
+        if pid is None:
+            return True
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return True
+        return str(self.routes_path).encode() in cmdline
+
     def reload(self) -> None:
-        """Reload ``haproxy.cfg`` seamlessly; RouterError if HAProxy kept the old config."""
+        """Reload the config seamlessly; RouterError if HAProxy kept the old config."""
         before = self.master.status()
         offset = self._log_size()
         self.master.reload()
@@ -285,6 +299,10 @@ def _exists(pid: int) -> bool:
     except OSError:
         return True  # no procfs access: assume alive, as _alive does
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _config_args(paths: list[Path]) -> list[str]:
+    return [arg for path in paths for arg in ("-f", str(path))]
 
 
 def _alive(pid: int, config_path: Path) -> bool:

@@ -1,7 +1,9 @@
-"""The router's desired state: a JSON file that every config is generated from.
+"""The router's desired state: JSON files that every config is generated from.
 
 Each change made through the runtime API is written here too, so a reload or a
-restart of HAProxy brings back every route, port, server, weight and state.
+restart of HAProxy brings back every route, port, server, weight and state. Each route
+has a file of its own (``routes/<key>.json``), so a server change writes one small file
+whatever the number of routes; ``state.json`` holds the host table.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from typing import Any
 from shipway.router.base import Route, RouterError, Server
 
 STATE_FILE = "state.json"
+ROUTES_DIR = "routes"
 LOCK_FILE = "router.lock"
-FORMAT_VERSION = 2  # 2 added hosts; a version 1 file reads as having none
+# 2 added hosts (a version 1 file reads as having none); 3 moved the routes to files of
+# their own (a version 1 or 2 file's routes are read, and split out by the next save).
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -73,18 +78,6 @@ class DesiredState:
     routes: dict[str, RouteState] = field(default_factory=dict)
     hosts: HostTable = field(default_factory=HostTable)
 
-    def copy(self) -> DesiredState:
-        """A copy whose routes, server lists and host table can change independently."""
-        return DesiredState(
-            routes={k: RouteState(r.listen_port, list(r.servers)) for k, r in self.routes.items()},
-            hosts=HostTable(
-                routes=dict(self.hosts.routes),
-                certificates=dict(self.hosts.certificates),
-                redirects=list(self.hosts.redirects),
-                hsts=list(self.hosts.hsts),
-            ),
-        )
-
     def route(self, key: str) -> RouteState:
         """The route ``key``, or RouterError if it does not exist."""
         try:
@@ -96,72 +89,66 @@ class DesiredState:
         """The state in the shape ``Router.sync`` takes."""
         return {Route(k, r.listen_port): list(r.servers) for k, r in self.routes.items()}
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "version": FORMAT_VERSION,
-            "routes": {
-                key: {
-                    "listen_port": route.listen_port,
-                    "servers": [_server_json(s) for s in route.servers],
-                }
-                for key, route in sorted(self.routes.items())
-            },
-            "hosts": {
-                "routes": dict(self.hosts.routes),
-                "certificates": dict(self.hosts.certificates),
-                "redirects": list(self.hosts.redirects),
-                "hsts": list(self.hosts.hsts),
-            },
-        }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DesiredState:
-        """Parse what ``to_json`` wrote."""
-        if data.get("version") not in (1, FORMAT_VERSION):
-            raise RouterError(f"unknown router state version {data.get('version')!r}")
-        return cls(
-            routes={
-                key: RouteState(
-                    listen_port=int(route["listen_port"]),
-                    servers=[Server(**s) for s in route["servers"]],
-                )
-                for key, route in data["routes"].items()
-            },
-            hosts=HostTable(**data.get("hosts", {})),
-        )
-
-
-def _server_json(server: Server) -> dict[str, Any]:
-    """A server as JSON (what ``asdict`` gives, without its deep copy: it is hot)."""
+def route_to_json(route: RouteState) -> dict[str, Any]:
+    """One route as JSON (servers spelled out by hand: ``asdict`` deep-copies, and this
+    is on every server change)."""
     return {
-        "name": server.name,
-        "address": server.address,
-        "port": server.port,
-        "weight": server.weight,
-        "state": server.state,
+        "listen_port": route.listen_port,
+        "servers": [
+            {
+                "name": s.name,
+                "address": s.address,
+                "port": s.port,
+                "weight": s.weight,
+                "state": s.state,
+            }
+            for s in route.servers
+        ],
     }
 
 
-# The last state read or written per file, by (inode, mtime, size): parsing a big router's
-# state on every server change made each change O(routes). Every writer replaces the file
-# (a new inode), so another process's change is never missed.
-_parsed: dict[Path, tuple[tuple[int, int, int], DesiredState]] = {}
+def route_from_json(data: dict[str, Any]) -> RouteState:
+    """Parse what ``route_to_json`` wrote."""
+    return RouteState(
+        listen_port=int(data["listen_port"]), servers=[Server(**s) for s in data["servers"]]
+    )
 
 
-def load_state(directory: Path) -> DesiredState:
-    """The saved state of ``directory`` (empty if none was saved); the caller's own copy."""
-    path = directory / STATE_FILE
-    try:
-        stamp = _stamp(path)
-        cached = _parsed.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1].copy()
-        state = DesiredState.from_json(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return DesiredState()
-    _parsed[path] = (stamp, state.copy())
-    return state
+def hosts_to_json(hosts: HostTable) -> dict[str, Any]:
+    """The host table as ``state.json``."""
+    return {
+        "version": FORMAT_VERSION,
+        "hosts": {
+            "routes": dict(hosts.routes),
+            "certificates": dict(hosts.certificates),
+            "redirects": list(hosts.redirects),
+            "hsts": list(hosts.hsts),
+        },
+    }
+
+
+# The last value read or written per file, by (inode, mtime, size): parsing every file on
+# every change made each change O(routes). Every writer replaces its file (a new inode),
+# so another process's change is never missed. Callers get copies.
+_parsed: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+
+
+def _read(path: Path, parse: Any) -> Any:
+    """The parsed content of ``path`` (cached by its stamp); FileNotFoundError if absent."""
+    stamp = _stamp(path)
+    cached = _parsed.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    value = parse(json.loads(path.read_text()))
+    _parsed[path] = (stamp, value)
+    return value
+
+
+def _write(path: Path, data: dict[str, Any], value: Any) -> None:
+    # Compact: the C encoder (indent= would use the slow pure-Python one).
+    write_atomic(path, json.dumps(data, separators=(",", ":")) + "\n")
+    _parsed[path] = (_stamp(path), value)
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -169,13 +156,106 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
-def save_state(directory: Path, state: DesiredState) -> None:
-    """Write the state atomically (a reader never sees half a file)."""
-    # Compact, one server per line: the C encoder (indent= would use the slow pure-Python
-    # one, which made every server change cost O(routes) milliseconds on big routers).
+def _route_path(directory: Path, key: str) -> Path:
+    return directory / ROUTES_DIR / f"{key}.json"
+
+
+def _state_file(directory: Path) -> dict[str, Any]:
+    """``state.json`` (format 3); one of format 1 or 2, which also held the routes, is split
+    into route files first."""
     path = directory / STATE_FILE
-    write_atomic(path, json.dumps(state.to_json(), separators=(",", ":")) + "\n")
-    _parsed[path] = (_stamp(path), state.copy())
+    try:
+        data: dict[str, Any] = _read(path, lambda data: data)
+    except FileNotFoundError:
+        return {}
+    if data.get("version") not in (1, 2, FORMAT_VERSION):
+        raise RouterError(f"unknown router state version {data.get('version')!r}")
+    if "routes" in data:
+        for key, route in data["routes"].items():
+            _save_route_file(directory, key, route_from_json(route))
+        data = hosts_to_json(_hosts_from_json(data.get("hosts", {})))
+        _write(path, data, data)
+    return data
+
+
+def _hosts_from_json(hosts: dict[str, Any]) -> HostTable:
+    return HostTable(
+        routes=dict(hosts.get("routes", {})),
+        certificates=dict(hosts.get("certificates", {})),
+        redirects=list(hosts.get("redirects", [])),
+        hsts=list(hosts.get("hsts", [])),
+    )
+
+
+def load_hosts(directory: Path) -> HostTable:
+    """The saved host table (the caller's own copy)."""
+    return _hosts_from_json(_state_file(directory).get("hosts", {}))
+
+
+def save_hosts(directory: Path, hosts: HostTable) -> None:
+    """Write the host table."""
+    _state_file(directory)
+    data = hosts_to_json(hosts)
+    _write(directory / STATE_FILE, data, data)
+
+
+def load_route(directory: Path, key: str) -> RouteState:
+    """One route's saved state (the caller's own copy); RouterError if there is none."""
+    _state_file(directory)
+    try:
+        route: RouteState = _read(_route_path(directory, key), route_from_json)
+    except FileNotFoundError:
+        raise RouterError(f"no route {key!r}") from None
+    return RouteState(route.listen_port, list(route.servers))
+
+
+def save_route(directory: Path, key: str, route: RouteState) -> None:
+    """Write one route's state: one small file, whatever the number of routes."""
+    _state_file(directory)
+    _save_route_file(directory, key, route)
+
+
+def _save_route_file(directory: Path, key: str, route: RouteState) -> None:
+    path = _route_path(directory, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy = RouteState(route.listen_port, list(route.servers))
+    _write(path, route_to_json(copy), copy)
+
+
+def load_state(directory: Path) -> DesiredState:
+    """The whole saved state of ``directory`` (empty if none was saved); the caller's copy."""
+    routes = {
+        key: RouteState(route.listen_port, list(route.servers))
+        for key, route in _saved_routes(directory).items()
+    }
+    return DesiredState(routes=routes, hosts=load_hosts(directory))
+
+
+def save_state(directory: Path, state: DesiredState) -> tuple[set[str], set[str]]:
+    """Write the whole state: only the route files that changed, removing those of routes
+    that are gone. Returns the keys of the routes written and of those removed."""
+    have = _saved_routes(directory)
+    written = {key for key, route in state.routes.items() if have.get(key) != route}
+    for key in written:
+        _save_route_file(directory, key, state.routes[key])
+    removed = set(have) - set(state.routes)
+    for key in removed:
+        _route_path(directory, key).unlink(missing_ok=True)
+        _parsed.pop(_route_path(directory, key), None)
+    save_hosts(directory, state.hosts)
+    return written, removed
+
+
+def _saved_routes(directory: Path) -> dict[str, RouteState]:
+    """Every saved route, as cached (not copies)."""
+    _state_file(directory)
+    routes = {}
+    for path in sorted((directory / ROUTES_DIR).glob("*.json")):
+        try:
+            routes[path.stem] = _read(path, route_from_json)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return routes
 
 
 def write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
