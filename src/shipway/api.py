@@ -246,6 +246,7 @@ def create_app() -> FastAPI:
     """Build the API application (and wire the features into the job engine)."""
     from shipway.bootstrap import load_features
     from shipway.builds.routes import router as builds
+    from shipway.config_vars.routes import router as config_read
     from shipway.dashboard.routes import mount_dashboard
     from shipway.deployments.event_routes import router as events
     from shipway.deployments.routes import router as deployments
@@ -254,6 +255,7 @@ def create_app() -> FastAPI:
     from shipway.jobs.stream_routes import router as job_stream
     from shipway.metrics.routes import router as metrics
     from shipway.queue.routes import router as queue
+    from shipway.releases.config_routes import router as config_change
     from shipway.releases.routes import router as releases
     from shipway.versions.routes import router as versions
     from workers.celery_app import send_job
@@ -269,6 +271,8 @@ def create_app() -> FastAPI:
     for router in (
         deployments,
         domains,
+        config_read,
+        config_change,
         builds,
         versions,
         releases,

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     certificate_check_seconds: float = Field(
         default=5.0, description="How often the relay looks for certificates to issue or renew."
     )
+    secrets_keys: str = Field(
+        default="",
+        description="Comma-separated Fernet keys that encrypt secrets at rest (config secrets, "
+        "TLS private keys); the first encrypts, every one decrypts. Rotate: put a new key "
+        "first, run `shipway secrets rotate`, then drop the old one. Empty: a key generated "
+        "once in data_dir/secrets.key (mode 0600), for the embedded mode.",
+    )
     router_daemon: bool = Field(
         default=True, description="HAProxy outlives shipway (else it dies with its parent)."
     )

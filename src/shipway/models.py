@@ -2,6 +2,7 @@
 
 from shipway.auth.models import ApiToken
 from shipway.catalog.models import Deployment, Environment, Release, Version
+from shipway.config_vars.models import ConfigVersion
 from shipway.db import Base
 from shipway.domains.models import AcmeAccount, Certificate, Domain
 from shipway.events.models import Event
@@ -15,6 +16,7 @@ __all__ = [
     "ApiToken",
     "Base",
     "Certificate",
+    "ConfigVersion",
     "Deployment",
     "Domain",
     "Environment",

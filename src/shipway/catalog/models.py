@@ -139,6 +139,8 @@ class Release(Base):
     image_url: Mapped[str | None] = mapped_column(String(500))
     image_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rollout: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The environment's config version the replicas run with (config_vars); None: no config.
+    config_version: Mapped[int | None] = mapped_column(Integer)
     # Health monitoring after ACTIVE (releases/monitor.py): last probe round, counters.
     health_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unhealthy_since: Mapped[datetime | None] = mapped_column(UTCDateTime())

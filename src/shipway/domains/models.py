@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from shipway.crypto import EncryptedText
 from shipway.db import Base, JSONType, UTCDateTime
 from shipway.ids import utcnow
 
@@ -29,8 +30,9 @@ class Domain(Base):
 class Certificate(Base):
     """The TLS certificate of one hostname: issued by the ACME CA, or uploaded by its owner.
 
-    The private key is never answered by the API; it reaches only the router's files
-    (mode 0600). ``next_attempt_at`` schedules the next issuance or renewal.
+    The private key is encrypted at rest (``SHIPWAY_SECRETS_KEYS``) and never answered by
+    the API; it reaches only the router's files (mode 0600). ``next_attempt_at`` schedules
+    the next issuance or renewal.
     """
 
     __tablename__ = "certificates"
@@ -40,7 +42,7 @@ class Certificate(Base):
     source: Mapped[str] = mapped_column(String(20))  # acme | uploaded
     status: Mapped[str] = mapped_column(String(20))  # pending | issued | failed
     fullchain_pem: Mapped[str | None] = mapped_column(Text)
-    key_pem: Mapped[str | None] = mapped_column(Text)
+    key_pem: Mapped[str | None] = mapped_column(EncryptedText())  # encrypted at rest
     issuer: Mapped[str | None] = mapped_column(String(500))
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -60,5 +62,5 @@ class AcmeAccount(Base):
     __tablename__ = "acme_accounts"
 
     directory_url: Mapped[str] = mapped_column(String(500), primary_key=True)
-    key_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(EncryptedText())  # encrypted at rest
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -192,6 +192,7 @@ def fresh_release_for(ctx: JobContext) -> None:
             replicas=0,
             rollback_count=old.rollback_count,
             image_url=version.runtime_image,
+            config_version=old.config_version,
             rollout={"strategy": (old.rollout or {}).get("strategy"), "restarted_from": old.id},
             created_at=utcnow(),
             updated_at=utcnow(),

@@ -14,7 +14,7 @@ from typing import Any
 from shipway.catalog.models import Release
 from shipway.config import get_settings
 from shipway.deployments.addresses import route_key
-from shipway.jobs.context import JobContext
+from shipway.jobs.context import JobContext, JobFailed
 from shipway.jobs.handlers import handler
 from shipway.releases import canary
 from shipway.releases.activation import (
@@ -24,6 +24,7 @@ from shipway.releases.activation import (
     set_replicas,
     warm_rollback,
 )
+from shipway.releases.config_failure import ConfigContext
 from shipway.releases.health import HealthPolicy, wait_until_healthy
 from shipway.releases.replicas import Target, scale_up
 from shipway.releases.retire import retire_release, schedule_retire
@@ -58,13 +59,28 @@ def run_rollout(ctx: JobContext) -> dict[str, Any]:
 
 
 def _scale_and_check(ctx: JobContext) -> list[Replica]:
+    """Start the release's replicas with its config and wait until they are healthy.
+
+    A failure is recorded with the config's secret values redacted, and as
+    ``config_rejected`` when only the config differs from the serving release.
+    """
+    with ctx.session() as session:
+        _, release, version, _ = load_rollout(session, ctx.job_id)
+        config = ConfigContext.of(session, release=release)
+    try:
+        return _start_and_probe(ctx, config)
+    except JobFailed as failed:
+        raise config.explain(failed, version) from None
+
+
+def _start_and_probe(ctx: JobContext, config: ConfigContext) -> list[Replica]:
     runtime = get_runtime()
     with ctx.session() as session:
         _, release, version, deployment = load_rollout(session, ctx.job_id)
-        target = Target.of(version=version, deployment=deployment)
+        target = Target.of(version=version, deployment=deployment, env=config.env)
         path = version.health_check_path or deployment.health_check_path
         policy = HealthPolicy.from_settings((deployment.settings or {}).get("health"))
-    ctx.phase("scale", replicas=target.replicas, image=target.image)
+    ctx.phase("scale", replicas=target.replicas, image=target.image, config=config.version)
     key = route_key(release.deployment_id, release.environment)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="route") as pool:
         pool.submit(prepare_route, key)
@@ -82,7 +98,9 @@ def _scale_and_check(ctx: JobContext) -> list[Replica]:
         checkpoint=ctx.checkpoint,
         report=lambda healthy, total: ctx.progress(healthy=healthy, total=total, path=path),
     )
-    ctx.progress(healthy=len(replicas), total=len(replicas), path=path, probes=results)
+    ctx.progress(
+        healthy=len(replicas), total=len(replicas), path=path, probes=config.clean(results)
+    )
     return replicas
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shipway.catalog.models import Deployment, Release, Version
 from shipway.jobs.context import JobFailed
@@ -22,7 +22,7 @@ def replica_name(release_id: str, index: int) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """What a release runs: image, port, command, resources, how many."""
+    """What a release runs: image, port, command, resources, how many, its environment."""
 
     image: str
     port: int
@@ -31,10 +31,13 @@ class Target:
     memory_mb: int | None
     cpus: float | None
     placement: list[str]
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets among them
 
     @classmethod
-    def of(cls, *, version: Version, deployment: Deployment) -> Target:
-        """The target of ``version`` with the deployment's settings."""
+    def of(
+        cls, *, version: Version, deployment: Deployment, env: dict[str, str] | None = None
+    ) -> Target:
+        """The target of ``version`` with the deployment's settings and config ``env``."""
         if not version.runtime_image:
             raise JobFailed(
                 "image_pull_failed",
@@ -55,6 +58,7 @@ class Target:
             memory_mb=resources.get("memory_mb"),
             cpus=resources.get("cpus"),
             placement=list((deployment.settings or {}).get("placement") or []),
+            env=dict(env or {}),
         )
 
 
@@ -87,6 +91,7 @@ def scale_up(
             labels=release_labels(release, index),
             container_port=target.port,
             command=target.command,
+            env=target.env,
             memory_mb=target.memory_mb,
             cpus=target.cpus,
             constraints=target.placement,

@@ -49,6 +49,7 @@ def _promote(
         strategy=strategy,
         actor=principal.actor,
         supersede=request.supersede,
+        config=request.config.change() if request.config else None,
     )
     return _answer(result)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shipway.config_vars.schemas import ConfigPatch
 from shipway.deployments.schemas import ENV_NAME_PATTERN
 from shipway.deployments.strategy import Strategy
 from shipway.jobs.schemas import JobRead
@@ -29,6 +30,11 @@ class PromoteRequest(BaseModel):
     supersede: bool = Field(
         default=False,
         description="Cancel rollouts still queued for this environment (newest wins)",
+    )
+    config: ConfigPatch | None = Field(
+        default=None,
+        description="Config changes made with the promote, atomically (the release runs "
+        "with them; bad names or values refuse the whole promote)",
     )
 
 

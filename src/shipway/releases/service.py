@@ -9,7 +9,9 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shipway.catalog.models import Environment, Release, Version
+from shipway.catalog.models import Deployment, Environment, Release, Version
+from shipway.config_vars import service as config_vars
+from shipway.config_vars.service import ConfigChange
 from shipway.deployments.service import (
     ensure_environment,
     get_deployment,
@@ -58,11 +60,15 @@ def promote_version(
     strategy: dict[str, Any] | None,
     actor: str,
     supersede: bool = False,
+    config: ConfigChange | None = None,
 ) -> PromoteResult:
     """Queue a rollout of ``version_id`` to ``environment`` (rollback if it is archived).
 
     With ``supersede`` the rollouts still queued for that environment are
     cancelled (``superseded``): the newest request wins, the running one finishes.
+    ``config`` changes the environment's config in the same transaction; the release
+    runs with it (so promoting the active version with a config change is allowed).
+    A rollback runs with the config the version last ran with here, made current again.
     """
     deployment = get_deployment(session, deployment_id=deployment_id, workspace_id=workspace_id)
     version = get_version(
@@ -77,8 +83,15 @@ def promote_version(
             state=version.state,
             promotable_states=list(PROMOTABLE_STATES),
         )
+    changed = config is not None and (
+        config_vars.apply_change(
+            session, deployment=deployment, environment=environment, change=config, actor=actor
+        )
+        is not None
+    )
     current = active_release(session, deployment_id=deployment_id, environment=environment)
-    if current is not None and current.version_id == version_id and current.status == "ACTIVE":
+    already = current is not None and current.version_id == version_id
+    if already and not changed and current is not None and current.status == "ACTIVE":
         raise Conflict(
             f"version {version.version_number} is already active in {environment}",
             code="version_already_active",
@@ -94,10 +107,51 @@ def promote_version(
             actor=actor,
             by_version=version.version_number,
         )
-    kind = "rollback" if version.state == "archived" else "promote"
-    return _queue_rollout(
-        session, version=version, environment=environment, kind=kind, strategy=strategy, actor=actor
+    # the active version again (with a config change) is a new release, never a rollback
+    kind = "rollback" if version.state == "archived" and not already else "promote"
+    config_version = _config_for(
+        session,
+        deployment=deployment,
+        version=version,
+        environment=environment,
+        kind=kind,
+        actor=actor,
     )
+    return queue_rollout(
+        session,
+        version=version,
+        environment=environment,
+        kind=kind,
+        strategy=strategy,
+        actor=actor,
+        config_version=config_version,
+    )
+
+
+def _config_for(
+    session: Session,
+    *,
+    deployment: Deployment,
+    version: Version,
+    environment: str,
+    kind: str,
+    actor: str,
+) -> int | None:
+    """The config version a new release runs with: the current one; for a rollback the one
+    the version last ran with here, made current again (a new version with its vars)."""
+    if kind == "rollback":
+        last = _latest_release(session, version_id=version.id, environment=environment)
+        if last is not None and last.config_version is not None:
+            restored = config_vars.restore(
+                session,
+                deployment=deployment,
+                environment=environment,
+                number=last.config_version,
+                actor=actor,
+            )
+            return restored.number if restored is not None else last.config_version
+    current = config_vars.latest(session, deployment_id=deployment.id, environment=environment)
+    return current.number if current is not None else None
 
 
 def default_strategy(env: Environment) -> dict[str, Any]:
@@ -114,7 +168,7 @@ def default_strategy(env: Environment) -> dict[str, Any]:
         ) from None
 
 
-def _queue_rollout(
+def queue_rollout(
     session: Session,
     *,
     version: Version,
@@ -122,7 +176,10 @@ def _queue_rollout(
     kind: str,
     strategy: dict[str, Any],
     actor: str,
+    config_version: int | None,
 ) -> PromoteResult:
+    """A DEPLOYING release of ``version`` with config ``config_version`` and its rollout job
+    (a rollback to a DRAINING release switches back to it: no new release)."""
     if kind == "rollback":
         warm = _warm_release(session, version_id=version.id, environment=environment)
         if warm is not None:
@@ -140,6 +197,7 @@ def _queue_rollout(
         replicas=0,
         rollback_count=0,
         image_url=version.runtime_image,
+        config_version=config_version,
         rollout={"strategy": strategy},
         created_at=now,
         updated_at=now,
@@ -156,7 +214,8 @@ def _queue_rollout(
         subject_id=release.id,
         from_state=None,
         to_state="DEPLOYING",
-        reason=f"{kind} of version {version.version_number} to {environment} queued",
+        reason=f"{kind} of version {version.version_number} to {environment} queued"
+        + (f" (config v{config_version})" if config_version is not None else ""),
         actor=actor,
         deployment_id=version.deployment_id,
         job_id=queued.job.id,
@@ -164,14 +223,19 @@ def _queue_rollout(
     return queued
 
 
-def _warm_release(session: Session, *, version_id: str, environment: str) -> Release | None:
-    """The version's latest release in ``environment`` if it is DRAINING (replicas warm)."""
-    latest = session.scalars(
+def _latest_release(session: Session, *, version_id: str, environment: str) -> Release | None:
+    """The version's latest release in ``environment``."""
+    return session.scalars(
         select(Release)
         .where(Release.version_id == version_id, Release.environment == environment)
         .order_by(Release.created_at.desc())
         .limit(1)
     ).first()
+
+
+def _warm_release(session: Session, *, version_id: str, environment: str) -> Release | None:
+    """The version's latest release in ``environment`` if it is DRAINING (replicas warm)."""
+    latest = _latest_release(session, version_id=version_id, environment=environment)
     return latest if latest is not None and latest.status == "DRAINING" else None
 
 

@@ -1,0 +1,1 @@
+"""Config vars and secrets per (deployment, environment): versioned, secrets encrypted."""

@@ -1,0 +1,241 @@
+"""Config vars and secrets: names, write-only secrets, encryption at rest, rotation, releases.
+
+The API tests run on SQLite and PostgreSQL; rollouts run in-process against the real
+Docker engine (as tests/test_api_promote.py does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from shipway.config import get_settings
+from shipway.config_vars.names import check_name, check_value
+from shipway.config_vars.redact import redact
+from tests.conftest import VersionFactory, auth
+from tests.test_api_auth import assert_error
+from tests.test_api_promote import accepted, audit, promote, run
+
+SECRET = "s3cr3t-Value-0f-the-test-9d1c"
+
+
+def config_url(deployment: dict[str, Any], env: str = "production") -> str:
+    return f"/api/v1/deployments/{deployment['id']}/environments/{env}/config"
+
+
+def patch(
+    client: TestClient, deployment: dict[str, Any], body: Any, env: str = "production"
+) -> httpx.Response:
+    return client.patch(config_url(deployment, env), json=body, headers=auth(deployment["token"]))
+
+
+def listed(client: TestClient, deployment: dict[str, Any]) -> dict[str, Any]:
+    response = client.get(config_url(deployment), headers=auth(deployment["token"]))
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def raw(sql: str) -> list[Any]:
+    from shipway.db import transaction
+
+    with transaction() as session:
+        return list(session.execute(text(sql)).all())
+
+
+# --------------------------------------------------------------------------- pure
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("DATABASE_URL", True),
+        ("_x1", True),
+        ("lower_case", True),
+        ("1ABC", False),
+        ("A-B", False),
+        ("A B", False),
+        ("", False),
+        ("SHIPWAY_TOKEN", False),
+        ("shipway_x", False),
+        ("X" * 129, False),
+        ("É", False),
+    ],
+)
+def test_names_are_posix_and_not_reserved(name: str, ok: bool) -> None:
+    assert (check_name(name) is None) is ok
+
+
+def test_values_have_a_size_limit_and_no_nul() -> None:
+    assert check_value("x" * 32 * 1024) is None
+    assert check_value("x" * (32 * 1024 + 1))
+    assert check_value("a\x00b")
+
+
+def test_redact_walks_nested_values_and_leaves_short_ones() -> None:
+    found = redact({"logs": [f"url={SECRET}!", "ok"], SECRET: (1, "abc")}, [SECRET, "abc"])
+    assert SECRET not in json.dumps(found)
+    assert found["logs"][0] == "url=[redacted]!" and found["[redacted]"] == [1, "abc"]
+    assert redact("a b c", ["b"]) == "a b c"  # under 4 characters: not redacted
+
+
+def test_rotation_re_encrypts_with_the_new_key_and_drops_the_old(
+    shipway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipway import crypto
+    from shipway.db import get_engine, transaction
+    from shipway.domains.models import AcmeAccount
+
+    old, new = crypto.generate_key(), crypto.generate_key()
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", old)
+    get_settings.cache_clear()
+    with transaction() as session:
+        session.add(AcmeAccount(directory_url="https://acme.test/dir", key_pem="PEM-" + SECRET))
+    token = raw("SELECT key_pem FROM acme_accounts")[0][0]
+    assert SECRET not in token and crypto.looks_encrypted(token)
+
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", f"{new},{old}")  # 1. the new key first
+    get_settings.cache_clear()
+    with get_engine().begin() as connection:  # 2. rotate
+        counts = crypto.rotate(connection)
+    assert counts["acme_accounts.key_pem"] == 1
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", new)  # 3. drop the old key
+    get_settings.cache_clear()
+    with transaction() as session:
+        assert session.get(AcmeAccount, "https://acme.test/dir").key_pem == "PEM-" + SECRET  # type: ignore[union-attr]
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", old)  # the old key alone opens nothing now
+    get_settings.cache_clear()
+    with pytest.raises(crypto.SecretsKeyError), transaction() as session:
+        session.get(AcmeAccount, "https://acme.test/dir")
+
+
+def test_embedded_mode_generates_a_private_key_file(shipway_env: dict[str, str]) -> None:
+    from shipway import crypto
+
+    assert crypto.decrypt(crypto.encrypt("x")) == "x"
+    key_file = Path(shipway_env["SHIPWAY_DATA_DIR"]) / "secrets.key"
+    assert key_file.exists() and (key_file.stat().st_mode & 0o777) == 0o600
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_set_list_unset_with_write_only_secrets(
+    client: TestClient, deployment: dict[str, Any]
+) -> None:
+    assert listed(client, deployment) == {
+        "deployment_id": deployment["id"],
+        "environment": "production",
+        "version": 0,
+        "data": [],
+    }
+    answer = patch(
+        client, deployment, {"values": {"GREETING": "hi"}, "secrets": {"API_KEY": SECRET}}
+    )
+    assert answer.status_code == 200, answer.text  # no release serves yet: nothing to roll out
+    body = answer.json()
+    assert body["changed"] and body["release_id"] is None and body["version"] == 1
+    assert SECRET not in answer.text
+    rows = {row["name"]: row for row in listed(client, deployment)["data"]}
+    assert rows["GREETING"]["value"] == "hi" and not rows["GREETING"]["secret"]
+    assert rows["API_KEY"] == {**rows["API_KEY"], "secret": True, "value": None, "version": 1}
+    assert rows["API_KEY"]["updated_at"] and rows["API_KEY"]["updated_by"]
+
+    same = patch(client, deployment, {"secrets": {"API_KEY": SECRET}})
+    assert same.status_code == 200 and not same.json()["changed"] and same.json()["version"] == 1
+
+    gone = patch(client, deployment, {"unset": ["GREETING"]})
+    assert gone.json()["version"] == 2
+    assert [row["name"] for row in gone.json()["data"]] == ["API_KEY"]
+
+    stored = raw("SELECT secrets, plain FROM config_versions ORDER BY number")
+    assert all(SECRET not in str(row) for row in stored)  # encrypted at rest
+    events = [e for e in audit(client, deployment) if e["subject_type"] == "config"]
+    assert [e["to_state"] for e in events] == ["v1", "v2"]
+    assert events[0]["reason"] == "config set GREETING; secret API_KEY"
+    assert SECRET not in json.dumps(events)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"values": {"1BAD": "x"}}, "invalid_config"),
+        ({"values": {"SHIPWAY_X": "x"}}, "invalid_config"),
+        ({"secrets": {"OK": "a\u0000b"}}, "invalid_config"),
+        ({"values": {"A": "x" * (32 * 1024 + 1)}}, "invalid_config"),
+        ({"values": {"A": "1"}, "secrets": {"A": "2"}}, "invalid_config"),
+        ({}, "invalid_config"),
+        ({"values": {"A": 1}}, "validation_error"),
+        ({"other": {}}, "validation_error"),
+    ],
+)
+def test_bad_input_is_422_and_writes_nothing(
+    client: TestClient, deployment: dict[str, Any], body: dict[str, Any], code: str
+) -> None:
+    answer = patch(client, deployment, body)
+    assert_error(answer, 422, code)
+    assert "a\u0000b" not in answer.text
+    assert raw("SELECT count(*) FROM config_versions") == [(0,)]
+
+
+def test_unknown_deployment_and_other_workspace_are_404(
+    client: TestClient, deployment: dict[str, Any], make_token: Any
+) -> None:
+    other = {**deployment, "token": make_token("deployments:write", workspace="other")}
+    assert_error(patch(client, other, {"values": {"A": "1"}}), 404)
+    assert_error(client.get(config_url(other), headers=auth(other["token"])), 404)
+    reader = {**deployment, "token": make_token("deployments:read")}
+    assert_error(patch(client, reader, {"values": {"A": "1"}}), 403)
+
+
+def replica_env(release_id: str) -> dict[str, str]:
+    engine = docker.from_env()
+    try:
+        found = engine.containers.list(all=True, filters={"label": f"shipway.release={release_id}"})
+        assert found, release_id
+        return dict(item.split("=", 1) for item in found[0].attrs["Config"]["Env"])
+    finally:
+        engine.close()
+
+
+def test_config_change_is_a_release_of_the_active_version_and_rollback_restores_it(
+    client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    v1, v2 = make_version(deployment["id"]), make_version(deployment["id"])
+    patch(client, deployment, {"values": {"COLOR": "blue"}, "secrets": {"TOKEN": SECRET}})
+    first = accepted(promote(client, deployment, v1, "p1"))
+    assert run(first["job"]["id"]) == "succeeded"
+    assert replica_env(first["release"]["id"])["TOKEN"] == SECRET  # the replica gets it
+
+    changed = patch(client, deployment, {"values": {"COLOR": "green"}})
+    assert changed.status_code == 202, changed.text
+    job = changed.json()["job"]
+    assert job["kind"] == "promote" and job["version_id"] == v1  # same version, no build
+    assert run(job["id"]) == "succeeded"
+    second_id = changed.json()["release_id"]
+    assert replica_env(second_id)["COLOR"] == "green"
+    assert raw(f"SELECT config_version, status FROM releases WHERE id = '{second_id}'") == [
+        (2, "ACTIVE")
+    ]
+
+    # promote carries a config change atomically
+    with_config = promote(
+        client, deployment, v2, "p2", body={"config": {"values": {"COLOR": "red"}}}
+    )
+    assert run(accepted(with_config)["job"]["id"]) == "succeeded"
+    assert replica_env(with_config.json()["release"]["id"])["COLOR"] == "red"
+    # rollback to v1 returns to v1's config (COLOR=green), made current again
+    back = client.post(
+        f"/api/v1/deployments/{deployment['id']}/rollback",
+        json={"environment": "production"},
+        headers=auth(deployment["token"], **{"Idempotency-Key": "b1"}),
+    )
+    assert run(accepted(back)["job"]["id"]) == "succeeded"
+    assert {r["name"]: r["value"] for r in listed(client, deployment)["data"]}["COLOR"] == "green"
+    assert SECRET not in json.dumps(audit(client, deployment))
