@@ -21,9 +21,11 @@ app = typer.Typer(help="shipway: build-and-promote control plane.", no_args_is_h
 tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 router_app = typer.Typer(help="The router (HAProxy).", no_args_is_help=True)
+secrets_app = typer.Typer(help="The keys that encrypt secrets at rest.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(db_app, name="db")
 app.add_typer(router_app, name="router")
+app.add_typer(secrets_app, name="secrets")
 register_client_commands(app)  # deployments, versions, jobs, publish, promote, queue, …
 console = Console(stderr=True)
 
@@ -194,6 +196,38 @@ def up(
             worker_proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+@secrets_app.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new key for SHIPWAY_SECRETS_KEYS (put it first, then run `secrets rotate`)."""
+    from shipway.crypto import generate_key
+
+    print(generate_key())
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Re-encrypt every stored secret (config secrets, TLS keys) with the first key of
+    SHIPWAY_SECRETS_KEYS, in one transaction; afterwards the other keys can be dropped."""
+    import shipway.models  # noqa: F401  (every table, so every encrypted column)
+    from shipway.crypto import rotate
+    from shipway.db import get_engine
+    from shipway.errors import ShipwayError
+
+    try:
+        with get_engine().begin() as connection:
+            counts = rotate(connection)
+    except ShipwayError as error:
+        console.print(f"[red]{error.message}[/]")
+        raise typer.Exit(1) from None
+    if json_output:
+        print(json.dumps(counts))
+        return
+    for column, count in counts.items():
+        console.print(f"{column}: {count} value(s) re-encrypted with the first key")
 
 
 def _safe_url() -> str:

@@ -145,7 +145,7 @@ class ReplicaSpec:
     labels: dict[str, str]
     container_port: int
     command: list[str] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # config, secrets among them
     memory_mb: int | None = None
     cpus: float | None = None
     network: str | None = None

@@ -8,6 +8,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the client commands (deployments, versions, jobs, publish, promote, …) to ``app``."""
     from shipway.client.commands import (
+        config,
         deployments,
         domains,
         jobs,
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(deployments.app, name="deployments")
     app.add_typer(versions.app, name="versions")
     app.add_typer(domains.app, name="domains")
+    app.add_typer(config.app, name="config")
     app.add_typer(jobs.app, name="jobs")
     app.command("publish")(publish.publish)
     app.command("promote")(promote.promote)
