@@ -4,13 +4,17 @@ HTTP-01 and chains to pebble's root; each kind of failure is classified with a d
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
+from acme import messages
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from shipway.certificates import issuer
 from shipway.certificates.issuer import (
     CertificateIssueError,
     IssuedCertificate,
@@ -149,3 +153,24 @@ def test_a_ca_that_is_down_is_classified() -> None:
         )
     assert failure.value.reason == "acme_unreachable"
     assert failure.value.retryable
+
+
+def test_a_rate_limit_keeps_the_cas_retry_after() -> None:
+    """RFC 8555 §6.6: a rateLimited problem comes with Retry-After; shipway waits that long
+    (renewal.py turns it into the next attempt). The library drops the response, so the
+    network client keeps it on the problem."""
+    response = requests.Response()
+    response.status_code = 429
+    response.headers["Content-Type"] = "application/problem+json"
+    response.headers["Retry-After"] = "120"
+    response._content = json.dumps(
+        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many orders"}
+    ).encode()
+    with pytest.raises(messages.Error) as raised:
+        issuer._Network._check_response(response)
+
+    error = issuer.classify(raised.value, directory_url="https://ca.test/dir", domains=["a.test"])
+
+    assert error.reason == "acme_rate_limited" and error.retryable
+    assert error.retry_after_seconds is not None and 115 <= error.retry_after_seconds <= 120
+    assert "too many orders" in error.description

@@ -140,7 +140,7 @@ def _client(
         raise ValueError("the ACME account key must be EC P-256 or RSA")
     # requests takes a CA bundle path where acme's signature says bool.
     verify = cast(bool, ca_bundle) if ca_bundle else True
-    network = client.ClientNetwork(key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT)
+    network = _Network(key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT)
     directory = client.ClientV2.get_directory(directory_url, network)
     acme = client.ClientV2(directory, net=network)
     registration = messages.NewRegistration.from_data(email=email, terms_of_service_agreed=True)
@@ -191,6 +191,7 @@ def classify(
             action="Wait; shipway retries after the CA's Retry-After. Avoid re-adding the "
             "same domains repeatedly.",
             retryable=True,
+            retry_after_seconds=getattr(problem, "retry_after_seconds", None),
         )
     if problem is not None and problem.typ in DOMAIN_REJECTED:
         return CertificateIssueError(
@@ -231,6 +232,25 @@ def classify(
         action="Check the domain and the CA's terms; shipway retries with backoff.",
         retryable=True,
     )
+
+
+class _Network(client.ClientNetwork):
+    """certbot's network client, keeping the CA's Retry-After (RFC 8555 §6.6, sent with
+    rate limits) on the problem it raises: the library drops the response."""
+
+    @classmethod
+    def _check_response(
+        cls, response: requests.Response, content_type: str | None = None
+    ) -> requests.Response:
+        try:
+            return super()._check_response(response, content_type)
+        except messages.Error as problem:
+            if "Retry-After" in response.headers:
+                when = client.ClientV2.retry_after(response, default=0)
+                wait = when - datetime.datetime.now()  # naive, as retry_after's answer
+                seconds = max(0.0, wait.total_seconds())
+                object.__setattr__(problem, "retry_after_seconds", seconds)
+            raise
 
 
 def _problem(error: BaseException) -> messages.Error | None:
