@@ -9,7 +9,9 @@
 # time it; show the versions' lifecycle fields and the replica containers; cancel
 # a promote queued behind another; promote a faulty v4 as a canary (10% → 30% → 60%
 # with analysis of the router's statistics, under local traffic) that advances, then
-# aborts when the traffic reaches its bug; print the audit trail and a summary. The web
+# aborts when the traffic reaches its bug; set a plain config var and a secret (a
+# config-only release: the site's /cgi-bin/config page changes, no rebuild), then change
+# the var with `shipway config set`; print the audit trail and a summary. The web
 # dashboard's link (with the token) is printed at the start: open it to watch. At the
 # end it stops everything it started (server, worker, HAProxy) and removes the
 # demo's containers and images, so repeated runs leave nothing behind.
@@ -411,6 +413,11 @@ stop_traffic() {
   rm -f "$DATA/traffic.on"
   wait "$TRAFFIC_PID" 2>/dev/null || true
   TRAFFIC_PID=""
+}
+
+# page_config: the example site's config page (/cgi-bin/config), or what answered instead
+page_config() {
+  curl -sS --max-time "$HTTP_TIMEOUT" "$PUBLIC_URL/cgi-bin/config" 2>/dev/null || echo "no-answer"
 }
 
 # A site with a bug only some requests hit: /cgi-bin/page answers 500 (busybox httpd CGI).
@@ -855,6 +862,41 @@ PY
   call 200 GET "/api/v1/versions/$V5?environment=production" "" "$LIFECYCLE"
   [ "$(json "$RESPONSE" 'd["status"]')" = ACTIVE ] || fail "v5 should be ACTIVE after its canary"
   remember "canary of v5 with the CLI: 20% -> 50% -> 100%, ACTIVE; $PUBLIC_URL answered v5"
+
+  step "Config vars and secrets: a plain var and a secret in one change (a config-only release)"
+  info "the site's /cgi-bin/config page prints the GREETING config var (and only whether API_KEY is set):"
+  info "\$ curl -sS $PUBLIC_URL/cgi-bin/config"
+  page_config | sed 's/^/    /'
+  DEMO_SECRET="demo-key-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
+  call 202 PATCH "/api/v1/deployments/$DEPLOYMENT/environments/production/config" \
+    "{\"values\":{\"GREETING\":\"hello from config v1\"},\"secrets\":{\"API_KEY\":\"$DEMO_SECRET\"}}" \
+    '"\n".join(["config v%s: %s" % (d["version"], ", ".join("%s=%s" % (v["name"], "(secret, set)" if v["secret"] else v["value"]) for v in d["data"])), "release %s of the same version (no build), job %s %s" % (d["release_id"], d["job"]["id"], d["job"]["kind"])])'
+  CONFIG_JOB=$(json "$RESPONSE" 'd["job"]["id"]')
+  grep -qF "$DEMO_SECRET" "$RESPONSE" && fail "the answer shows the secret's value"
+  wait_job "$CONFIG_JOB"
+  phases "$CONFIG_JOB"
+  info "\$ curl -sS $PUBLIC_URL/cgi-bin/config"
+  page_config | sed 's/^/    /'
+  page_config | grep -q "greeting: hello from config v1" || fail "the page does not show the new GREETING"
+  page_config | grep -q "API_KEY: set" || fail "the replicas did not get the API_KEY secret"
+  remember "config change (GREETING plain, API_KEY secret): a release of v5 with no build; the page printed the new greeting"
+
+  step "Change the plain var with the CLI: 'shipway config set' follows the new release"
+  info "\$ shipway config set 'GREETING=hello from config v2' -d $DEPLOYMENT --env production"
+  SHIPWAY_API_URL=$API SHIPWAY_TOKEN=$TOKEN "$BIN/shipway" config set "GREETING=hello from config v2" \
+    -d "$DEPLOYMENT" --env production 2>&1 | sed 's/^/    | /'
+  [ "${PIPESTATUS[0]}" -eq 0 ] || fail "shipway config set failed"
+  info "\$ curl -sS $PUBLIC_URL/cgi-bin/config"
+  page_config | sed 's/^/    /'
+  page_config | grep -q "greeting: hello from config v2" || fail "the page does not show the changed GREETING"
+  info "\$ shipway config list -d $DEPLOYMENT --env production   (a secret is only 'set')"
+  SHIPWAY_API_URL=$API SHIPWAY_TOKEN=$TOKEN "$BIN/shipway" config list -d "$DEPLOYMENT" \
+    --env production 2>&1 | sed 's/^/    | /'
+  get "/api/v1/deployments/$DEPLOYMENT/events?limit=500"
+  grep -qF "$DEMO_SECRET" "$RESPONSE" && fail "the audit trail shows the secret's value"
+  info "=> the audit trail names the changed keys (never a secret's value); the secret is"
+  info "   encrypted at rest with the key in $DATA/secrets.key (SHIPWAY_SECRETS_KEYS in production)"
+  remember "shipway config set GREETING=…: another config-only release; the page changed to 'hello from config v2'"
 fi
 
 step "The deployment: each environment's active version and release status"
