@@ -122,6 +122,8 @@ def shipway_env(
         "SHIPWAY_SCALE_DOWN_DELAY_SECONDS": "0",
         "SHIPWAY_STOP_TIMEOUT_SECONDS": "1",
         "SHIPWAY_DRAIN_TIMEOUT_SECONDS": "5",
+        # Tests poll as fast as they like; test_api_tokens turns the token rate limit on.
+        "SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE": "0",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

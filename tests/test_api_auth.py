@@ -35,6 +35,7 @@ def world(
     client: TestClient,
     deployment: dict[str, Any],
     make_version: VersionFactory,
+    make_token: TokenFactory,
 ) -> dict[str, Any]:
     """Workspace acme's deployment with a ready version, a queued promote job and its release."""
     token = deployment["token"]
@@ -52,6 +53,7 @@ def world(
     assert domain.status_code == 201, domain.text
     return {
         "token": token,
+        "token_id": make_token("deployments:read")["token_id"],  # what token routes act on
         "deployment_id": deployment["id"],
         "version_id": version_id,
         "job_id": promoted.json()["job"]["id"],
@@ -83,7 +85,7 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """
     dep, ver, job = w["deployment_id"], w["version_id"], w["job_id"]
     env = w.get("environment", "production")
-    host = w["hostname"]
+    host, tok = w["hostname"], w["token_id"]
     domains = f"/api/v1/deployments/{dep}/environments/{env}/domains"
     upload = {"files": {"source": ("site.tar.gz", source_archive(), "application/gzip")}}
     return [
@@ -118,10 +120,16 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("DELETE", f"{domains}/{host}", {}),
         ("PUT", f"{domains}/{host}/certificate", {"json": CERTIFICATE}),
         ("DELETE", f"{domains}/{host}/certificate", {}),
+        ("GET", "/api/v1/tokens", {}),
+        ("POST", "/api/v1/tokens", {"json": {"scopes": ["deployments:read"]}}),
+        ("POST", f"/api/v1/tokens/{tok}/revoke", {}),
+        ("POST", f"/api/v1/tokens/{tok}/rotate", {"json": {"grace_seconds": 60}}),
     ]
 
 
-COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs", "/api/v1/queue")
+COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs", "/api/v1/queue", "/api/v1/tokens")
+# Token management needs the admin scope (write and read tokens get 403 there).
+ADMIN_ONLY = "/api/v1/tokens"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -145,6 +153,7 @@ def test_route_table_covers_every_api_route(client: TestClient, world: dict[str,
         "job_id": "{job_id}",
         "environment": "{environment}",
         "hostname": "{hostname}",
+        "token_id": "{token_id}",
     }
     assert {(m, p) for m, p, _ in routes(fake)} == documented
 
@@ -212,20 +221,22 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 17
+    assert len(writes) == 20
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs
         )
         error = assert_error(response, 403, "insufficient_scope")
-        assert error["details"]["required_scope"] == "deployments:write"
+        needed = "admin" if path.startswith(ADMIN_ONLY) else "deployments:write"
+        assert error["details"]["required_scope"] == needed, path
     assert _count_rows() == before
     job_now = client.get(f"/api/v1/jobs/{job}", headers=auth(reader)).json()
     assert job_now["state"] == "queued" and job_now["cancel_requested"] is False
-    # ... but it can read everything.
+    # ... but it can read everything but the tokens.
     for method, path, _ in routes(world):
         if method == "GET":
-            assert status_of(client, path, auth(reader)) == 200, path
+            expected = 403 if path.startswith(ADMIN_ONLY) else 200
+            assert status_of(client, path, auth(reader)) == expected, path
 
 
 def test_another_workspace_sees_404_never_403(
@@ -289,18 +300,23 @@ def test_own_deployment_with_foreign_version_is_404(
     assert_error(response, 404, "not_found")
 
 
-def test_unknown_ids_are_404(client: TestClient, world: dict[str, Any]) -> None:
+def test_unknown_ids_are_404(
+    client: TestClient, world: dict[str, Any], make_token: TokenFactory
+) -> None:
+    admin = make_token("admin")
     ghost = {
         "deployment_id": "dep_nope",
         "version_id": "ver_nope",
         "job_id": "job_nope",
         "hostname": "nope.acme.test",
+        "token_id": "tok_nope",
     }
     for method, path, kwargs in routes(ghost):
         if path in COLLECTIONS:
             continue
+        token = admin if path.startswith(ADMIN_ONLY) else world["token"]
         response = client.request(
-            method, path, headers=auth(world["token"], **{"Idempotency-Key": "g"}), **kwargs
+            method, path, headers=auth(token, **{"Idempotency-Key": "g"}), **kwargs
         )
         assert_error(response, 404, "not_found")
 
@@ -316,7 +332,8 @@ def test_higher_scopes_imply_lower_ones(
     token = make_token(scope)
     for method, path, _ in routes(world):
         if method == "GET":
-            assert status_of(client, path, auth(token)) == 200, path
+            expected = 403 if path.startswith(ADMIN_ONLY) and scope != "admin" else 200
+            assert status_of(client, path, auth(token)) == expected, path
     created = client.post(
         "/api/v1/deployments",
         json={"name": f"by-{scope[:5]}", "kind": "static"},

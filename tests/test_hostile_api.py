@@ -135,8 +135,8 @@ def _token(*scopes: str, workspace: str) -> dict[str, str]:
 
     with transaction() as session:
         ws = get_or_create_workspace(session, name=workspace)
-        _, secret = create_token(session, workspace_id=ws.id, scopes=list(scopes))
-    return {"Authorization": f"Bearer {secret}", "workspace_id": ws.id}
+        token, secret = create_token(session, workspace_id=ws.id, scopes=list(scopes))
+    return {"Authorization": f"Bearer {secret}", "workspace_id": ws.id, "token_id": token.id}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,7 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
         "SHIPWAY_BROKER_URL": "",
         "SHIPWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "SHIPWAY_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE": "0",  # hundreds of requests a second
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -184,6 +185,8 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                         "job_id": promoted.json()["job"]["id"],
                         "environment": "production",
                         "hostname": "www.acme.test",
+                        # what the token routes act on (these tests never change it)
+                        "token_id": _token("deployments:read", workspace="acme")["token_id"],
                     },
                     admin=admin,
                     reader=_token("deployments:read", workspace="acme"),

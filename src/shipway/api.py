@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -32,6 +33,7 @@ STATUS_OF: list[tuple[type[errors.ShipwayError], int]] = [
     (errors.ServiceUnavailable, 503),
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
+    (errors.RateLimited, 429),
 ]
 HTTP_CODES = {
     400: "bad_request",
@@ -56,6 +58,8 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ShipwayError)
     status = next((s for cls, s in STATUS_OF if isinstance(exc, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status, headers=headers)
 
 
@@ -208,6 +212,10 @@ def _check_broker() -> str:
 
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+RATE_LIMITED = {
+    "description": "The token's rate limit (SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE) is reached",
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+}
 
 
 def _document_error_shape(app: FastAPI) -> None:
@@ -215,7 +223,8 @@ def _document_error_shape(app: FastAPI) -> None:
 
     FastAPI documents its own ``HTTPValidationError`` for 422 and uses a route's
     ``response_class`` media type (e.g. text/plain) for error responses; every error
-    shipway sends is ``ErrorResponse`` JSON (see ``_validation_error``). Routes read
+    shipway sends is ``ErrorResponse`` JSON (see ``_validation_error``). Every route that
+    needs a token may answer 429 (the token's rate limit, ``auth.deps``). Routes read
     ``Idempotency-Key`` as optional so that its absence is a 400 with its own code, but
     the header is required.
     """
@@ -227,7 +236,10 @@ def _document_error_shape(app: FastAPI) -> None:
         schema = generate()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                for status, response in operation.get("responses", {}).items():
+                responses = operation.get("responses", {})
+                if "401" in responses:  # every route behind a token has its rate limit
+                    responses.setdefault("429", dict(RATE_LIMITED))
+                for status, response in responses.items():
                     if str(status)[0] in "45":
                         response["content"] = {"application/json": {"schema": ERROR_SCHEMA}}
                 for parameter in operation.get("parameters", []):
@@ -244,6 +256,7 @@ def _document_error_shape(app: FastAPI) -> None:
 
 def create_app() -> FastAPI:
     """Build the API application (and wire the features into the job engine)."""
+    from shipway.auth.routes import router as tokens
     from shipway.bootstrap import load_features
     from shipway.builds.routes import router as builds
     from shipway.config_vars.routes import router as config_read
@@ -280,6 +293,7 @@ def create_app() -> FastAPI:
         job_stream,
         events,
         queue,
+        tokens,
     ):
         api.include_router(router)
     app.include_router(api)

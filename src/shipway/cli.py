@@ -9,16 +9,20 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from shipway.client.commands import register as register_client_commands
+from shipway.client.commands import tokens as client_tokens
 from shipway.config import get_settings
 
 app = typer.Typer(help="shipway: build-and-promote control plane.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="API tokens: create (operator, on the database), list, revoke, rotate (through the API).",
+    no_args_is_help=True,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 router_app = typer.Typer(help="The router (HAProxy).", no_args_is_help=True)
 secrets_app = typer.Typer(help="The keys that encrypt secrets at rest.", no_args_is_help=True)
@@ -27,6 +31,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(router_app, name="router")
 app.add_typer(secrets_app, name="secrets")
 register_client_commands(app)  # deployments, versions, jobs, publish, promote, queue, …
+tokens_app.command("list")(client_tokens.list_)
+tokens_app.command("revoke")(client_tokens.revoke)
+tokens_app.command("rotate")(client_tokens.rotate)
 console = Console(stderr=True)
 
 
@@ -53,14 +60,24 @@ def tokens_create(
     scope: Annotated[list[str], typer.Option(help="deployments:read, deployments:write, admin")],
     external_workspace_id: Annotated[str | None, typer.Option(help="Your own tenant id")] = None,
     name: Annotated[str, typer.Option(help="A label for the token")] = "",
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="Refused after this long: 3600, 12h, 30d, 2w (default: never)"),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Create a workspace (if missing) and a token; prints the secret once."""
-    from shipway.auth.service import create_token, get_or_create_workspace
+    from shipway.auth.service import get_or_create_workspace
+    from shipway.auth.tokens import create_expiring_token
     from shipway.db import transaction
     from shipway.errors import ShipwayError
     from shipway.migrate import upgrade
 
+    try:
+        lifetime = client_tokens.parse_duration(expires_in) if expires_in else None
+    except client_tokens.UsageError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
     try:
@@ -68,12 +85,19 @@ def tokens_create(
             ws = get_or_create_workspace(
                 session, name=workspace, external_workspace_id=external_workspace_id
             )
-            token, secret = create_token(session, workspace_id=ws.id, scopes=scope, name=name)
-            out = {
+            token, secret = create_expiring_token(
+                session,
+                workspace_id=ws.id,
+                scopes=scope,
+                name=name,
+                expires_in_seconds=lifetime,
+            )
+            out: dict[str, Any] = {
                 "token": secret,
                 "token_id": token.id,
                 "workspace_id": ws.id,
                 "scopes": token.scopes,
+                "expires_at": token.expires_at.isoformat() if token.expires_at else None,
             }
     except ShipwayError as error:
         console.print(f"[red]error:[/] {error.message}")

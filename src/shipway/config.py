@@ -74,6 +74,37 @@ class Settings(BaseSettings):
         "published then): the router and health checks reach each replica at its address on "
         "that network and its container port (for shipway itself running on that network).",
     )
+    replica_hardening: bool = Field(
+        default=True,
+        description="Run replicas with no-new-privileges, every capability dropped but what "
+        "the kind needs, a non-root user and (static sites) a read-only root filesystem; "
+        "false: the image's defaults (for an app that needs root). See docs/security.md.",
+    )
+    replica_memory_mb: int = Field(
+        default=512, ge=0, description="Memory limit of each replica in MiB; 0: none."
+    )
+    replica_cpus: float = Field(
+        default=1.0, ge=0, description="CPU limit of each replica (1.0 = one core); 0: none."
+    )
+    replica_pids_limit: int = Field(
+        default=256, ge=0, description="Most processes/threads in one replica; 0: none."
+    )
+    token_rate_limit_per_minute: int = Field(
+        default=1200,
+        ge=0,
+        description="Requests one API token may send per minute (a token bucket refilled "
+        "evenly; answered 429 with Retry-After beyond it); 0: no limit. Shared by every API "
+        "process through Redis when the broker is Redis, else counted per process.",
+    )
+    token_rate_limit_burst: int = Field(
+        default=120, ge=1, description="Requests one token may send at once above the rate."
+    )
+    token_last_used_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A token's last_used_at is written at most this often (one write per "
+        "token per period, not one per request).",
+    )
     public_url: str = Field(default="", description="Base URL clients use; default from host/port.")
 
     lease_seconds: float = Field(default=30.0, description="How long a claimed job stays leased.")

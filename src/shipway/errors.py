@@ -82,3 +82,13 @@ class ServiceUnavailable(ShipwayError):
     """A dependency (database, broker) cannot be reached right now."""
 
     code = "service_unavailable"
+
+
+class RateLimited(ShipwayError):
+    """The caller sent more requests than its limit allows; retry after ``retry_after``."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:
+        super().__init__(message, retry_after_seconds=round(retry_after, 3), **details)
+        self.retry_after = retry_after

@@ -191,5 +191,7 @@ class Supervisor:
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     """The current environment without any SHIPWAY_* variable, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPWAY_")}
-    env.update(PYTHONUNBUFFERED="1", **settings)
+    # Test processes poll the API quickly with one token: no token rate limit unless asked.
+    env.update(PYTHONUNBUFFERED="1", SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE="0")
+    env.update(settings)
     return env

@@ -8,8 +8,11 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from shipway.auth.ratelimit import seconds_to_wait
 from shipway.auth.service import Principal, authenticate
+from shipway.config import get_settings
 from shipway.db import session_factory
+from shipway.errors import RateLimited
 
 bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer shw_…`")
 
@@ -27,10 +30,27 @@ def current_principal(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     session: Session = Depends(get_session),
 ) -> Principal:
-    """The caller, or 401."""
+    """The caller, or 401 (unknown, revoked or expired token), or 429 (over its rate)."""
+    settings = get_settings()
     header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
     with session.begin():
-        return authenticate(session, authorization=header)
+        principal = authenticate(
+            session, authorization=header, touch_every_seconds=settings.token_last_used_seconds
+        )
+    wait = seconds_to_wait(
+        key=principal.token_id,
+        per_minute=settings.token_rate_limit_per_minute,
+        burst=settings.token_rate_limit_burst,
+        broker_url=settings.broker_url,
+    )
+    if wait > 0:
+        raise RateLimited(
+            "this token sent more requests than its rate limit allows; retry later",
+            retry_after=wait,
+            limit_per_minute=settings.token_rate_limit_per_minute,
+            burst=settings.token_rate_limit_burst,
+        )
+    return principal
 
 
 def requires(scope: str) -> Callable[[Principal], Principal]:

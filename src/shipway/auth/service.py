@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -69,9 +71,17 @@ def get_or_create_workspace(
 
 
 def create_token(
-    session: Session, *, workspace_id: str, scopes: list[str], name: str = ""
+    session: Session,
+    *,
+    workspace_id: str,
+    scopes: list[str],
+    name: str = "",
+    expires_at: datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token; returns the row and the secret, shown only this once."""
+    now = utcnow()
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("a token cannot expire in the past", field="expires_at")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise InvalidInput(
@@ -85,25 +95,42 @@ def create_token(
         name=name,
         secret_sha256=hash_secret(secret),
         scopes=sorted(set(scopes)),
-        created_at=utcnow(),
+        created_at=now,
+        expires_at=expires_at,
     )
     session.add(token)
     session.flush()
     return token, secret
 
 
-def authenticate(session: Session, *, authorization: str | None) -> Principal:
-    """Resolve an ``Authorization: Bearer …`` header to a Principal."""
+def authenticate(
+    session: Session, *, authorization: str | None, touch_every_seconds: float = 60.0
+) -> Principal:
+    """Resolve an ``Authorization: Bearer …`` header to a Principal.
+
+    Refuses unknown, revoked (``revoked_at`` reached: a rotated token's grace period may
+    still run) and expired tokens; records ``last_used_at`` at most every
+    ``touch_every_seconds``.
+    """
     if not authorization:
         raise Unauthenticated("missing Authorization header; send 'Authorization: Bearer <token>'")
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthenticated("Authorization must be 'Bearer <token>'")
-    token = session.scalars(
-        select(ApiToken).where(ApiToken.secret_sha256 == hash_secret(secret.strip()))
-    ).first()
-    if token is None or token.revoked_at is not None:
+    digest = hash_secret(secret.strip())
+    token = session.scalars(select(ApiToken).where(ApiToken.secret_sha256 == digest)).first()
+    # The lookup is by hash (an attacker timing it learns about hashes, not secrets); the
+    # constant-time comparison guards against a database that matches loosely (collation).
+    if token is None or not hmac.compare_digest(token.secret_sha256, digest):
         raise Unauthenticated("invalid or revoked token")
+    now = utcnow()
+    if token.revoked_at is not None and token.revoked_at <= now:
+        raise Unauthenticated("this token was revoked", reason="revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise Unauthenticated("this token has expired", reason="expired")
+    last = token.last_used_at
+    if last is None or now - last >= timedelta(seconds=touch_every_seconds):
+        token.last_used_at = now  # one write per token per period, not one per request
     effective: set[str] = set()
     for scope in token.scopes:
         effective |= IMPLIED.get(scope, set())

@@ -8,6 +8,7 @@ status, code and message; a connection failure has ``status`` ``None``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -21,6 +22,13 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # Streams wait for the server between messages (it pings every 15 s).
 STREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=5.0)
 UPLOAD_TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=300.0, pool=5.0)
+RATE_LIMIT_RETRIES = 3  # resends of a request refused by the token's rate limit (429)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The 429's Retry-After in seconds (1 when missing or odd), at most 30."""
+    value = response.headers.get("retry-after", "1")
+    return min(30.0, float(value)) if value.isdigit() else 1.0
 
 
 @dataclass
@@ -163,19 +171,25 @@ class ShipwayClient:
     ) -> Any:
         """Send one request; the decoded JSON answer, or ``ClientError``."""
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self.http.request(
-                method,
-                path,
-                params=clean,
-                json=json_body,
-                headers=headers,
-                files=files,
-                data=data,
-                timeout=timeout or TIMEOUT,
-            )
-        except httpx.HTTPError as error:
-            raise _unreachable(error, self.base_url, method, path) from None
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self.http.request(
+                    method,
+                    path,
+                    params=clean,
+                    json=json_body,
+                    headers=headers,
+                    files=files,
+                    data=data,
+                    timeout=timeout or TIMEOUT,
+                )
+            except httpx.HTTPError as error:
+                raise _unreachable(error, self.base_url, method, path) from None
+            # 429: the token's rate limit refused it before any work; wait as told, resend
+            # (an upload's file was read already, so it is not resent).
+            if response.status_code != 429 or files or attempt == RATE_LIMIT_RETRIES:
+                break
+            time.sleep(_retry_after(response))
         if response.status_code >= 400:
             raise _error_of(response, method, path)
         if not response.content:
