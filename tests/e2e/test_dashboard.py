@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,68 @@ def make_release(
         return release.id
 
 
+def make_failed_certificate(workspace: str, deployment_id: str, hostname: str) -> None:
+    """A custom domain of production whose ACME issuance failed (as renewal.py records it)."""
+    from sqlalchemy import select
+
+    from shipway.domains.models import Certificate, Domain
+
+    with transaction() as session:
+        environment_id = session.scalars(
+            select(Environment.id).where(
+                Environment.deployment_id == deployment_id, Environment.name == "production"
+            )
+        ).one()
+        session.add(
+            Domain(
+                hostname=hostname,
+                workspace_id=workspace,
+                deployment_id=deployment_id,
+                environment_id=environment_id,
+                kind="custom",
+                created_by="test",
+                created_at=utcnow(),
+            )
+        )
+        session.add(
+            Certificate(
+                hostname=hostname,
+                workspace_id=workspace,
+                source="acme",
+                status="failed",
+                attempts=2,
+                next_attempt_at=utcnow(),
+                failure_reason="acme_challenge_failed",
+                failure_diagnostics={
+                    "title": "The CA could not validate the domain",
+                    "description": "no answer on port 80",
+                    "action": "Point the domain's DNS at the router",
+                },
+            )
+        )
+
+
+@contextlib.contextmanager
+def heartbeating(worker_id: str) -> Iterator[None]:
+    """Heartbeat a seeded worker row every half second, as a live worker does."""
+    from shipway.workers_registry.service import heartbeat
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.5):
+            with transaction() as session:
+                heartbeat(session, worker_id=worker_id, current_job_id=None)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def canary_state(weight: int, step_index: int, analyses: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "state": "analysing",
@@ -309,11 +372,18 @@ def test_queue_view_shows_depth_workers_and_stuck_jobs(stack: Stack, browser: We
     seed.phase(stuck, owner, "sleep", step=1)
     seed.set_columns(stuck, lease_expires_at=seed.ago(30), heartbeat_at=seed.ago(35))
     seed.worker("host-gone", 777, heartbeat_age=600, current_job_id=stuck)
-    seed.worker("host-ok", 4242, heartbeat_age=0.2)
+    alive = seed.worker("host-ok", 4242, heartbeat_age=0.2)
     seed.ended(workspace, "failed", failure_reason="health_check_failed")
+    shop = create_deployment(api, token, "shop")
+    make_failed_certificate(workspace, shop["id"], "www.shop.test")
 
-    open_dashboard(browser, api, token)
-    assert browser.execute_script("return localStorage.getItem('shipway.token')") == token
+    with heartbeating(alive):  # alive however slowly the page loads on a busy machine
+        open_dashboard(browser, api, token)
+        assert browser.execute_script("return localStorage.getItem('shipway.token')") == token
+        check_queue_view(browser, workspace, queued, stuck)
+
+
+def check_queue_view(browser: WebDriver, workspace: str, queued: list[str], stuck: str) -> None:
     depth = wait_for(browser, lambda: text_of(browser, "queue-depth-rollouts"), what="depth")
     assert depth == str(len(queued))
 
@@ -329,6 +399,10 @@ def test_queue_view_shows_depth_workers_and_stuck_jobs(stack: Stack, browser: We
     assert "host-gone/777" in workers and "host-ok/4242" in workers
     assert "dead" in workers and "alive" in workers
     assert "health_check_failed" in text_of(browser, "failures-table")
+    certificate = by_testid(browser, "certificate-www.shop.test")
+    assert "bad" in (certificate.get_attribute("class") or "")
+    for shown in ("failed", "acme_challenge_failed", "Point the domain's DNS at the router"):
+        assert shown in certificate.text, certificate.text
     screenshot(browser, "queue")
 
     # The view polls: a new queued job shows up without a reload.
