@@ -78,6 +78,9 @@ def source_archive() -> bytes:
     return buffer.getvalue()
 
 
+CONFIG_CHANGE = {"json": {"values": {"GREETING": "hi"}, "secrets": {"API_KEY": "k-123456"}}}
+
+
 def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, request kwargs) of every /api/v1 route, with ``w``'s ids filled in.
 
@@ -120,6 +123,8 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("DELETE", f"{domains}/{host}", {}),
         ("PUT", f"{domains}/{host}/certificate", {"json": CERTIFICATE}),
         ("DELETE", f"{domains}/{host}/certificate", {}),
+        ("GET", f"/api/v1/deployments/{dep}/environments/{env}/config", {}),
+        ("PATCH", f"/api/v1/deployments/{dep}/environments/{env}/config", CONFIG_CHANGE),
         ("GET", "/api/v1/tokens", {}),
         ("POST", "/api/v1/tokens", {"json": {"scopes": ["deployments:read"]}}),
         ("POST", f"/api/v1/tokens/{tok}/revoke", {}),
@@ -221,7 +226,7 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 20
+    assert len(writes) == 21
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs

@@ -239,3 +239,49 @@ def test_config_change_is_a_release_of_the_active_version_and_rollback_restores_
     assert run(accepted(back)["job"]["id"]) == "succeeded"
     assert {r["name"]: r["value"] for r in listed(client, deployment)["data"]}["COLOR"] == "green"
     assert SECRET not in json.dumps(audit(client, deployment))
+
+
+def test_migration_0009_encrypts_existing_tls_keys_and_downgrade_decrypts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+
+    from shipway.db import get_engine
+    from shipway.migrate import alembic_config, upgrade
+
+    monkeypatch.setenv("SHIPWAY_DATABASE_URL", f"sqlite:///{tmp_path / 'old.db'}")
+    monkeypatch.setenv("SHIPWAY_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    upgrade("0008")
+    pem = "-----BEGIN PRIVATE KEY-----\n" + SECRET + "\n-----END PRIVATE KEY-----\n"
+    with get_engine().begin() as connection:
+        connection.execute(
+            text("INSERT INTO workspaces (id, name, created_at) VALUES ('ws1', 'w', :now)"),
+            {"now": "2026-01-01 00:00:00"},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO certificates (hostname, workspace_id, source, status, key_pem, "
+                "attempts, updated_at) VALUES ('a.test', 'ws1', 'uploaded', 'issued', :pem, 0, "
+                ":now)"
+            ),
+            {"pem": pem, "now": "2026-01-01 00:00:00"},
+        )
+        connection.execute(
+            text("INSERT INTO acme_accounts VALUES ('https://acme.test/dir', :pem, :now)"),
+            {"pem": pem, "now": "2026-01-01 00:00:00"},
+        )
+    upgrade("head")
+    stored = raw("SELECT key_pem FROM certificates UNION ALL SELECT key_pem FROM acme_accounts")
+    assert len(stored) == 2 and all(SECRET not in row[0] for row in stored)
+    from shipway.db import transaction
+    from shipway.domains.models import AcmeAccount, Certificate
+
+    with transaction() as session:
+        assert session.get(Certificate, "a.test").key_pem == pem  # type: ignore[union-attr]
+        assert session.get(AcmeAccount, "https://acme.test/dir").key_pem == pem  # type: ignore[union-attr]
+    config = alembic_config()
+    with get_engine().begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0008")
+    assert raw("SELECT key_pem FROM certificates") == [(pem,)]
