@@ -33,7 +33,7 @@ from shipway.router.host_files import HostFiles
 from shipway.router.hosts import HostRouting
 from shipway.router.process import HAProxyProcess, check_directory
 from shipway.router.runtime_api import RuntimeAPI
-from shipway.router.stat_rows import server_from_row, stat_int, stats_from_row
+from shipway.router.stat_rows import server_from_state_row, stat_int, stats_from_row
 from shipway.router.state import (
     DesiredState,
     RouteState,
@@ -302,7 +302,7 @@ class HAProxyRouter:
             self._save_route(key, route_state)
 
     def _runtime_servers(self, backend: str) -> dict[str, Server]:
-        servers = [server_from_row(row) for row in self.api.stat_rows(backend)]
+        servers = [server_from_state_row(row) for row in self.api.server_state_rows(backend)]
         return {s.name: s for s in servers}
 
     def _converge_route(self, backend: str, servers: list[Server]) -> None:

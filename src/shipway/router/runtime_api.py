@@ -75,6 +75,15 @@ class RuntimeAPI(UnixLineClient):
         answer = self.show("show backend", header="# name")
         return {line.strip() for line in answer.splitlines()[1:] if line.strip()}
 
+    def server_state_rows(self, backend: str) -> list[dict[str, str]]:
+        """``show servers state`` rows of ``backend``: its servers' addresses, weights and
+        admin states. HAProxy finds the backend by name (``show stat`` walks every proxy:
+        a thousand routes made it three times slower)."""
+        answer = self.show(f"show servers state {backend}", header="1\n# be_id")
+        lines = answer.splitlines()
+        names = lines[1][2:].split()
+        return [dict(zip(names, line.split(), strict=False)) for line in lines[2:] if line]
+
     def stat_rows(self, backend: str) -> list[dict[str, str]]:
         """``show stat`` CSV rows of the servers of ``backend`` (type 4 = servers)."""
         answer = self.show(f"show stat {backend} 4 -1", header="# pxname")

@@ -1,4 +1,5 @@
-"""Servers and counters from the rows of HAProxy's ``show stat`` (runtime API CSV)."""
+"""Servers and counters from the rows of HAProxy's ``show stat`` (runtime API CSV) and
+``show servers state``."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ import contextlib
 
 from shipway.router.base import Server, ServerState, ServerStats
 
+# srv_admin_state bits (HAProxy's server.h): forced, inherited, config and resolution
+# maintenance; forced and inherited drain.
+_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+_DRAIN_BITS = 0x08 | 0x10
 
-def server_from_row(row: dict[str, str]) -> Server:
-    """A Server from a ``show stat`` row."""
-    host, _, port = row["addr"].rpartition(":")
-    status = row["status"]
+
+def server_from_state_row(row: dict[str, str]) -> Server:
+    """A Server from a ``show servers state`` row."""
+    admin = stat_int(row["srv_admin_state"])
     state: ServerState = (
-        "maint" if status.startswith("MAINT") else "drain" if status == "DRAIN" else "ready"
+        "maint" if admin & _MAINT_BITS else "drain" if admin & _DRAIN_BITS else "ready"
     )
     return Server(
-        name=row["svname"],
-        address=host.strip("[]"),
-        port=int(port),
-        weight=stat_int(row.get("uweight") or row["weight"]),
+        name=row["srv_name"],
+        address=row["srv_addr"],
+        port=stat_int(row["srv_port"]),
+        weight=stat_int(row["srv_uweight"]),
         state=state,
     )
 
