@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from shipway.runtime.base import ReplicaSpec, RuntimeFailure
+from shipway.runtime.hardening import hardening_for
 from shipway.runtime.swarm_runtime import SwarmRuntime
 from tests.support.cluster import Cluster
 from tests.support.processes import wait_until
@@ -108,3 +109,47 @@ def test_an_image_no_node_can_pull_is_a_classified_failure(
         runtime.run_replica(spec(missing, run, 0))
     assert failure.value.reason == "image_pull_failed", failure.value.message
     assert runtime.replicas({"shipway.release": run}) == []  # nothing left behind
+
+
+def test_a_static_replica_is_hardened_on_the_swarm(
+    cluster: Cluster, runtime: SwarmRuntime, base_image_ref: str
+) -> None:
+    """runtime.hardening's static profile on a service: nobody, no capabilities, read-only
+    root with a tmpfs /tmp, a pids limit; the task still serves. (No no-new-privileges: a
+    service cannot ask for it before API 1.44, see hardening.swarm_confinement.)"""
+    run = secrets.token_hex(3)
+    replica = runtime.run_replica(
+        ReplicaSpec(
+            image=base_image_ref,
+            name=f"sw-{run}-0",
+            labels={"shipway.test": run, "shipway.release": run},
+            container_port=8080,
+            command=["sh", "-c", "echo hard > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"],
+            memory_mb=32,
+            pids_limit=64,
+            hardening=hardening_for("static"),
+        )
+    )
+    assert replica.endpoint is not None
+    url = replica.endpoint.url("/")
+    assert wait_until(partial(answer, url), timeout=30, message=f"replica at {url}") == "hard"
+    container_spec = runtime.client.api.inspect_service(replica.id)["Spec"]["TaskTemplate"]
+    spec_ = container_spec["ContainerSpec"]
+    assert spec_["User"] == "65534:65534" and spec_["ReadOnly"] is True
+    assert spec_["CapabilityDrop"] == ["ALL"] and not spec_.get("CapabilityAdd")
+    assert [(m["Target"], m["Type"]) for m in spec_["Mounts"]] == [("/tmp", "tmpfs")]
+    # What the node's engine made of it: docker inspect of the task's container.
+    found = []
+    for i in (1, 2, 3):
+        with cluster.client(i) as client:
+            found += [
+                c.attrs
+                for c in client.containers.list(
+                    filters={"label": f"com.docker.swarm.service.id={replica.id}"}
+                )
+            ]
+    (attrs,) = found
+    host = attrs["HostConfig"]
+    assert attrs["Config"]["User"] == "65534:65534"
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert host["PidsLimit"] == 64 and host["Memory"] == 32 << 20

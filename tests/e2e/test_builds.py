@@ -291,7 +291,7 @@ def test_container_kind_builds_and_records_its_exposed_port(builds: Builds) -> N
     assert builds.marked_containers() == []  # intermediate build containers removed
 
 
-def test_promote_to_production_after_the_build(builds: Builds) -> None:
+def test_promote_to_production_after_the_build(builds: Builds, engine: docker.DockerClient) -> None:
     deployment_id = builds.deployment("static")
     archive, _ = static_site(builds.marker)
     accepted = builds.publish(deployment_id, archive, promote_to="production")
@@ -318,6 +318,11 @@ def test_promote_to_production_after_the_build(builds: Builds) -> None:
     production = next(e for e in listed.json()["environments"] if e["name"] == "production")
     assert production["active_version_id"] == accepted["version"]["id"]
     assert production["status"] == "ACTIVE"
+    # The replica that passed the health check is hardened (runtime.hardening: static).
+    (replica,) = engine.containers.list(filters={"label": f"shipway.deployment={deployment_id}"})
+    host = replica.attrs["HostConfig"]
+    assert replica.attrs["Config"]["User"] == "65534:65534" and host["ReadonlyRootfs"]
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
 
 
 # --------------------------------------------------------------------------- failures

@@ -29,6 +29,19 @@ def static_command(port: int) -> str:
     return f"httpd -f -v -p {port} -h {STATIC_ROOT}"
 
 
+def readable_by_all(root: Path) -> None:
+    """Let any user read the site (and run its CGI scripts): static replicas run as
+    nobody (runtime.hardening), and COPY keeps each file's mode from the upload."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        if path.is_dir():
+            path.chmod(mode | 0o555)
+        else:
+            path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
+
+
 def prepare_static(
     *, tree: Path, workdir: Path, base_image: str, port: int, labels: dict[str, str] | None = None
 ) -> Path:
@@ -37,6 +50,7 @@ def prepare_static(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     shutil.copytree(tree, workdir / "site", symlinks=True)
+    readable_by_all(workdir / "site")
     (workdir / "Dockerfile").write_text(
         static_dockerfile(base_image=base_image, port=port, labels=labels)
     )

@@ -17,8 +17,15 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    memory_mb: int | None = Field(default=None, ge=1, le=1_048_576)
-    cpus: float | None = Field(default=None, gt=0, le=256)
+    memory_mb: int | None = Field(
+        default=None, ge=1, le=1_048_576, description="Default: SHIPWAY_REPLICA_MEMORY_MB"
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, le=256, description="Default: SHIPWAY_REPLICA_CPUS"
+    )
+    pids_limit: int | None = Field(
+        default=None, ge=16, le=1_000_000, description="Default: SHIPWAY_REPLICA_PIDS_LIMIT"
+    )
 
 
 class HealthSettings(BaseModel):

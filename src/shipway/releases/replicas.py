@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from shipway.catalog.models import Deployment, Release, Version
 from shipway.jobs.context import JobFailed
 from shipway.runtime.base import Replica, ReplicaSpec, Runtime, RuntimeFailure, labels
+from shipway.runtime.hardening import hardening_for, limits_for
 
 RELEASE_LABEL = "shipway.release"
 REPLICA_LABEL = "shipway.replica"
@@ -31,6 +32,8 @@ class Target:
     memory_mb: int | None
     cpus: float | None
     placement: list[str]
+    kind: str = "container"  # what runtime.hardening confines it by
+    pids_limit: int | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets among them
 
     @classmethod
@@ -48,15 +51,17 @@ class Target:
                     "evidence": {"version_id": version.id, "state": version.state},
                 },
             )
-        resources = deployment.resources or {}
+        limits = limits_for(deployment.resources)  # the deployment's, else the defaults
         command = shlex.split(version.runtime_command) if version.runtime_command else None
         return cls(
             image=version.runtime_image,
             port=version.runtime_port or deployment.runtime_port,
             command=command,
             replicas=deployment.replicas,
-            memory_mb=resources.get("memory_mb"),
-            cpus=resources.get("cpus"),
+            memory_mb=limits.memory_mb,
+            cpus=limits.cpus,
+            kind=version.kind,
+            pids_limit=limits.pids,
             placement=list((deployment.settings or {}).get("placement") or []),
             env=dict(env or {}),
         )
@@ -94,6 +99,8 @@ def scale_up(
             env=target.env,
             memory_mb=target.memory_mb,
             cpus=target.cpus,
+            pids_limit=target.pids_limit,
+            hardening=hardening_for(target.kind),
             constraints=target.placement,
         )
         for index in range(target.replicas)

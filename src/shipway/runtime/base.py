@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from shipway.runtime.hardening import Hardening
+
 LABEL_PREFIX = "shipway."
 
 
@@ -148,6 +150,8 @@ class ReplicaSpec:
     env: dict[str, str] = field(default_factory=dict, repr=False)  # config, secrets among them
     memory_mb: int | None = None
     cpus: float | None = None
+    pids_limit: int | None = None
+    hardening: Hardening | None = None  # privileges (runtime/hardening.py); None: image's
     network: str | None = None
     constraints: list[str] = field(default_factory=list)  # placement on a cluster, e.g.
     # "node.labels.zone==a" (Swarm); one engine ignores them

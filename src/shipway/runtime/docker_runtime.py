@@ -28,6 +28,7 @@ from shipway.runtime.base import (
 )
 from shipway.runtime.docker_inspect import replica_of
 from shipway.runtime.docker_push import push_image
+from shipway.runtime.hardening import docker_confinement
 
 log = logging.getLogger(__name__)
 STEP = re.compile(r"^Step \d+/\d+ : ")
@@ -256,7 +257,9 @@ class DockerRuntime:
             init=True,
             mem_limit=f"{spec.memory_mb}m" if spec.memory_mb else None,
             nano_cpus=int(spec.cpus * 1_000_000_000) if spec.cpus else None,
+            pids_limit=spec.pids_limit,
             network_mode=network,
+            **docker_confinement(spec.hardening),
         )
         networking = (
             api.create_networking_config({network: api.create_endpoint_config()})
@@ -268,6 +271,7 @@ class DockerRuntime:
                 image=spec.image,
                 command=spec.command or None,
                 name=spec.name,
+                user=spec.hardening.user if spec.hardening and spec.hardening.user else None,
                 labels=spec.labels,
                 environment=spec.env,
                 ports=[spec.container_port],

@@ -45,6 +45,7 @@ from shipway.runtime.base import (
     RuntimeFailure,
 )
 from shipway.runtime.docker_runtime import DockerRuntime
+from shipway.runtime.hardening import swarm_confinement
 from shipway.runtime.swarm_managers import ManagerPool
 
 SCHEDULE_TIMEOUT_SECONDS = 120.0
@@ -340,11 +341,14 @@ def _task_template(spec: ReplicaSpec) -> TaskTemplate:
         labels=spec.labels,
         init=True,  # PID 1 forwards SIGTERM (a bare httpd would wait out the grace period)
         stop_grace_period=STOP_GRACE_SECONDS * 1_000_000_000,
+        **swarm_confinement(spec.hardening),
     )
     resources = Resources(
         cpu_limit=int(spec.cpus * 1_000_000_000) if spec.cpus else None,
         mem_limit=spec.memory_mb * 1024 * 1024 if spec.memory_mb else None,
     )
+    if spec.pids_limit:  # TaskTemplate.Resources.Limits.Pids (API 1.41); the SDK has no field
+        resources.setdefault("Limits", {})["Pids"] = spec.pids_limit
     return TaskTemplate(
         container_spec=container,
         resources=resources,
