@@ -210,6 +210,7 @@ def test_config_change_is_a_release_of_the_active_version_and_rollback_restores_
     v1, v2 = make_version(deployment["id"]), make_version(deployment["id"])
     patch(client, deployment, {"values": {"COLOR": "blue"}, "secrets": {"TOKEN": SECRET}})
     first = accepted(promote(client, deployment, v1, "p1"))
+    assert first["release"]["config_version"] == 1  # the release records its config
     assert run(first["job"]["id"]) == "succeeded"
     assert replica_env(first["release"]["id"])["TOKEN"] == SECRET  # the replica gets it
 
@@ -285,3 +286,53 @@ def test_migration_0009_encrypts_existing_tls_keys_and_downgrade_decrypts(
         config.attributes["connection"] = connection
         command.downgrade(config, "0008")
     assert raw("SELECT key_pem FROM certificates") == [(pem,)]
+
+
+def test_a_config_release_follows_the_environment_policy_strategy(
+    client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    v1 = make_version(deployment["id"])
+    assert run(accepted(promote(client, deployment, v1, "p1"))["job"]["id"]) == "succeeded"
+    canary = {"type": "canary", "steps": [{"weight": 20, "pause_seconds": 5}]}
+    policy = client.put(
+        f"/api/v1/deployments/{deployment['id']}/environments/production/policy",
+        json={"strategy": canary},
+        headers=auth(deployment["token"]),
+    )
+    assert policy.status_code == 200, policy.text
+    changed = patch(client, deployment, {"values": {"COLOR": "red"}})
+    assert changed.status_code == 202, changed.text
+    release_id = changed.json()["release_id"]
+    (rollout,) = raw(f"SELECT rollout FROM releases WHERE id = '{release_id}'")[0]
+    rollout = json.loads(rollout) if isinstance(rollout, str) else rollout
+    assert rollout["strategy"]["type"] == "canary"
+
+
+def test_a_malformed_key_is_refused_with_a_clear_error(
+    shipway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipway import crypto
+
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", "not-a-fernet-key")
+    get_settings.cache_clear()
+    with pytest.raises(crypto.SecretsKeyError, match="SHIPWAY_SECRETS_KEYS holds a malformed"):
+        crypto.encrypt("x")
+
+
+def test_a_config_change_queued_behind_a_promote_never_brings_the_old_version_back(
+    client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    v1, v2 = make_version(deployment["id"]), make_version(deployment["id"])
+    assert run(accepted(promote(client, deployment, v1, "p1"))["job"]["id"]) == "succeeded"
+    second = accepted(promote(client, deployment, v2, "p2"))  # queued, not run yet
+    assert second["release"]["config_version"] is None
+    changed = patch(client, deployment, {"values": {"COLOR": "teal"}})
+    assert changed.status_code == 202 and changed.json()["job"]["version_id"] == v1
+    assert run(second["job"]["id"]) == "succeeded"  # v2 runs with the config current now
+    assert replica_env(second["release"]["id"])["COLOR"] == "teal"
+    assert run(changed.json()["job"]["id"]) == "succeeded"
+    release_id = changed.json()["release_id"]
+    rows = raw(f"SELECT version_id, config_version, status FROM releases WHERE id = '{release_id}'")
+    assert rows == [(v2, 1, "ACTIVE")]  # the config release followed v2
+    reasons = [e["reason"] for e in audit(client, deployment) if e["subject_type"] == "release"]
+    assert any("follows version 2" in reason for reason in reasons), reasons

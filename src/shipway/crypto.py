@@ -57,13 +57,15 @@ def key_file(data_dir: Path) -> Path:
 @lru_cache(maxsize=8)
 def _keyring(keys: str, data_dir: Path) -> MultiFernet:
     listed = [key.strip() for key in keys.split(",") if key.strip()]
+    source = "SHIPWAY_SECRETS_KEYS"
     if not listed:
-        listed = [key_file(data_dir).read_text().strip()]
+        path = key_file(data_dir)
+        listed, source = [path.read_text().strip()], str(path)
     try:
         return MultiFernet([Fernet(key.encode()) for key in listed])
     except (ValueError, TypeError):
         raise SecretsKeyError(
-            "SHIPWAY_SECRETS_KEYS holds a malformed key (each must be a Fernet key: "
+            f"{source} holds a malformed key (each must be a Fernet key: "
             "`shipway secrets generate-key` prints one)"
         ) from None
 

@@ -85,17 +85,22 @@ def build_site_image(marker: str, *, tag: str | None = None) -> SiteImage:
             'CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]\n'
         )
         tag = tag or f"shipway-test/rollout-{marker}:{secrets.token_hex(3)}"
-        client = docker.from_env()
-        try:
-            image, _logs = client.images.build(
-                path=str(context), tag=tag, labels={TEST_LABEL: "rollouts"}, rm=True, pull=False
-            )
-        finally:
-            client.close()
-        assert image.id is not None
-        return SiteImage(tag=tag, id=image.id, marker=marker)
+        return build_image(context, tag=tag, marker=marker)
     finally:
         shutil.rmtree(context, ignore_errors=True)
+
+
+def build_image(context: Path, *, tag: str, marker: str) -> SiteImage:
+    """Build the Dockerfile of ``context`` as ``tag`` (labelled for clean-up)."""
+    client = docker.from_env()
+    try:
+        image, _logs = client.images.build(
+            path=str(context), tag=tag, labels={TEST_LABEL: "rollouts"}, rm=True, pull=False
+        )
+    finally:
+        client.close()
+    assert image.id is not None
+    return SiteImage(tag=tag, id=image.id, marker=marker)
 
 
 def remove_image(reference: str) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -30,9 +29,9 @@ from sqlalchemy import MetaData, select
 from tests.conftest import TokenFactory
 from tests.e2e.rollout_support import (
     BASE_IMAGE,
-    TEST_LABEL,
     SiteImage,
     auth,
+    build_image,
     create_deployment,
     promote,
     public_url,
@@ -65,16 +64,11 @@ def color_image() -> Iterator[SiteImage]:
     color.chmod(0o755)
     (context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY www/ /srv/www/\nEXPOSE 8080\n")
     tag = f"shipway-test/config:{secrets.token_hex(3)}"
-    engine = docker.from_env()
     try:
-        image, _ = engine.images.build(
-            path=str(context), tag=tag, labels={TEST_LABEL: "rollouts"}, rm=True, pull=False
-        )
+        image = build_image(context, tag=tag, marker="color")
     finally:
-        engine.close()
         shutil.rmtree(context, ignore_errors=True)
-    assert image.id is not None
-    yield SiteImage(tag=tag, id=image.id, marker="color")
+    yield image
     remove_image(tag)
 
 

@@ -25,6 +25,7 @@ from shipway.releases.activation import (
     warm_rollback,
 )
 from shipway.releases.config_failure import ConfigContext
+from shipway.releases.config_release import settle_config
 from shipway.releases.health import HealthPolicy, wait_until_healthy
 from shipway.releases.replicas import Target, scale_up
 from shipway.releases.retire import retire_release, schedule_retire
@@ -50,6 +51,7 @@ def run_rollout(ctx: JobContext) -> dict[str, Any]:
     with ctx.session() as session:
         job, release, _, _ = load_rollout(session, ctx.job_id)
     if release.status == "DEPLOYING":
+        settle_config(ctx)
         replicas = _scale_and_check(ctx)
         held = canary.run_canary(ctx, replicas)  # None unless the strategy is a canary
         _switch(ctx, replicas)

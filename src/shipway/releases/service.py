@@ -177,9 +177,12 @@ def queue_rollout(
     strategy: dict[str, Any],
     actor: str,
     config_version: int | None,
+    config_release: bool = False,
 ) -> PromoteResult:
     """A DEPLOYING release of ``version`` with config ``config_version`` and its rollout job
-    (a rollback to a DRAINING release switches back to it: no new release)."""
+    (a rollback to a DRAINING release switches back to it: no new release). A
+    ``config_release`` redeploys whatever version serves when it runs (see
+    ``config_release.settle_config``)."""
     if kind == "rollback":
         warm = _warm_release(session, version_id=version.id, environment=environment)
         if warm is not None:
@@ -198,7 +201,7 @@ def queue_rollout(
         rollback_count=0,
         image_url=version.runtime_image,
         config_version=config_version,
-        rollout={"strategy": strategy},
+        rollout={"strategy": strategy, **({"config_release": True} if config_release else {})},
         created_at=now,
         updated_at=now,
     )

@@ -54,6 +54,10 @@ class ReleaseRead(ReadModel):
     image_expires_at: Timestamp | None
     job_id: str | None
     rollout: dict[str, Any]
+    config_version: int | None = Field(
+        default=None,
+        description="The environment's config version the release runs with (null: no config)",
+    )
     created_at: Timestamp
     updated_at: Timestamp | None
 
