@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -38,10 +37,10 @@ from shipway.events.models import Event
 from tests.conftest import TokenFactory
 from tests.e2e.rollout_support import (
     BASE_IMAGE,
-    TEST_LABEL,
     SiteImage,
     assert_consistent,
     auth,
+    build_image,
     containers,
     create_deployment,
     job,
@@ -79,15 +78,7 @@ def build_canary_image(marker: str, *, page_status: int) -> SiteImage:
             'CMD ["httpd", "-f", "-p", "8080", "-h", "/srv/www"]\n'
         )
         tag = f"shipway-test/canary-{marker}:{secrets.token_hex(3)}"
-        client = docker.from_env()
-        try:
-            image, _ = client.images.build(
-                path=str(context), tag=tag, labels={TEST_LABEL: "rollouts"}, rm=True, pull=False
-            )
-        finally:
-            client.close()
-        assert image.id is not None
-        return SiteImage(tag=tag, id=image.id, marker=marker)
+        return build_image(context, tag=tag, marker=marker)
     finally:
         shutil.rmtree(context, ignore_errors=True)
 
