@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from shipway.config import get_settings
+from shipway.runtime.base import Replica, ReplicaSpec
 from shipway.runtime.hardening import CONTAINER_CAPABILITIES, hardening_for, limits_for
+from tests.conftest import TokenFactory, auth
 from tests.e2e.test_docker_replicas import Engine, _answers, engine
 from tests.support.processes import wait_until
 
@@ -83,3 +86,48 @@ def test_hardening_off_keeps_the_limits_only(
     host = attrs["HostConfig"]
     assert not host["CapDrop"] and not host["SecurityOpt"] and not host["ReadonlyRootfs"]
     assert attrs["Config"]["User"] == "" and host["PidsLimit"] == 100
+
+
+class _Recorder:
+    """A runtime that records the specs it is asked to run."""
+
+    def __init__(self) -> None:
+        self.specs: list[ReplicaSpec] = []
+
+    def run_replica(self, spec: ReplicaSpec) -> Replica:
+        self.specs.append(spec)
+        return Replica(spec.name, spec.name, spec.labels, "running", None, 0, 1, address="x")
+
+
+@pytest.mark.parametrize("hardened", [True, False])
+def test_a_deployment_can_relax_hardening_for_its_replicas(hardened: bool) -> None:
+    """``hardened: false`` (create or PATCH) runs the image's defaults; the limits stay."""
+    from shipway.catalog.models import Deployment, Release, Version
+    from shipway.releases.replicas import Target, scale_up
+
+    deployment = Deployment(
+        id="dep_x", replicas=1, runtime_port=8080, resources={}, settings={"hardened": hardened}
+    )
+    version = Version(id="ver_x", kind="static", runtime_image="img", runtime_port=8080)
+    release = Release(id="rel_x", deployment_id="dep_x", version_id="ver_x", environment="p")
+    recorder = _Recorder()
+    target = Target.of(version=version, deployment=deployment)
+    scale_up(runtime=recorder, release=release, target=target, retried=False)  # type: ignore[arg-type]
+    (spec,) = recorder.specs
+    assert spec.hardening == (hardening_for("static") if hardened else None)
+    assert spec.pids_limit == get_settings().replica_pids_limit
+
+
+def test_hardened_is_a_deployment_setting(client: TestClient, make_token: TokenFactory) -> None:
+    token = make_token("deployments:write")
+    created = client.post(
+        "/api/v1/deployments", json={"name": "app", "kind": "container"}, headers=auth(token)
+    ).json()
+    assert created["settings"]["hardened"] is True
+    patched = client.patch(
+        f"/api/v1/deployments/{created['id']}", json={"hardened": False}, headers=auth(token)
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["settings"]["hardened"] is False
+    events = client.get(f"/api/v1/deployments/{created['id']}/events", headers=auth(token))
+    assert "hardened" in events.text

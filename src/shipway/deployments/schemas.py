@@ -56,6 +56,13 @@ Placement = Annotated[
 ]
 
 
+HARDENED = (
+    "Replicas run hardened (no-new-privileges, dropped capabilities, static sites as nobody on "
+    "a read-only root; docs/security.md); false: the image's defaults, for an app that needs "
+    "root's capabilities or a writable root filesystem"
+)
+
+
 class DeploymentCreate(BaseModel):
     """Body of ``POST /deployments``."""
 
@@ -74,6 +81,7 @@ class DeploymentCreate(BaseModel):
     )
     health: HealthSettings = Field(default_factory=HealthSettings)
     placement: Placement = Field(default_factory=list)
+    hardened: bool = Field(default=True, description=HARDENED)
 
 
 class DeploymentUpdate(BaseModel):
@@ -99,6 +107,7 @@ class DeploymentUpdate(BaseModel):
         | SkipJsonSchema[None]
     ) = None
     placement: Placement | SkipJsonSchema[None] = None
+    hardened: Annotated[bool, Field(description=HARDENED)] | SkipJsonSchema[None] = None
 
     @field_validator("health")
     @classmethod

@@ -64,7 +64,11 @@ def create_deployment(
         health_check_path=data.health_check_path,
         replicas=data.replicas,
         resources=data.resources.model_dump(exclude_none=True),
-        settings={"health": data.health.model_dump(), "placement": data.placement},
+        settings={
+            "health": data.health.model_dump(),
+            "placement": data.placement,
+            "hardened": data.hardened,
+        },
         latest_version_number=0,
         created_at=now,
         updated_at=now,
@@ -143,11 +147,13 @@ def update_deployment(
         if health != current:
             changes["health"] = {"from": current, "to": health}
             deployment.settings = {**(deployment.settings or {}), "health": health}
-    if data.placement is not None:
-        placement = (deployment.settings or {}).get("placement") or []
-        if data.placement != placement:
-            changes["placement"] = {"from": placement, "to": data.placement}
-            deployment.settings = {**(deployment.settings or {}), "placement": data.placement}
+    for name, default in (("placement", []), ("hardened", True)):
+        wanted = getattr(data, name)
+        was = (deployment.settings or {}).get(name)
+        was = default if was is None else was
+        if wanted is not None and wanted != was:
+            changes[name] = {"from": was, "to": wanted}
+            deployment.settings = {**(deployment.settings or {}), name: wanted}
     if changes:
         deployment.updated_at = utcnow()
         record_event(

@@ -33,6 +33,7 @@ class Target:
     cpus: float | None
     placement: list[str]
     kind: str = "container"  # what runtime.hardening confines it by
+    hardened: bool = True  # the deployment's choice (False: the image's defaults)
     pids_limit: int | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets among them
 
@@ -61,6 +62,7 @@ class Target:
             memory_mb=limits.memory_mb,
             cpus=limits.cpus,
             kind=version.kind,
+            hardened=(deployment.settings or {}).get("hardened", True) is not False,
             pids_limit=limits.pids,
             placement=list((deployment.settings or {}).get("placement") or []),
             env=dict(env or {}),
@@ -100,7 +102,7 @@ def scale_up(
             memory_mb=target.memory_mb,
             cpus=target.cpus,
             pids_limit=target.pids_limit,
-            hardening=hardening_for(target.kind),
+            hardening=hardening_for(target.kind) if target.hardened else None,
             constraints=target.placement,
         )
         for index in range(target.replicas)
