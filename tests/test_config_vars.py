@@ -33,7 +33,11 @@ def config_url(deployment: dict[str, Any], env: str = "production") -> str:
 def patch(
     client: TestClient, deployment: dict[str, Any], body: Any, env: str = "production"
 ) -> httpx.Response:
-    return client.patch(config_url(deployment, env), json=body, headers=auth(deployment["token"]))
+    return client.patch(  # json.dumps escapes what UTF-8 cannot carry (lone surrogates)
+        config_url(deployment, env),
+        content=json.dumps(body),
+        headers=auth(deployment["token"], **{"Content-Type": "application/json"}),
+    )
 
 
 def listed(client: TestClient, deployment: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +176,8 @@ def test_set_list_unset_with_write_only_secrets(
         ({"values": {"A": "1"}, "secrets": {"A": "2"}}, "invalid_config"),
         ({}, "invalid_config"),
         ({"values": {"A": 1}}, "validation_error"),
+        ({"values": {"A": "\ud800"}}, "invalid_config"),  # a lone surrogate: not text
+        ({"values": {"\udfff": "x"}}, "invalid_config"),
         ({"other": {}}, "validation_error"),
     ],
 )

@@ -28,7 +28,11 @@ def check_name(name: str) -> str | None:
 
 def check_value(value: str) -> str | None:
     """Why ``value`` is refused, or None (never quoting the value: it may be a secret)."""
-    if len(value.encode()) > MAX_VALUE_BYTES:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): not text
+        return "is not valid Unicode text"
+    if size > MAX_VALUE_BYTES:
         return f"is over {MAX_VALUE_BYTES} bytes"
     if "\x00" in value:
         return "contains a NUL character (an environment variable cannot hold one)"
@@ -42,12 +46,12 @@ def validate_changes(*, values: dict[str, str], secrets: dict[str, str], unset: 
         for name in names:
             reason = check_name(name)
             if reason:
-                problems.append({"field": field, "name": name[:MAX_NAME_LENGTH], "problem": reason})
+                problems.append({"field": field, "name": shown(name), "problem": reason})
     for field, mapping in (("values", values), ("secrets", secrets)):
         for name, value in mapping.items():
             reason = check_value(value)
             if reason:
-                problems.append({"field": field, "name": name[:MAX_NAME_LENGTH], "problem": reason})
+                problems.append({"field": field, "name": shown(name), "problem": reason})
     twice = (set(values) & set(secrets)) | ((set(values) | set(secrets)) & set(unset))
     problems += [
         {"field": "values", "name": name, "problem": "is given more than once"}
@@ -64,6 +68,11 @@ def validate_changes(*, values: dict[str, str], secrets: dict[str, str], unset: 
             code="invalid_config",
             problems=problems,
         )
+
+
+def shown(name: str) -> str:
+    """A refused name as it can be answered: cut, and any lone surrogate escaped."""
+    return name[:MAX_NAME_LENGTH].encode("utf-8", "backslashreplace").decode()
 
 
 def check_totals(merged: dict[str, str]) -> None:
