@@ -195,7 +195,10 @@ def _crash_check(runtime: Runtime, tracker: _Tracker) -> None:
             ),
             "action": (
                 "Run the image locally and read its output below; check the start command, "
-                "the port it listens on and the memory limit."
+                "the port it listens on and the memory limit. Replicas run hardened (no "
+                "capabilities beyond a few, no-new-privileges; static sites as nobody on a "
+                "read-only root): an app that needs more can set the deployment's "
+                "hardened: false (docs/security.md)."
             ),
             "evidence": {
                 "replica": tracker.replica.name,
