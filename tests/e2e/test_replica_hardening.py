@@ -8,6 +8,8 @@ hardening off, nothing is confined but the limits stay.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +21,10 @@ from shipway.runtime.hardening import CONTAINER_CAPABILITIES, hardening_for, lim
 from tests.conftest import TokenFactory, auth
 from tests.e2e.test_docker_replicas import Engine, _answers, engine
 from tests.support.processes import wait_until
+from tests.test_cli_domains import api_url, run
 
 pytestmark = pytest.mark.e2e
-__all__ = ["engine"]  # the fixture
+__all__ = ["api_url", "engine"]  # the fixtures
 
 
 def _run(engine: Engine, image: str, kind: str) -> tuple[dict[str, Any], int]:
@@ -131,3 +134,15 @@ def test_hardened_is_a_deployment_setting(client: TestClient, make_token: TokenF
     assert patched.json()["settings"]["hardened"] is False
     events = client.get(f"/api/v1/deployments/{created['id']}/events", headers=auth(token))
     assert "hardened" in events.text
+
+
+def test_the_cli_creates_a_deployment_without_hardening(
+    api_url: str, make_token: TokenFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SHIPWAY_CONFIG", str(tmp_path / "config.toml"))
+    secret = make_token("deployments:write")["Authorization"].removeprefix("Bearer ")
+    for flags, expected in (([], True), (["--no-hardening"], False)):
+        name = f"app-{expected}".lower()
+        made = run(monkeypatch, api_url, secret, "deployments", "create", name, *flags, "--json")
+        assert made.exit_code == 0, made.output
+        assert json.loads(made.stdout)["settings"]["hardened"] is expected

@@ -23,6 +23,7 @@ def create_deployment(
     runtime_port: int | None = None,
     runtime_command: str | None = None,
     health_check_path: str | None = None,
+    hardened: bool = True,
 ) -> dict[str, Any]:
     """Create a deployment; only the settings given are sent (the API fills defaults)."""
     body: dict[str, Any] = {"name": name, "kind": kind}
@@ -32,6 +33,7 @@ def create_deployment(
         "runtime_command": runtime_command,
         "health_check_path": health_check_path,
         "environments": environments or None,
+        "hardened": None if hardened else False,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return client.create_deployment(body=body)
@@ -64,6 +66,13 @@ def create(
     health_path: Annotated[
         str | None, typer.Option(help="Health check path, e.g. /healthz")
     ] = None,
+    hardened: Annotated[
+        bool,
+        typer.Option(
+            "--hardened/--no-hardening",
+            help="Run replicas hardened (docs/security.md); --no-hardening: the image's defaults",
+        ),
+    ] = True,
     json_output: JsonOption = False,
 ) -> None:
     """Create a deployment."""
@@ -77,6 +86,7 @@ def create(
             runtime_port=port,
             runtime_command=command,
             health_check_path=health_path,
+            hardened=hardened,
         )
     if json_output:
         print_json(row)
