@@ -65,6 +65,7 @@ has_package() {
     iproute2) command -v ip >/dev/null ;;
     util-linux) command -v nsenter >/dev/null && command -v unshare >/dev/null ;;
     pebble) command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null ;;
+    prometheus) command -v promtool >/dev/null ;;
     *) pkg_installed "$1" ;;
   esac
 }
@@ -121,6 +122,8 @@ cluster=(docker-registry iproute2 util-linux)
 topology=(docker-compose debootstrap)
 # An ACME test server (RFC 8555) and its mock DNS, for automatic HTTPS (tests, demo).
 tls=(pebble)
+# promtool checks and unit-tests the example alert rules (deploy/prometheus-alerts.yml).
+monitoring=(prometheus)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
 if [ ! -x "$VENV/bin/python" ] && ! { command -v "$PY" >/dev/null && "$PY" -c 'import ensurepip, venv' 2>/dev/null; }; then
   required+=(python3.11 python3.11-venv)
@@ -137,6 +140,7 @@ fi
 install_optional "needed later for containers and routing" "${optional[@]}"
 install_optional "the dashboard's browser tests will be skipped" "${browser[@]}"
 install_optional "the HTTPS tests will be skipped" "${tls[@]}"
+install_optional "the alert rule tests will be skipped" "${monitoring[@]}"
 install_optional "the cluster tests will be skipped" "${cluster[@]}"
 install_optional "make images / make test-topology need it" "${topology[@]}"
 

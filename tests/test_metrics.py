@@ -48,7 +48,9 @@ def families(client: TestClient) -> dict[str, Any]:
 
 def test_exposes_every_metric_with_its_type(client: TestClient, make_token: TokenFactory) -> None:
     make_token()
-    found = {name: family.type for name, family in families(client).items()}
+    every = families(client)
+    found = {name: family.type for name, family in every.items() if name.startswith("shipway_")}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= set(every)
     assert found == {
         "shipway_jobs": "counter",
         "shipway_jobs_current": "gauge",
@@ -65,7 +67,31 @@ def test_exposes_every_metric_with_its_type(client: TestClient, make_token: Toke
         "shipway_certificate_expiry_timestamp_seconds": "gauge",
         "shipway_certificates": "gauge",
         "shipway_certificate_failures": "gauge",
+        "shipway_http_requests": "counter",
+        "shipway_http_request_duration_seconds": "histogram",
     }
+
+
+def test_http_requests_are_counted_by_route_template_and_status(
+    client: TestClient, make_token: TokenFactory
+) -> None:
+    token = make_token()
+    route = "/api/v1/deployments/{deployment_id}"
+    before = scrape(client)
+    for _ in range(3):
+        assert client.get("/api/v1/deployments/dep_nope", headers=auth(token)).status_code == 404
+    assert client.get("/no/such/page").status_code == 404
+
+    after = scrape(client)
+
+    def grown(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grown("shipway_http_requests_total", method="GET", route=route, status="404") == 3
+    assert grown("shipway_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert grown("shipway_http_request_duration_seconds_count", method="GET", route=route) == 3
+    assert not any("dep_nope" in str(labels) for _, labels in after)  # templates, not paths
 
 
 def test_empty_database_reports_zeros(client: TestClient, make_token: TokenFactory) -> None:
@@ -304,6 +330,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def test_alert_rules_use_exposed_metrics(client: TestClient, make_token: TokenFactory) -> None:
     make_token()
+    client.get("/healthz")  # a request answered: the per-route HTTP series exist
     exposed = set()
     for name, family in families(client).items():
         exposed |= {name, *(sample.name for sample in family.samples)}

@@ -266,6 +266,7 @@ def create_app() -> FastAPI:
     from shipway.domains.routes import router as domains
     from shipway.jobs.routes import router as jobs
     from shipway.jobs.stream_routes import router as job_stream
+    from shipway.metrics.http import HttpMetrics
     from shipway.metrics.routes import router as metrics
     from shipway.queue.routes import router as queue
     from shipway.releases.config_routes import router as config_change
@@ -313,4 +314,5 @@ def create_app() -> FastAPI:
         max_bytes=settings.max_request_bytes,
         upload_max_bytes=settings.max_upload_bytes + 1024 * 1024,
     )
+    app.add_middleware(HttpMetrics)  # outermost: counts refused bodies too
     return app

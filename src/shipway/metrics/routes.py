@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from shipway.auth.deps import bearer, current_principal, get_session
 from shipway.config import get_settings
 from shipway.metrics.collector import collector_for
+from shipway.metrics.http import ProcessMetrics
 from shipway.schemas import error_responses
 
 router = APIRouter(tags=["metrics"])
@@ -41,13 +42,17 @@ def metrics_access(
     },
 )
 def metrics(request: Request) -> Response:
-    """Fleet-wide metrics (every workspace), read from the database on each scrape.
+    """Fleet-wide metrics (every workspace), read from the database on each scrape, and
+    this API process's own (``shipway_http_*``, ``process_*``, ``python_*``).
 
+    Every API process reports the same fleet-wide figures: aggregate those with ``max``
+    over instances, the per-process ones with ``sum`` (deploy/prometheus-alerts.yml does).
     Unauthenticated by default, like most exporters: serve it on an internal network
     (or set ``SHIPWAY_METRICS_PUBLIC=false`` and scrape with an admin token). It holds
     counts and durations only, never ids or names.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector_for(get_settings().resolved_database_url))
+    registry.register(ProcessMetrics())
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), headers={"Content-Type": content_type})
