@@ -868,8 +868,11 @@ PY
   info "\$ curl -sS $PUBLIC_URL/cgi-bin/config"
   page_config | sed 's/^/    /'
   DEMO_SECRET="demo-key-$("$BIN/python" -c 'import secrets; print(secrets.token_hex(8))')"
-  call 202 PATCH "/api/v1/deployments/$DEPLOYMENT/environments/production/config" \
-    "{\"values\":{\"GREETING\":\"hello from config v1\"},\"secrets\":{\"API_KEY\":\"$DEMO_SECRET\"}}" \
+  CHANGE=$DATA/config-change.json # the secret stays in this file (0600), out of the output
+  (umask 077 && printf '{"values":{"GREETING":"hello from config v1"},"secrets":{"API_KEY":"%s"}}' \
+    "$DEMO_SECRET" >"$CHANGE")
+  info "$CHANGE: {\"values\":{\"GREETING\":\"hello from config v1\"},\"secrets\":{\"API_KEY\":\"<a random key>\"}}"
+  call 202 PATCH "/api/v1/deployments/$DEPLOYMENT/environments/production/config" "@$CHANGE" \
     '"\n".join(["config v%s: %s" % (d["version"], ", ".join("%s=%s" % (v["name"], "(secret, set)" if v["secret"] else v["value"]) for v in d["data"])), "release %s of the same version (no build), job %s %s" % (d["release_id"], d["job"]["id"], d["job"]["kind"])])'
   CONFIG_JOB=$(json "$RESPONSE" 'd["job"]["id"]')
   grep -qF "$DEMO_SECRET" "$RESPONSE" && fail "the answer shows the secret's value"
@@ -894,8 +897,14 @@ PY
     --env production 2>&1 | sed 's/^/    | /'
   get "/api/v1/deployments/$DEPLOYMENT/events?limit=500"
   grep -qF "$DEMO_SECRET" "$RESPONSE" && fail "the audit trail shows the secret's value"
-  info "=> the audit trail names the changed keys (never a secret's value); the secret is"
-  info "   encrypted at rest with the key in $DATA/secrets.key (SHIPWAY_SECRETS_KEYS in production)"
+  get "/api/v1/jobs/$CONFIG_JOB"
+  grep -qF "$DEMO_SECRET" "$RESPONSE" && fail "the job shows the secret's value"
+  info "\$ grep -rlF \"\$SECRET\" $DATA  (the database, server log, build logs, router files)"
+  leaked=$(grep -rlF "$DEMO_SECRET" "$DATA" 2>/dev/null | grep -vxF "$CHANGE" || true)
+  [ -z "$leaked" ] || fail "the secret's value is in $leaked"
+  info "=> only in $CHANGE, the file it was sent from: the audit trail names the changed"
+  info "   keys (never a secret's value) and the database holds the secret encrypted with the"
+  info "   key in $DATA/secrets.key (SHIPWAY_SECRETS_KEYS in production)"
   remember "shipway config set GREETING=…: another config-only release; the page changed to 'hello from config v2'"
 fi
 
