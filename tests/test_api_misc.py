@@ -449,3 +449,52 @@ def test_cli_tokens_create_makes_a_working_token(
 
     refused = runner.invoke(app, ["tokens", "create", "--workspace", "w", "--scope", "root"])
     assert refused.exit_code == 2
+
+
+def test_cli_tokens_create_refuses_to_invent_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without database settings, a token written into a new ./.shipway database would be
+    one no running API reads: refused, and nothing is created."""
+    from typer.testing import CliRunner
+
+    from shipway.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHIPWAY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SHIPWAY_DATA_DIR", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["tokens", "create", "--workspace", "w", "--scope", "deployments:read"]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "no shipway database at" in result.output and "SHIPWAY_DATABASE_URL" in result.output
+    assert "shw_" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no .shipway folder, no database
+
+
+def test_cli_db_upgrade_with_the_database_down_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from shipway.cli import app
+    from tests.support.services import free_port
+
+    url = f"postgresql+psycopg://shipway:secret-pw@127.0.0.1:{free_port()}/shipway"
+    monkeypatch.setenv("SHIPWAY_DATABASE_URL", url)
+    monkeypatch.setenv("SHIPWAY_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["db", "upgrade"])
+    finally:
+        get_settings.cache_clear()
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 1, result.output
+    assert "cannot reach the database at postgresql+psycopg://shipway:***@127.0.0.1" in said
+    assert "Connection refused" in said and "SHIPWAY_DATABASE_URL" in said
+    assert "Traceback" not in said and "secret-pw" not in said
+    assert len(result.output.strip().splitlines()) <= 6, result.output

@@ -111,6 +111,48 @@ def test_server_error_exits_4_with_the_api_message(
     assert "database_unavailable" in result.stderr and "db down" in result.stderr
 
 
+class _OtherService(BaseHTTPRequestHandler):
+    """Some other web server (Go's default 404), remembering the paths asked."""
+
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        body = b"404 page not found\n"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_another_service_is_named_with_its_url_and_api_v1_urls_work(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("SHIPWAY_TOKEN", "sw_x")
+    try:
+        results = []
+        for url in (root, f"{root}/api/v1", f"{root}/api/v1/"):  # as copied from the docs
+            monkeypatch.setenv("SHIPWAY_API_URL", url)
+            results.append(CliRunner().invoke(app, ["jobs", "list"]))
+    finally:
+        server.shutdown()
+    assert _OtherService.paths and all(
+        path.startswith("/api/v1/jobs") for path in _OtherService.paths
+    ), _OtherService.paths  # never /api/v1/api/v1/...
+    for result in results:
+        assert result.exit_code == 3, result.output  # an API error, not unreachable
+        assert f"{root}/api/v1/jobs" in result.stderr  # the URL that answered
+        assert "404 page not found" in result.stderr and "SHIPWAY_API_URL" in result.stderr
+        assert "does not support it" not in result.stderr
+
+
 def test_bad_canary_spec_is_a_usage_error(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHIPWAY_TOKEN", "sw_x")
     result = CliRunner().invoke(app, ["promote", "ver_x", "--canary", "ten:30"])

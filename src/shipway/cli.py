@@ -47,10 +47,7 @@ def _logging() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations (idempotent)."""
-    from shipway.migrate import upgrade
-
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade()
+    _migrated_database(create=True)
     console.print(f"database at [bold]{_safe_url()}[/] is up to date")
 
 
@@ -71,15 +68,13 @@ def tokens_create(
     from shipway.auth.tokens import create_expiring_token
     from shipway.db import transaction
     from shipway.errors import ShipwayError
-    from shipway.migrate import upgrade
 
     try:
         lifetime = client_tokens.parse_duration(expires_in) if expires_in else None
     except client_tokens.UsageError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade()
+    _migrated_database(create=False)
     try:
         with transaction() as session:
             ws = get_or_create_workspace(
@@ -252,6 +247,33 @@ def secrets_rotate(
         return
     for column, count in counts.items():
         console.print(f"{column}: {count} value(s) re-encrypted with the first key")
+
+
+def _migrated_database(*, create: bool) -> None:
+    """Bring the configured database up to date, or exit with one clear line: a database
+    that cannot be reached, or (unless ``create``) an embedded one that does not exist yet
+    (a token written into a new ./.shipway database is one no running API reads)."""
+    from sqlalchemy.exc import OperationalError
+
+    from shipway.migrate import upgrade
+
+    settings = get_settings()
+    embedded = settings.data_dir / "shipway.db"
+    if not create and not settings.database_url and not embedded.exists():
+        console.print(
+            f"[red]error:[/] no shipway database at {embedded.resolve()}. Set "
+            "SHIPWAY_DATABASE_URL to the API's database (and SHIPWAY_DATA_DIR to its data "
+            "folder in the embedded mode), or start it first: shipway up / shipway db upgrade"
+        )
+        raise typer.Exit(2)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade()
+    except OperationalError as error:
+        reason = str(error.orig or error).strip().splitlines()[0]
+        console.print(f"[red]error:[/] cannot reach the database at {_safe_url()}: {reason}")
+        console.print("[dim]check SHIPWAY_DATABASE_URL and that the database server runs[/]")
+        raise typer.Exit(1) from None
 
 
 def _safe_url() -> str:

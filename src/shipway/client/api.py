@@ -52,6 +52,11 @@ class ClientError(Exception):
         return self.status is None or self.status >= 500
 
     @property
+    def not_shipway(self) -> bool:
+        """The answer is not in shipway's error shape: another server answered."""
+        return self.code.startswith("http_")
+
+    @property
     def route_missing(self) -> bool:
         """The server has no such route (an older API): 405, or FastAPI's bare 404."""
         return self.status == 405 or (self.status == 404 and self.message == "Not Found")
@@ -85,13 +90,25 @@ def _error_of(response: httpx.Response, method: str, path: str) -> ClientError:
         text = response.text.strip()[:300]
     except httpx.ResponseNotRead:
         text = ""
+    answer = text or response.reason_phrase or "unexpected answer"
+    try:
+        url = str(response.request.url)
+    except RuntimeError:  # a response built without its request
+        url = path
     return ClientError(
         status=response.status_code,
         code=f"http_{response.status_code}",
-        message=text or response.reason_phrase or "unexpected answer",
+        message=f"{url} answered {response.status_code} {answer!r}, not in "
+        "shipway's error shape: is this address the shipway API?",
         method=method,
         path=path,
     )
+
+
+def api_root(url: str) -> str:
+    """The server's root URL: a URL given with the API's ``/api/v1`` prefix (as copied
+    from the docs or a browser) works too."""
+    return url.strip().rstrip("/").removesuffix("/api/v1").rstrip("/")
 
 
 def _unreachable(error: httpx.HTTPError, base_url: str, method: str, path: str) -> ClientError:
@@ -138,7 +155,7 @@ class ShipwayClient:
     def __init__(
         self, *, base_url: str, token: str | None, http: httpx.Client | None = None
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = api_root(base_url)
         headers = {"User-Agent": f"shipway-cli/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

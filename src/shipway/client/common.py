@@ -102,6 +102,8 @@ def report_client_error(error: ClientError) -> ExitCode:
         )
         return ExitCode.API_ERROR
     err.print(f"[red]error ({error.status} {error.code}):[/] {error.message}")
+    if error.not_shipway:
+        err.print("[dim]check SHIPWAY_API_URL (or `shipway login --url`): the server's root URL[/]")
     details = {k: v for k, v in error.details.items() if k != "errors"}
     for problem in error.details.get("errors") or []:
         if isinstance(problem, dict):
