@@ -59,7 +59,22 @@ def world(
         "job_id": promoted.json()["job"]["id"],
         "release_id": promoted.json()["release"]["id"],
         "hostname": HOSTNAME,
+        **_webhook(client, make_token("admin")),
     }
+
+
+def _webhook(client: TestClient, admin: dict[str, str]) -> dict[str, str]:
+    """A webhook endpoint of acme with one (never sent) test delivery."""
+    made = client.post(
+        "/api/v1/webhooks",
+        json={"url": "https://93.184.216.34/hook", "event_types": ["release.active"]},
+        headers=auth(admin),
+    )
+    assert made.status_code == 201, made.text
+    hook = made.json()["id"]
+    queued = client.post(f"/api/v1/webhooks/{hook}/test", headers=auth(admin))
+    assert queued.status_code == 202, queued.text
+    return {"webhook_id": hook, "delivery_id": queued.json()["id"]}
 
 
 HOSTNAME = "www.acme.test"
@@ -89,6 +104,7 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     dep, ver, job = w["deployment_id"], w["version_id"], w["job_id"]
     env = w.get("environment", "production")
     host, tok = w["hostname"], w["token_id"]
+    hook = f"/api/v1/webhooks/{w['webhook_id']}"
     domains = f"/api/v1/deployments/{dep}/environments/{env}/domains"
     upload = {"files": {"source": ("site.tar.gz", source_archive(), "application/gzip")}}
     return [
@@ -129,12 +145,30 @@ def routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/api/v1/tokens", {"json": {"scopes": ["deployments:read"]}}),
         ("POST", f"/api/v1/tokens/{tok}/revoke", {}),
         ("POST", f"/api/v1/tokens/{tok}/rotate", {"json": {"grace_seconds": 60}}),
+        ("GET", "/api/v1/webhooks", {}),
+        ("POST", "/api/v1/webhooks", {"json": WEBHOOK}),
+        ("GET", hook, {}),
+        ("PATCH", hook, {"json": {"enabled": False}}),
+        ("DELETE", hook, {}),
+        ("POST", f"{hook}/rotate", {"json": {"overlap_seconds": 60}}),
+        ("POST", f"{hook}/test", {}),
+        ("GET", f"{hook}/deliveries", {}),
+        ("POST", f"{hook}/deliveries/{w['delivery_id']}/redeliver", {}),
     ]
 
 
-COLLECTIONS = ("/api/v1/deployments", "/api/v1/jobs", "/api/v1/queue", "/api/v1/tokens")
-# Token management needs the admin scope (write and read tokens get 403 there).
-ADMIN_ONLY = "/api/v1/tokens"
+WEBHOOK = {"url": "https://93.184.216.34/other", "event_types": ["version.ready"]}
+
+
+COLLECTIONS = (
+    "/api/v1/deployments",
+    "/api/v1/jobs",
+    "/api/v1/queue",
+    "/api/v1/tokens",
+    "/api/v1/webhooks",
+)
+# Tokens and webhooks need the admin scope (write and read tokens get 403 there).
+ADMIN_ONLY = ("/api/v1/tokens", "/api/v1/webhooks")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -159,6 +193,8 @@ def test_route_table_covers_every_api_route(client: TestClient, world: dict[str,
         "environment": "{environment}",
         "hostname": "{hostname}",
         "token_id": "{token_id}",
+        "webhook_id": "{webhook_id}",
+        "delivery_id": "{delivery_id}",
     }
     assert {(m, p) for m, p, _ in routes(fake)} == documented
 
@@ -226,7 +262,7 @@ def test_read_only_token_cannot_write(
     before = _count_rows()
     job = world["job_id"]
     writes = [(m, p, kw) for m, p, kw in routes(world) if m in WRITES]
-    assert len(writes) == 21
+    assert len(writes) == 27
     for method, path, kwargs in writes:
         response = client.request(
             method, path, headers=auth(reader, **{"Idempotency-Key": "ro"}), **kwargs
@@ -315,6 +351,8 @@ def test_unknown_ids_are_404(
         "job_id": "job_nope",
         "hostname": "nope.acme.test",
         "token_id": "tok_nope",
+        "webhook_id": "whk_nope",
+        "delivery_id": "msg_nope",
     }
     for method, path, kwargs in routes(ghost):
         if path in COLLECTIONS:

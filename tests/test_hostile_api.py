@@ -177,6 +177,17 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                     headers=auth(admin, **{"Idempotency-Key": "seed"}),
                 )
                 assert promoted.status_code == 202, promoted.text
+                hook = client.post(
+                    "/api/v1/webhooks",
+                    json={"url": "https://93.184.216.34/hook", "event_types": ["job.stuck"]},
+                    headers=auth(admin),
+                )
+                assert hook.status_code == 201, hook.text
+                # a test delivery the redeliver route can name (no relay sends it)
+                test = client.post(
+                    f"/api/v1/webhooks/{hook.json()['id']}/test", headers=auth(admin)
+                )
+                assert test.status_code == 202, test.text
                 yield World(
                     client=client,
                     ids={
@@ -187,6 +198,8 @@ def world(postgres_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -
                         "hostname": "www.acme.test",
                         # what the token routes act on (these tests never change it)
                         "token_id": _token("deployments:read", workspace="acme")["token_id"],
+                        "webhook_id": hook.json()["id"],
+                        "delivery_id": test.json()["id"],
                     },
                     admin=admin,
                     reader=_token("deployments:read", workspace="acme"),

@@ -272,6 +272,7 @@ def create_app() -> FastAPI:
     from shipway.releases.config_routes import router as config_change
     from shipway.releases.routes import router as releases
     from shipway.versions.routes import router as versions
+    from shipway.webhooks.routes import router as webhooks
     from workers.celery_app import send_job
 
     load_features(sender=send_job)
@@ -295,6 +296,7 @@ def create_app() -> FastAPI:
         events,
         queue,
         tokens,
+        webhooks,
     ):
         api.include_router(router)
     app.include_router(api)

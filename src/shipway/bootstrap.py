@@ -18,7 +18,8 @@ import shipway.releases.monitor
 import shipway.releases.phases
 import shipway.releases.reconcile
 import shipway.releases.retention
-import shipway.releases.retire  # noqa: F401  (the imports above and this one register)
+import shipway.releases.retire
+import shipway.webhooks.delivery  # noqa: F401  (the imports above and this one register)
 from shipway.jobs.dispatch import Sender, use_sender
 
 

@@ -250,6 +250,22 @@ class Settings(BaseSettings):
         lt=65536,
         description="Port of the shared HTTPS listener (certificates by SNI); 0: none.",
     )
+    webhook_interval_seconds: float = Field(
+        default=1.0, description="Webhook lane period in the relay (outbox + sends); 0: off."
+    )
+    webhook_timeout_seconds: float = Field(default=5.0, description="One webhook request.")
+    webhook_concurrency: int = Field(default=8, ge=1, description="Webhook sends at once.")
+    webhook_backoff_seconds: float = Field(
+        default=5.0, description="First retry delay; doubles per attempt, at most 1 h."
+    )
+    webhook_max_attempts: int = Field(default=15, ge=1, description="Attempts per delivery.")
+    webhook_deadline_seconds: float = Field(
+        default=86400.0, description="A delivery is given up this long after it was created."
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback, private, link-local, unique-local addresses.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

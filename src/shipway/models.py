@@ -8,6 +8,7 @@ from shipway.domains.models import AcmeAccount, Certificate, Domain
 from shipway.events.models import Event
 from shipway.idempotency.models import IdempotencyRecord
 from shipway.jobs.models import Job
+from shipway.webhooks.models import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
 from shipway.workers_registry.models import Worker
 from shipway.workspaces.models import Project, Workspace
 
@@ -26,6 +27,10 @@ __all__ = [
     "Project",
     "Release",
     "Version",
+    "WebhookAttempt",
+    "WebhookCursor",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "Worker",
     "Workspace",
 ]

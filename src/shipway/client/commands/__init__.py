@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         publish,
         queue,
         versions,
+        webhooks,
     )
 
     app.add_typer(deployments.app, name="deployments")
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(domains.app, name="domains")
     app.add_typer(config.app, name="config")
     app.add_typer(jobs.app, name="jobs")
+    app.add_typer(webhooks.app, name="webhooks")
     app.command("publish")(publish.publish)
     app.command("promote")(promote.promote)
     app.command("rollback")(promote.rollback)

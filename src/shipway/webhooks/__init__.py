@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks): endpoints, an outbox over the audit trail, deliveries."""
