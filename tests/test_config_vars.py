@@ -342,3 +342,25 @@ def test_a_config_change_queued_behind_a_promote_never_brings_the_old_version_ba
     assert rows == [(v2, 1, "ACTIVE")]  # the config release followed v2
     reasons = [e["reason"] for e in audit(client, deployment) if e["subject_type"] == "release"]
     assert any("follows version 2" in reason for reason in reasons), reasons
+
+
+def test_the_health_monitor_redacts_secrets_from_its_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import UTC, datetime
+
+    from shipway.deployments.policy import parse_policy
+    from shipway.releases import monitor_rounds
+    from shipway.releases.health import Probe
+    from shipway.runtime.base import Replica
+
+    monkeypatch.setattr(
+        monitor_rounds, "probe", lambda url, timeout_seconds: Probe(500, None, f"key={SECRET}", 1.0)
+    )
+    replica = Replica("c1", "sw-rel-0", {}, "running", None, 0, 8080, address="127.0.0.1")
+    candidate = monitor_rounds.Candidate(
+        "rel", "ACTIVE", "/", parse_policy(None), [replica], secrets=[SECRET]
+    )
+    rounds = monitor_rounds.probe_all([candidate], now=datetime.now(UTC), max_parallel=1)
+    assert rounds["rel"]["replicas"][0]["body_excerpt"] == "key=[redacted]"
+    assert rounds["rel"]["ok"] is False

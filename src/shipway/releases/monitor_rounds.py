@@ -3,7 +3,8 @@
 A round probes every replica of a release at once (HTTP GET of the health check
 path on each replica's host port, ``policy.health.timeout_seconds`` each,
 concurrently); it passes when every replica answers 2xx/3xx. A replica container
-that is not running, or a release without replicas, fails it.
+that is not running, or a release without replicas, fails it. The secret values of a
+release's config are redacted from what a round records (an app's answer may echo one).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shipway.catalog.models import Deployment, Environment, Release, Version
+from shipway.config_vars.redact import redact
+from shipway.config_vars.service import secret_values
 from shipway.deployments.policy import EnvironmentPolicy, parse_policy
 from shipway.releases.health import probe
 from shipway.runtime.base import Replica
 
 MONITORED = ("ACTIVE", "UNHEALTHY")
+SECRETS_CACHED = 256  # config versions whose secret values this process keeps for redaction
+_secrets: dict[tuple[str, str, int], list[str]] = {}
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Candidate:
     path: str
     policy: EnvironmentPolicy
     replicas: list[Replica] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list, repr=False)  # redacted from its rounds
 
 
 def due(session: Session, *, now: datetime) -> list[Candidate]:
@@ -61,9 +67,27 @@ def due(session: Session, *, now: datetime) -> list[Candidate]:
                 status=release.status,
                 path=version_path or deployment_path or "/",
                 policy=policy,
+                secrets=_secrets_of(session, release),
             )
         )
     return found
+
+
+def _secrets_of(session: Session, release: Release) -> list[str]:
+    """The secret values of the release's config (decrypted once per config version)."""
+    if release.config_version is None:
+        return []
+    key = (release.deployment_id, release.environment, release.config_version)
+    if key not in _secrets:
+        if len(_secrets) >= SECRETS_CACHED:
+            _secrets.clear()
+        _secrets[key] = secret_values(
+            session,
+            deployment_id=release.deployment_id,
+            environment=release.environment,
+            numbers=[release.config_version],
+        )
+    return _secrets[key]
 
 
 def _probe_replica(replica: Replica, path: str, timeout: float) -> dict[str, Any]:
@@ -106,7 +130,7 @@ def probe_all(
             "at": now.isoformat(),
             "path": candidate.path,
             "ok": bool(probes) and all(p["ok"] for p in probes),
-            "replicas": probes,
+            "replicas": redact(probes, candidate.secrets),
             **({} if probes else {"error": "no replica containers found"}),
         }
     return rounds
