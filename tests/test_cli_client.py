@@ -413,7 +413,8 @@ def test_cli_against_a_real_api_and_worker(
     site = cli.json("deployments", "create", "cli-site", "--kind", "static")
     engine_cleanup.append(site["id"])
     assert site["kind"] == "static" and site["environments"][0]["name"] == "production"
-    assert [d["id"] for d in cli.json("deployments", "list")] == [site["id"]]
+    listed = cli.json("deployments", "list")
+    assert [d["id"] for d in listed["data"]] == [site["id"]] and listed["next_cursor"] is None
     assert cli.json("deployments", "show", site["id"])["name"] == "cli-site"
     shown = cli("deployments", "show", site["id"])
     assert shown.returncode == 0 and "production" in shown.stdout
@@ -429,7 +430,7 @@ def test_cli_against_a_real_api_and_worker(
     assert "==> phase build" in published.stdout
     assert "shipway: build succeeded" in published.stdout  # the build log, live
     assert "is ready" in published.stdout
-    versions = cli.json("versions", "list", site["id"])
+    versions = cli.json("versions", "list", site["id"])["data"]
     assert [v["state"] for v in versions] == ["ready"]
     v1 = versions[0]["id"]
 
@@ -484,9 +485,15 @@ def test_cli_against_a_real_api_and_worker(
     assert cli.json("versions", "show", v2)["status"] == "ROLLED_BACK"
 
     # Jobs.
-    jobs = cli.json("jobs", "list", "--deployment", site["id"])
+    jobs = cli.json("jobs", "list", "--deployment", site["id"])["data"]
     kinds = {j["kind"] for j in jobs}
     assert {"publish", "promote", "rollback"} <= kinds
+    # --json keeps the page's cursor: the rest of the list is one call away.
+    first = cli.json("jobs", "list", "--deployment", site["id"], "--limit", "1")
+    assert len(first["data"]) == 1 and first["next_cursor"]
+    rest = cli.json("jobs", "list", "-d", site["id"], "--cursor", first["next_cursor"])
+    assert [j["id"] for j in first["data"] + rest["data"]] == [j["id"] for j in jobs]
+    assert rest["next_cursor"] is None
     job_id = back["job"]["id"]
     assert cli.json("jobs", "show", job_id)["id"] == job_id
     table = cli("jobs", "list")

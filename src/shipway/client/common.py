@@ -83,6 +83,25 @@ def new_idempotency_key(given: str | None, *, quiet: bool = False) -> str:
     return key
 
 
+CursorOption = Annotated[
+    str | None, typer.Option(help="Start after this point (a next_cursor from a --json page)")
+]
+
+
+def collect_pages(
+    fetch: Callable[[int, str | None], dict[str, Any]], *, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """Pages of a list endpoint until ``limit`` rows: the API's page shape, ``{"data",
+    "next_cursor"}``, whose cursor resumes where these rows end (None at the end)."""
+    rows: list[Any] = []
+    while True:
+        page = fetch(max(1, min(200, limit - len(rows))), cursor)
+        rows += page["data"]
+        cursor = page.get("next_cursor")
+        if not cursor or len(rows) >= limit:
+            return {"data": rows, "next_cursor": cursor}
+
+
 def print_json(data: Any) -> None:
     """JSON on stdout, one document."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")

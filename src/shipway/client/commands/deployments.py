@@ -7,7 +7,15 @@ from typing import Annotated, Any
 import typer
 
 from shipway.client.api import ShipwayClient
-from shipway.client.common import JsonOption, connect, guarded, out, print_json
+from shipway.client.common import (
+    CursorOption,
+    JsonOption,
+    collect_pages,
+    connect,
+    guarded,
+    out,
+    print_json,
+)
 from shipway.client.render.records import deployment_view, deployments_table
 
 app = typer.Typer(help="Deployments: one app or site each.", no_args_is_help=True)
@@ -39,17 +47,15 @@ def create_deployment(
     return client.create_deployment(body=body)
 
 
-def list_all_deployments(client: ShipwayClient, *, limit: int) -> list[dict[str, Any]]:
-    """Deployments, following pages until ``limit`` rows."""
-    rows: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while len(rows) < limit:
-        page = client.list_deployments(limit=min(200, limit - len(rows)), cursor=cursor)
-        rows += page["data"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            break
-    return rows
+def list_all_deployments(
+    client: ShipwayClient, *, limit: int, cursor: str | None = None
+) -> dict[str, Any]:
+    """Deployments, following pages until ``limit`` rows (``{"data", "next_cursor"}``)."""
+    return collect_pages(
+        lambda size, after: client.list_deployments(limit=size, cursor=after),
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 @app.command("create")
@@ -99,13 +105,15 @@ def create(
 @guarded
 def list_(
     limit: Annotated[int, typer.Option(help="At most this many")] = 200,
+    cursor: CursorOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """List deployments of the token's workspace."""
+    """List deployments of the token's workspace (--json: the page, with next_cursor)."""
     with connect() as client:
-        rows = list_all_deployments(client, limit=limit)
+        page = list_all_deployments(client, limit=limit, cursor=cursor)
+    rows = page["data"]
     if json_output:
-        print_json(rows)
+        print_json(page)
     elif rows:
         out.print(deployments_table(rows))
     else:

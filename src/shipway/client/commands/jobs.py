@@ -8,8 +8,10 @@ import typer
 
 from shipway.client.api import ShipwayClient
 from shipway.client.common import (
+    CursorOption,
     ExitCode,
     JsonOption,
+    collect_pages,
     connect,
     guarded,
     out,
@@ -44,14 +46,21 @@ def list_(
     ] = None,
     kind: Annotated[str | None, typer.Option(help="publish, promote, rollback, retire")] = None,
     deployment: Annotated[str | None, typer.Option("--deployment", "-d", help="dep_…")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (1-200)")] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    cursor: CursorOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Jobs of the token's workspace, newest first."""
+    """Jobs of the token's workspace, newest first (--json: the page, with next_cursor)."""
     with connect() as client:
-        page = client.list_jobs(state=state, kind=kind, deployment_id=deployment, limit=limit)
+        page = collect_pages(
+            lambda size, after: client.list_jobs(
+                state=state, kind=kind, deployment_id=deployment, limit=size, cursor=after
+            ),
+            limit=limit,
+            cursor=cursor,
+        )
     if json_output:
-        print_json(page["data"])
+        print_json(page)
     elif page["data"]:
         out.print(jobs_table(page["data"]))
     else:

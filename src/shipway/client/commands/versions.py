@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from shipway.client.api import ShipwayClient
-from shipway.client.common import JsonOption, connect, guarded, out, print_json, resolve_deployment
+from shipway.client.common import (
+    CursorOption,
+    JsonOption,
+    collect_pages,
+    connect,
+    guarded,
+    out,
+    print_json,
+    resolve_deployment,
+)
 from shipway.client.render.records import version_view, versions_table
 
 app = typer.Typer(help="Versions: immutable builds of a deployment.", no_args_is_help=True)
@@ -26,23 +35,21 @@ def list_all_versions(
     state: str | None,
     environment: str | None,
     limit: int,
-) -> list[dict[str, Any]]:
-    """Versions newest first, following pages until ``limit`` rows."""
-    rows: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while len(rows) < limit:
-        page = client.list_versions(
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Versions newest first, following pages until ``limit`` rows (``{"data",
+    "next_cursor"}``)."""
+    return collect_pages(
+        lambda size, after: client.list_versions(
             deployment_id=deployment_id,
             state=state,
             environment=environment,
-            limit=min(200, limit - len(rows)),
-            cursor=cursor,
-        )
-        rows += page["data"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            break
-    return rows
+            limit=size,
+            cursor=after,
+        ),
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def full_version(
@@ -64,15 +71,22 @@ def list_(
     ] = None,
     env: Annotated[str | None, typer.Option("--env", help="Only versions released there")] = None,
     limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    cursor: CursorOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """A deployment's versions, newest first."""
+    """A deployment's versions, newest first (--json: the page, with next_cursor)."""
     with connect() as client:
-        rows = list_all_versions(
-            client, deployment_id=deployment_id, state=state, environment=env, limit=limit
+        page = list_all_versions(
+            client,
+            deployment_id=deployment_id,
+            state=state,
+            environment=env,
+            limit=limit,
+            cursor=cursor,
         )
+    rows = page["data"]
     if json_output:
-        print_json(rows)
+        print_json(page)
     elif rows:
         out.print(versions_table(rows))
     else:
