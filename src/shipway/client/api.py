@@ -7,7 +7,6 @@ status, code and message; a connection failure has ``status`` ``None``.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,9 @@ from typing import IO, Any
 import httpx
 
 from shipway import __version__
+from shipway.client.sse import SseMessage, parse_sse
+
+__all__ = ["ClientError", "ShipwayClient", "SseMessage", "parse_sse"]
 
 Json = dict[str, Any]
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -60,15 +62,6 @@ class ClientError(Exception):
     def route_missing(self) -> bool:
         """The server has no such route (an older API): 405, or FastAPI's bare 404."""
         return self.status == 405 or (self.status == 404 and self.message == "Not Found")
-
-
-@dataclass(frozen=True)
-class SseMessage:
-    """One server-sent event: its type, its id (a resume cursor) and JSON data."""
-
-    event: str
-    id: str | None
-    data: Any
 
 
 def _error_of(response: httpx.Response, method: str, path: str) -> ClientError:
@@ -120,33 +113,6 @@ def _unreachable(error: httpx.HTTPError, base_url: str, method: str, path: str) 
         method=method,
         path=path,
     )
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[SseMessage]:
-    """Messages of a ``text/event-stream`` (comments such as pings are skipped)."""
-    event, event_id, data = "message", None, list[str]()
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    payload: Any = json.loads(text)
-                except ValueError:
-                    payload = text
-                yield SseMessage(event=event, id=event_id, data=payload)
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "id":
-            event_id = value
-        elif name == "data":
-            data.append(value)
 
 
 class ShipwayClient:
