@@ -364,3 +364,6 @@ def test_the_health_monitor_redacts_secrets_from_its_rounds(
     rounds = monitor_rounds.probe_all([candidate], now=datetime.now(UTC), max_parallel=1)
     assert rounds["rel"]["replicas"][0]["body_excerpt"] == "key=[redacted]"
     assert rounds["rel"]["ok"] is False
+    candidate.secrets = None  # no configured key opens them: bodies are left out
+    rounds = monitor_rounds.probe_all([candidate], now=datetime.now(UTC), max_parallel=1)
+    assert rounds["rel"]["replicas"][0]["body_excerpt"] == ""

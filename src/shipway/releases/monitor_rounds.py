@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.config_vars.redact import redact
 from shipway.config_vars.service import secret_values
+from shipway.crypto import SecretsKeyError
 from shipway.deployments.policy import EnvironmentPolicy, parse_policy
 from shipway.releases.health import probe
 from shipway.runtime.base import Replica
@@ -38,7 +39,8 @@ class Candidate:
     path: str
     policy: EnvironmentPolicy
     replicas: list[Replica] = field(default_factory=list)
-    secrets: list[str] = field(default_factory=list, repr=False)  # redacted from its rounds
+    # redacted from its rounds; None: unreadable (a dropped key), so bodies are left out
+    secrets: list[str] | None = field(default_factory=list, repr=False)
 
 
 def due(session: Session, *, now: datetime) -> list[Candidate]:
@@ -73,20 +75,25 @@ def due(session: Session, *, now: datetime) -> list[Candidate]:
     return found
 
 
-def _secrets_of(session: Session, release: Release) -> list[str]:
-    """The secret values of the release's config (decrypted once per config version)."""
+def _secrets_of(session: Session, release: Release) -> list[str] | None:
+    """The secret values of the release's config (decrypted once per config version); None
+    when no configured key opens them: monitoring goes on, without response bodies."""
     if release.config_version is None:
         return []
     key = (release.deployment_id, release.environment, release.config_version)
     if key not in _secrets:
+        try:
+            values = secret_values(
+                session,
+                deployment_id=release.deployment_id,
+                environment=release.environment,
+                numbers=[release.config_version],
+            )
+        except SecretsKeyError:
+            return None
         if len(_secrets) >= SECRETS_CACHED:
             _secrets.clear()
-        _secrets[key] = secret_values(
-            session,
-            deployment_id=release.deployment_id,
-            environment=release.environment,
-            numbers=[release.config_version],
-        )
+        _secrets[key] = values
     return _secrets[key]
 
 
@@ -130,7 +137,14 @@ def probe_all(
             "at": now.isoformat(),
             "path": candidate.path,
             "ok": bool(probes) and all(p["ok"] for p in probes),
-            "replicas": redact(probes, candidate.secrets),
+            "replicas": _cleaned(probes, candidate.secrets),
             **({} if probes else {"error": "no replica containers found"}),
         }
     return rounds
+
+
+def _cleaned(probes: list[dict[str, Any]], secrets: list[str] | None) -> list[dict[str, Any]]:
+    if secrets is None:
+        return [{**p, "body_excerpt": ""} for p in probes]
+    cleaned: list[dict[str, Any]] = redact(probes, secrets)
+    return cleaned
