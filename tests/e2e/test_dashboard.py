@@ -403,6 +403,12 @@ def check_queue_view(browser: WebDriver, workspace: str, queued: list[str], stuc
     assert "bad" in (certificate.get_attribute("class") or "")
     for shown in ("failed", "acme_challenge_failed", "Point the domain's DNS at the router"):
         assert shown in certificate.text, certificate.text
+    # The deployment is named by its name, not its id (looked up once, id in the tooltip).
+    wait_for(
+        browser,
+        lambda: "shop / production" in text_of(browser, "certificates-table"),
+        what="deployment name in the certificates table",
+    )
     screenshot(browser, "queue")
 
     # The view polls: a new queued job shows up without a reload.

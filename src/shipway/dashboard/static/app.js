@@ -381,16 +381,45 @@
     return id ? link(`#/jobs/${encodeURIComponent(id)}`, short(id), { class: "mono" }) : "—";
   }
 
+  // Names of deployments ("shop") and versions ("v3"), asked once per id and shown
+  // instead of ids wherever a link has no text of its own (the id stays in the tooltip).
+  const names = new Map();
+  const asked = new Set();
+
+  function nameOf(id, path, label) {
+    if (names.has(id)) return names.get(id);
+    if (!asked.has(id)) {
+      asked.add(id);
+      api(path)
+        .then((row) => {
+          names.set(id, label(row));
+          for (const node of document.querySelectorAll("[data-name-of]")) {
+            if (node.dataset.nameOf === id) node.textContent = names.get(id);
+          }
+        })
+        .catch(() => asked.delete(id)); // asked again at the next render
+    }
+    return null;
+  }
+
+  function namedLink(href, id, text, lookup) {
+    if (text) return link(href, text);
+    return link(href, lookup() || id, { title: id, dataset: { nameOf: id } });
+  }
+
   function versionLink(deploymentId, versionId, text) {
     if (!deploymentId || !versionId) return text || "—";
-    return link(
-      `#/deployments/${encodeURIComponent(deploymentId)}/versions/${encodeURIComponent(versionId)}`,
-      text || versionId,
+    const href = `#/deployments/${encodeURIComponent(deploymentId)}/versions/${encodeURIComponent(versionId)}`;
+    return namedLink(href, versionId, text, () =>
+      nameOf(versionId, `/versions/${encodeURIComponent(versionId)}`, (v) => `v${v.version_number}`),
     );
   }
 
   function deploymentLink(id, text) {
-    return id ? link(`#/deployments/${encodeURIComponent(id)}`, text || id) : "—";
+    if (!id) return "—";
+    return namedLink(`#/deployments/${encodeURIComponent(id)}`, id, text, () =>
+      nameOf(id, `/deployments/${encodeURIComponent(id)}`, (d) => d.name),
+    );
   }
 
   /** A failure's diagnosis: title, description, what to do, and the evidence. */
