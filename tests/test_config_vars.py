@@ -367,3 +367,25 @@ def test_the_health_monitor_redacts_secrets_from_its_rounds(
     candidate.secrets = None  # no configured key opens them: bodies are left out
     rounds = monitor_rounds.probe_all([candidate], now=datetime.now(UTC), max_parallel=1)
     assert rounds["rel"]["replicas"][0]["body_excerpt"] == ""
+
+
+def test_a_rollout_whose_secrets_no_key_opens_fails_classified(
+    client: TestClient,
+    deployment: dict[str, Any],
+    make_version: VersionFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shipway import crypto
+
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", crypto.generate_key())
+    get_settings.cache_clear()
+    patch(client, deployment, {"secrets": {"API_KEY": SECRET}})
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", crypto.generate_key())  # the old key dropped
+    get_settings.cache_clear()
+    first = accepted(promote(client, deployment, make_version(deployment["id"]), "p1"))
+    assert run(first["job"]["id"]) == "failed"
+    reason, diagnostics = raw(
+        f"SELECT failure_reason, failure_diagnostics FROM jobs WHERE id = '{first['job']['id']}'"
+    )[0]
+    assert reason == "secrets_unreadable"
+    assert "SHIPWAY_SECRETS_KEYS" in str(diagnostics) and SECRET not in str(diagnostics)

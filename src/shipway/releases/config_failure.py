@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shipway.catalog.models import Release, Version
 from shipway.config_vars import service as config_vars
 from shipway.config_vars.redact import redact
+from shipway.crypto import SecretsKeyError
 from shipway.jobs.context import JobFailed
 from shipway.releases.service import active_release
 
@@ -34,7 +35,27 @@ class ConfigContext:
 
     @classmethod
     def of(cls, session: Session, *, release: Release) -> ConfigContext:
-        """The config of ``release`` compared with the release serving its environment."""
+        """The config of ``release`` compared with the release serving its environment;
+        JobFailed(``secrets_unreadable``) when no configured key opens its secrets."""
+        try:
+            return cls._of(session, release=release)
+        except SecretsKeyError as error:
+            raise JobFailed(
+                "secrets_unreadable",
+                {
+                    "title": "The config's secrets cannot be decrypted",
+                    "description": f"Config v{release.config_version}: {error.message}",
+                    "action": (
+                        "Put the key the secrets were encrypted with back in "
+                        "SHIPWAY_SECRETS_KEYS (on every worker), then promote again; "
+                        "docs/config-and-secrets.md explains rotation."
+                    ),
+                    "evidence": {"config_version": release.config_version},
+                },
+            ) from None
+
+    @classmethod
+    def _of(cls, session: Session, *, release: Release) -> ConfigContext:
         where: dict[str, Any] = {
             "deployment_id": release.deployment_id,
             "environment": release.environment,
