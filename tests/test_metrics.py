@@ -69,6 +69,8 @@ def test_exposes_every_metric_with_its_type(client: TestClient, make_token: Toke
         "shipway_certificate_failures": "gauge",
         "shipway_http_requests": "counter",
         "shipway_http_request_duration_seconds": "histogram",
+        "shipway_webhook_deliveries": "gauge",
+        "shipway_webhook_attempts": "counter",
     }
 
 

@@ -25,7 +25,9 @@ from tests.support.processes import wait_until
 from tests.support.webhook_receiver import Receiver, running_receiver, verify
 from tests.test_api_auth import assert_error
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+# SQLite unless said otherwise (the outbox's locking and the rollout also on PostgreSQL).
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+POSTGRES = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -93,6 +95,7 @@ def new_deployment(client: TestClient, admin: dict[str, str], name: str = "site"
 # --------------------------------------------------------------------------- the API
 
 
+@SQLITE
 def test_create_shows_the_secret_once_and_manages_the_endpoint(
     client: TestClient, admin: dict[str, str], make_token: TokenFactory
 ) -> None:
@@ -137,6 +140,7 @@ def test_create_shows_the_secret_once_and_manages_the_endpoint(
     assert_error(missing, 404, "not_found")
 
 
+@SQLITE
 def test_private_destinations_are_refused_without_the_setting(
     client: TestClient, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,6 +209,7 @@ def test_version_transitions_are_delivered_signed(
     assert len(receiver.received) == 2  # nothing for globex's endpoint
 
 
+@SQLITE
 def test_failing_endpoint_is_retried_with_backoff_and_logged(
     client: TestClient, admin: dict[str, str], receiver: Receiver, make_version: VersionFactory
 ) -> None:
@@ -231,8 +236,13 @@ def test_failing_endpoint_is_retried_with_backoff_and_logged(
     assert gaps[0] >= 0.15 and gaps[1] >= 0.3, gaps  # 0.2 s, then 0.4 s (±10 %)
     for request in receiver.received:
         assert verify(made["secret"], request.headers, request.body)
+    metrics = client.get("/metrics").text
+    assert 'shipway_webhook_attempts_total{outcome="failed"} 3.0' in metrics
+    assert 'shipway_webhook_attempts_total{outcome="succeeded"} 1.0' in metrics
+    assert 'shipway_webhook_deliveries{state="succeeded"} 1.0' in metrics
 
 
+@SQLITE
 def test_gives_up_after_max_attempts_then_redelivers_through_the_api(
     client: TestClient, admin: dict[str, str], receiver: Receiver, make_version: VersionFactory
 ) -> None:
@@ -269,6 +279,7 @@ def test_gives_up_after_max_attempts_then_redelivers_through_the_api(
     assert_error(unknown, 404, "not_found")
 
 
+@SQLITE
 def test_rotation_sends_both_signatures_during_the_overlap(
     client: TestClient, admin: dict[str, str], receiver: Receiver
 ) -> None:
@@ -304,6 +315,7 @@ def test_rotation_sends_both_signatures_during_the_overlap(
     )
 
 
+@SQLITE
 def test_stuck_job_is_delivered_once(
     client: TestClient,
     admin: dict[str, str],
@@ -332,6 +344,7 @@ def test_stuck_job_is_delivered_once(
     assert verify(made["secret"], stuck[0].headers, stuck[0].body)
 
 
+@SQLITE
 def test_release_and_canary_transitions_map_to_their_types(
     client: TestClient, admin: dict[str, str], receiver: Receiver, make_version: VersionFactory
 ) -> None:
@@ -411,6 +424,7 @@ def _lane(stop: threading.Event) -> threading.Thread:
     return thread
 
 
+@POSTGRES
 def test_a_hanging_endpoint_never_delays_a_real_promote(
     client: TestClient,
     admin: dict[str, str],

@@ -125,3 +125,26 @@ def test_unresolvable_hosts_and_other_schemes_are_refused() -> None:
         with pytest.raises(DestinationRefused):
             check_destination(url, allow_private=True)
     check_destination("https://93.184.216.34:8443/hook", allow_private=False)
+
+
+def test_the_receiver_snippet_of_the_docs_verifies() -> None:
+    """docs/webhooks.md's standard-library verifier accepts shipway's signatures (both during
+    a rotation) and refuses a changed body, a wrong secret and an old timestamp."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "webhooks.md").read_text()
+    block = re.search(r"<!-- verify-snippet -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "docs/webhooks.md lost its verify snippet"
+    scope: dict[str, object] = {}
+    exec(compile(block.group(1), "docs/webhooks.md", "exec"), scope)
+    verify_doc = scope["verify"]
+    assert callable(verify_doc)
+    old, new, body, now = signing.new_secret(), signing.new_secret(), b'{"a":1}', int(time.time())
+    headers = signing.headers([new, old], msg_id="msg_d", timestamp=now, body=body)
+    upper = {name.title(): value for name, value in headers.items()}  # as http.server gives
+    assert verify_doc(new, upper, body) and verify_doc(old, headers, body)
+    assert not verify_doc(new, headers, body + b" ")
+    assert not verify_doc(signing.new_secret(), headers, body)
+    stale = signing.headers([new], msg_id="msg_d", timestamp=now - 3600, body=body)
+    assert not verify_doc(new, stale, body)

@@ -13,6 +13,7 @@ from shipway.config import get_settings
 from shipway.metrics.collector import collector_for
 from shipway.metrics.http import ProcessMetrics
 from shipway.schemas import error_responses
+from shipway.webhooks.metrics import WebhookCollector
 
 router = APIRouter(tags=["metrics"])
 
@@ -54,5 +55,6 @@ def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector_for(get_settings().resolved_database_url))
     registry.register(ProcessMetrics())
+    registry.register(WebhookCollector(get_settings().resolved_database_url))
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), headers={"Content-Type": content_type})
