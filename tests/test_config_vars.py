@@ -389,3 +389,34 @@ def test_a_rollout_whose_secrets_no_key_opens_fails_classified(
     )[0]
     assert reason == "secrets_unreadable"
     assert "SHIPWAY_SECRETS_KEYS" in str(diagnostics) and SECRET not in str(diagnostics)
+
+
+def test_an_unreadable_tls_key_reads_as_none_and_routing_goes_on(
+    shipway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipway import crypto
+    from shipway.db import transaction
+    from shipway.domains.models import Certificate
+    from shipway.workspaces.models import Workspace
+
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", crypto.generate_key())
+    get_settings.cache_clear()
+    with transaction() as session:
+        session.add(Workspace(id="ws_x", name="x"))
+        session.flush()
+        session.add(
+            Certificate(
+                hostname="a.test",
+                workspace_id="ws_x",
+                source="uploaded",
+                status="issued",
+                fullchain_pem="CHAIN",
+                key_pem="KEY-" + SECRET,
+                attempts=0,
+            )
+        )
+    monkeypatch.setenv("SHIPWAY_SECRETS_KEYS", crypto.generate_key())  # the old key dropped
+    get_settings.cache_clear()
+    with transaction() as session:
+        row = session.get(Certificate, "a.test")
+        assert row is not None and row.key_pem is None and row.fullchain_pem == "CHAIN"

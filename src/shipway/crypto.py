@@ -9,6 +9,7 @@ Python; ``rotate`` re-encrypts every such column with the first key.
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,8 @@ from sqlalchemy.types import TypeDecorator
 from shipway.config import get_settings
 from shipway.db import Base
 from shipway.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 KEY_FILE = "secrets.key"
 
@@ -93,16 +96,33 @@ def decrypt(token: str) -> str:
 
 
 class EncryptedText(TypeDecorator[str]):
-    """Text encrypted at rest: a Fernet token in the database, plain text in Python."""
+    """Text encrypted at rest: a Fernet token in the database, plain text in Python.
+
+    A token no configured key opens raises ``SecretsKeyError``; a ``lenient`` column
+    reads as None instead (logged), so one unreadable value (a TLS key) does not stop
+    every query that loads its table.
+    """
 
     impl = Text
     cache_ok = True
+
+    def __init__(self, *, lenient: bool = False) -> None:
+        super().__init__()
+        self.lenient = lenient
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else encrypt(value)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
-        return None if value is None else decrypt(value)
+        if value is None:
+            return None
+        try:
+            return decrypt(value)
+        except SecretsKeyError:
+            if not self.lenient:
+                raise
+            log.error("an encrypted value is unreadable with the configured keys; read as empty")
+            return None
 
 
 def looks_encrypted(value: str) -> bool:

@@ -42,7 +42,8 @@ class Certificate(Base):
     source: Mapped[str] = mapped_column(String(20))  # acme | uploaded
     status: Mapped[str] = mapped_column(String(20))  # pending | issued | failed
     fullchain_pem: Mapped[str | None] = mapped_column(Text)
-    key_pem: Mapped[str | None] = mapped_column(EncryptedText())  # encrypted at rest
+    # encrypted at rest; unreadable with the configured keys: None (served without HTTPS)
+    key_pem: Mapped[str | None] = mapped_column(EncryptedText(lenient=True))
     issuer: Mapped[str | None] = mapped_column(String(500))
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
