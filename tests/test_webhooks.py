@@ -92,6 +92,17 @@ def new_deployment(client: TestClient, admin: dict[str, str], name: str = "site"
     return str(created.json()["id"])
 
 
+def promote(client: TestClient, admin: dict[str, str], dep: str, version: str, **body: Any) -> Any:
+    """A promote through the API (202), its answer."""
+    answer = client.post(
+        f"/api/v1/deployments/{dep}/versions/{version}/promote",
+        json=body or None,
+        headers=auth(admin, **{"Idempotency-Key": f"k-{version}"}),
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
 # --------------------------------------------------------------------------- the API
 
 
@@ -280,6 +291,46 @@ def test_gives_up_after_max_attempts_then_redelivers_through_the_api(
 
 
 @SQLITE
+def test_the_deadline_ends_retries_and_a_deleted_endpoint_ends_its_delivery(
+    client: TestClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shipway.db import transaction
+    from shipway.ids import utcnow
+    from shipway.webhooks.delivery import Result, claim, record
+
+    monkeypatch.setenv("SHIPWAY_WEBHOOK_DEADLINE_SECONDS", "0.5")
+    get_settings.cache_clear()
+    receiver.default = 500
+    made = create(client, admin, receiver.url, "release.active")
+    client.post(f"/api/v1/webhooks/{made['id']}/test", headers=auth(admin))
+
+    def given_up() -> Any:
+        log = deliveries(client, admin, made["id"])
+        return log if log[0]["state"] == "failed" else None
+
+    log = pump_until(given_up, message="given up at the deadline")
+    # 0.2 s then 0.4 s of backoff: the third attempt would come after the 0.5 s deadline
+    assert len(log[0]["attempt_log"]) == 2, log
+
+    # A delivery whose endpoint is deleted while its request is under way is dropped.
+    monkeypatch.setenv("SHIPWAY_WEBHOOK_DEADLINE_SECONDS", "60")
+    get_settings.cache_clear()
+    queued = client.post(f"/api/v1/webhooks/{made['id']}/test", headers=auth(admin)).json()
+    with transaction() as session:
+        taken = claim(session, queued["id"], now=utcnow(), settings=get_settings())
+    assert taken is not None and taken.attempt == 1
+    assert client.delete(f"/api/v1/webhooks/{made['id']}", headers=auth(admin)).status_code == 200
+    with transaction() as session:
+        outcome = record(
+            session, taken, Result(status_code=200), now=utcnow(), settings=get_settings()
+        )
+    assert outcome == "gone"
+
+
+@SQLITE
 def test_rotation_sends_both_signatures_during_the_overlap(
     client: TestClient, admin: dict[str, str], receiver: Receiver
 ) -> None:
@@ -328,18 +379,14 @@ def test_stuck_job_is_delivered_once(
     made = create(client, admin, receiver.url, "job.stuck")
     dep = new_deployment(client, admin)
     version = make_version(dep, "ready", runtime_image="shipway-test/none:1")
-    promoted = client.post(
-        f"/api/v1/deployments/{dep}/versions/{version}/promote",
-        headers=auth(admin, **{"Idempotency-Key": "stuck"}),
-    )
-    assert promoted.status_code == 202, promoted.text  # no worker: it stays queued
+    promoted = promote(client, admin, dep, version)  # no worker: it stays queued
     pump_until(lambda: receiver.of_type("job.stuck"), message="a job.stuck delivery")
     for _ in range(3):  # later passes see the same stuck job: no second delivery
         pump_until(lambda: True)
     stuck = receiver.of_type("job.stuck")
     assert len(stuck) == 1
     data = json.loads(stuck[0].body)["data"]
-    assert data["job_id"] == promoted.json()["job"]["id"]
+    assert data["job_id"] == promoted["job"]["id"]
     assert data["stuck_reason"] == "queued_too_long" and data["kind"] == "promote"
     assert verify(made["secret"], stuck[0].headers, stuck[0].body)
 
@@ -366,11 +413,7 @@ def test_release_and_canary_transitions_map_to_their_types(
     create(client, admin, receiver.url, *types)
     dep = new_deployment(client, admin)
     version = make_version(dep, "ready", runtime_image="shipway-test/none:1")
-    promoted = client.post(
-        f"/api/v1/deployments/{dep}/versions/{version}/promote",
-        json={"environment": "staging"},
-        headers=auth(admin, **{"Idempotency-Key": "map"}),
-    ).json()
+    promoted = promote(client, admin, dep, version, environment="staging")
     release_id = promoted["release"]["id"]
     with transaction() as session:
         for before, after in [
@@ -444,13 +487,9 @@ def test_a_hanging_endpoint_never_delays_a_real_promote(
     lane = _lane(stop)
     try:
         wait_until(lambda: receiver.hanging, timeout=15, message="version.ready being sent")
-        promoted = client.post(
-            f"/api/v1/deployments/{dep}/versions/{version}/promote",
-            headers=auth(admin, **{"Idempotency-Key": "hang"}),
-        )
-        assert promoted.status_code == 202, promoted.text
+        promoted = promote(client, admin, dep, version)
         started = time.monotonic()
-        assert run_job(promoted.json()["job"]["id"]) == "succeeded"
+        assert run_job(promoted["job"]["id"]) == "succeeded"
         took = time.monotonic() - started
         # The promote finished while the endpoint still held the first request open.
         assert receiver.hanging == 1 and len(receiver.received) == 1, took
@@ -465,5 +504,5 @@ def test_a_hanging_endpoint_never_delays_a_real_promote(
     for request in receiver.received:
         assert verify(made["secret"], request.headers, request.body)
     active = json.loads(receiver.of_type("release.active")[0].body)["data"]
-    assert active["release_id"] == promoted.json()["release"]["id"]
+    assert active["release_id"] == promoted["release"]["id"]
     assert active["environment"] == "production" and active["version_number"] == 1

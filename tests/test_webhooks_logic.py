@@ -12,9 +12,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shipway.webhooks import signing
 from shipway.webhooks.addresses import DestinationRefused, check_destination
-from shipway.webhooks.catalog import EVENT_TYPES
+from shipway.webhooks.catalog import EVENT_TYPES, TRANSITIONS, EventType
 from shipway.webhooks.delivery import MAX_DELAY_SECONDS, retry_delay
-from shipway.webhooks.schemas import EventType
 from tests.support.webhook_receiver import verify
 
 
@@ -69,6 +68,8 @@ def test_backoff_doubles_up_to_an_hour() -> None:
 
 def test_event_types_of_the_schema_are_the_catalogs() -> None:
     assert set(typing.get_args(EventType)) == set(EVENT_TYPES) - {"webhook.test"}
+    # every subscribable type but job.stuck comes from a transition
+    assert set(TRANSITIONS.values()) == set(typing.get_args(EventType)) - {"job.stuck"}
 
 
 REFUSED = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy.orm import Session
 
@@ -11,7 +11,7 @@ from shipway.catalog.models import Release, Version
 from shipway.events.models import Event
 from shipway.ids import rfc3339
 
-EVENT_TYPES = (
+EventType = Literal[
     "version.ready",
     "version.failed",
     "release.active",
@@ -22,8 +22,9 @@ EVENT_TYPES = (
     "canary.aborted",
     "canary.promoted",
     "job.stuck",
-    "webhook.test",
-)
+]
+SUBSCRIBABLE: tuple[str, ...] = get_args(EventType)
+EVENT_TYPES = (*SUBSCRIBABLE, "webhook.test")  # webhook.test: sent on request only
 # (subject_type, to_state) of an Event → webhook event type (a state change only).
 TRANSITIONS = {
     ("version", "ready"): "version.ready",

@@ -193,7 +193,11 @@ def _give_up(delivery: WebhookDelivery, *, now: datetime, error: str | None = No
 def record(
     session: Session, claimed: Claimed, result: Result, *, now: datetime, settings: Settings
 ) -> str:
-    """Log the attempt and move the delivery on: succeeded, retry later, or failed."""
+    """Log the attempt and move the delivery on: succeeded, retry later, or failed
+    (``gone`` if its endpoint was deleted meanwhile)."""
+    delivery = session.get(WebhookDelivery, claimed.delivery_id, populate_existing=True)
+    if delivery is None:
+        return "gone"
     session.add(
         WebhookAttempt(
             delivery_id=claimed.delivery_id,
@@ -206,8 +210,6 @@ def record(
             started_at=now - timedelta(milliseconds=result.duration_ms),
         )
     )
-    delivery = session.get(WebhookDelivery, claimed.delivery_id, populate_existing=True)
-    assert delivery is not None
     delivery.last_status_code = result.status_code
     delivery.last_error = result.error
     delivery.updated_at = now

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipway.schemas import ReadModel, Timestamp
+from shipway.webhooks.catalog import EventType
 
-EventType = Literal[
-    "version.ready",
-    "version.failed",
-    "release.active",
-    "release.failed",
-    "release.unhealthy",
-    "release.rolled_back",
-    "canary.step",
-    "canary.aborted",
-    "canary.promoted",
-    "job.stuck",
-]
 URL = Field(
     max_length=2000,
     description="http(s) URL receiving POSTs; loopback and private addresses are refused "

@@ -16,11 +16,9 @@ from shipway.errors import InvalidInput, NotFound
 from shipway.ids import new_id
 from shipway.webhooks import signing
 from shipway.webhooks.addresses import check_destination
-from shipway.webhooks.catalog import EVENT_TYPES, envelope
+from shipway.webhooks.catalog import SUBSCRIBABLE, envelope
 from shipway.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shipway.webhooks.outbox import enqueue
-
-SUBSCRIBABLE = tuple(t for t in EVENT_TYPES if t != "webhook.test")
 
 
 def _check_types(event_types: Sequence[str]) -> list[str]:

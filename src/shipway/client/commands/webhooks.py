@@ -71,6 +71,15 @@ def _show(row: dict[str, Any], json_output: bool, what: str) -> None:
         print(row["secret"])
 
 
+def _queued(path: str, json_output: bool, what: str) -> None:
+    with connect() as client:
+        row = client.request("POST", path)
+    if json_output:
+        print_json(row)
+    else:
+        out.print(f"queued [bold]{row['id']}[/] {what}")
+
+
 @app.command("list")
 @guarded
 def list_(json_output: JsonOption = False) -> None:
@@ -147,12 +156,7 @@ def rotate(
 @guarded
 def test(webhook_id: WebhookArg, json_output: JsonOption = False) -> None:
     """Queue a webhook.test delivery to the endpoint."""
-    with connect() as client:
-        row = client.request("POST", f"{ROOT}/{webhook_id}/test")
-    if json_output:
-        print_json(row)
-    else:
-        out.print(f"queued [bold]{row['id']}[/] (webhook.test)")
+    _queued(f"{ROOT}/{webhook_id}/test", json_output, "(webhook.test)")
 
 
 @app.command("deliveries")
@@ -179,9 +183,4 @@ def redeliver(
     json_output: JsonOption = False,
 ) -> None:
     """Send a delivery again now (a new round of attempts)."""
-    with connect() as client:
-        row = client.request("POST", f"{ROOT}/{webhook_id}/deliveries/{delivery_id}/redeliver")
-    if json_output:
-        print_json(row)
-    else:
-        out.print(f"redelivery of [bold]{row['id']}[/] queued")
+    _queued(f"{ROOT}/{webhook_id}/deliveries/{delivery_id}/redeliver", json_output, "again")
