@@ -506,3 +506,44 @@ def test_a_hanging_endpoint_never_delays_a_real_promote(
     active = json.loads(receiver.of_type("release.active")[0].body)["data"]
     assert active["release_id"] == promoted["release"]["id"]
     assert active["environment"] == "production" and active["version_number"] == 1
+
+
+def test_migration_0010_starts_the_outbox_at_the_newest_event(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Webhooks are about what happens from now on: an upgraded database's history is not
+    sent to the first endpoint; downgrade removes the tables."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from shipway.db import get_engine
+    from shipway.migrate import alembic_config, upgrade
+
+    monkeypatch.setenv("SHIPWAY_DATABASE_URL", f"sqlite:///{tmp_path / 'old.db'}")
+    monkeypatch.setenv("SHIPWAY_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    upgrade("0009")
+    with get_engine().begin() as connection:
+        connection.execute(
+            text("INSERT INTO workspaces (id, name, created_at) VALUES ('w', 'w', '2026-01-01')")
+        )
+        for n in range(3):
+            connection.execute(
+                text(
+                    "INSERT INTO events (workspace_id, subject_type, subject_id, to_state, reason,"
+                    " actor, data, created_at) VALUES ('w', 'version', :s, 'ready', '', '', '{}',"
+                    " '2026-01-01')"
+                ),
+                {"s": f"ver_{n}"},
+            )
+        newest = connection.execute(text("SELECT MAX(id) FROM events")).scalar_one()
+    upgrade("head")
+    with get_engine().begin() as connection:
+        cursor = connection.execute(text("SELECT last_event_id FROM webhook_cursor")).all()
+    assert cursor == [(newest,)]
+    config = alembic_config()
+    with get_engine().begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0009")
+    assert not {t for t in inspect(get_engine()).get_table_names() if t.startswith("webhook")}
+    get_settings.cache_clear()
