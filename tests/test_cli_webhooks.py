@@ -47,7 +47,7 @@ def test_webhooks_commands_end_to_end(
         assert secret.startswith("whsec_")
         hook = made.stdout.split()[1]
         listed = run(monkeypatch, api_url, token, "webhooks", "list", "--json")
-        assert [row["id"] for row in json.loads(listed.stdout)] == [hook]
+        assert [row["id"] for row in json.loads(listed.stdout)["data"]] == [hook]
         assert secret not in listed.stdout
 
         tested = run(monkeypatch, api_url, token, "webhooks", "test", hook, "--json")

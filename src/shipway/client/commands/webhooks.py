@@ -85,11 +85,11 @@ def _queued(path: str, json_output: bool, what: str) -> None:
 def list_(json_output: JsonOption = False) -> None:
     """List the workspace's webhook endpoints."""
     with connect() as client:
-        rows = list(client.request("GET", ROOT)["data"])
+        answer = client.request("GET", ROOT)
     if json_output:
-        print_json(rows)
+        print_json(answer)  # the API's shape, {"data": [...]}
     else:
-        out.print(webhooks_table(rows))
+        out.print(webhooks_table(list(answer["data"])))
 
 
 @app.command("create")
