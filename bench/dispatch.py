@@ -31,9 +31,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, text
+
+if TYPE_CHECKING:
+    from shipway.jobs.dispatch import Queued
 
 from bench.common import (
     ROOT,
@@ -168,10 +171,11 @@ class Bench:
 
     # ----------------------------------------------------------------- shipway jobs
 
-    def enqueue(self, count: int = 1) -> list[tuple[str, str]]:
-        """Commit ``count`` no-op jobs in one transaction; (id, queue) of each."""
+    def enqueue(self, count: int = 1) -> list[Queued]:
+        """Commit ``count`` no-op jobs in one transaction; each as queued for dispatch."""
         from shipway.db import transaction
         from shipway.jobs import queueing
+        from shipway.jobs.dispatch import Queued
 
         with transaction() as session:
             jobs = [
@@ -184,7 +188,7 @@ class Bench:
                 )
                 for _ in range(count)
             ]
-            return [(job.id, job.queue) for job in jobs]
+            return [Queued.of(job) for job in jobs]
 
     def wait_done(self, ids: list[str], timeout: float = 120, poll: float = POLL_SECONDS) -> None:
         """Poll the jobs table (every ``poll`` seconds) until every job in ``ids`` ended."""
@@ -275,7 +279,7 @@ class Bench:
         dispatch.dispatch(jobs)
         # A burst lasts seconds: poll its hundreds of rows rarely, so as not to take the
         # CPU the workers and PostgreSQL need.
-        self.wait_done([job_id for job_id, _ in jobs], poll=BURST_POLL_SECONDS)
+        self.wait_done([job.job_id for job in jobs], poll=BURST_POLL_SECONDS)
         return time.perf_counter() - started
 
     def phases(self, count: int) -> dict[str, float]:

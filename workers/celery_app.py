@@ -9,7 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from shipway.config import Settings, get_settings
-from shipway.jobs.dispatch import TASK_NAME
+from shipway.jobs.dispatch import task_name
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -73,9 +73,10 @@ def current_celery() -> Celery:
     return _celery_for(settings.resolved_broker_url, str(settings.broker_folder))
 
 
-def send_job(job_id: str, queue: str) -> None:
-    """The engine's broker sender: one task message carrying the job id, to ``queue``."""
-    current_celery().send_task(TASK_NAME, args=[job_id], queue=queue, retry=False)
+def send_job(job_id: str, queue: str, kind: str = "") -> None:
+    """The engine's broker sender: one task message carrying the job id, to ``queue``,
+    named after the job's kind (``shipway.promote``: what Flower and celery events show)."""
+    current_celery().send_task(task_name(kind), args=[job_id], queue=queue, retry=False)
 
 
 celery_app = current_celery()

@@ -129,11 +129,21 @@ def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues")] = "builds,rollouts",
     concurrency: Annotated[int, typer.Option()] = 1,
     hostname: Annotated[str | None, typer.Option()] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            help="Send Celery task events, for Flower and `celery events` (one task per "
+            "job, named after its kind: shipway.publish, shipway.promote, ...)",
+        ),
+    ] = False,
 ) -> None:
     """Run a Celery worker (thin: tasks call shipway's job runner)."""
     from workers.celery_app import celery_app
 
     args = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
+    if events:
+        args.append("--task-events")
     # The database is the truth: no worker-to-worker sync at start (mingle, a 1 s wait) nor
     # gossip, whose restart after a broker outage logs a spurious error (Celery 5.7).
     args += ["--without-mingle", "--without-gossip"]

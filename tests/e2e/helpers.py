@@ -10,6 +10,7 @@ from sqlalchemy import select
 from shipway.db import session_factory, transaction
 from shipway.events.models import Event
 from shipway.jobs import lines, queueing
+from shipway.jobs.dispatch import Queued
 from shipway.jobs.dispatch import dispatch as send_jobs
 from shipway.jobs.machine import TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
@@ -46,10 +47,10 @@ def enqueue_noop(
             queue=queue,
             max_attempts=max_attempts,
         )
-        job_id, job_queue = job.id, job.queue
+        queued = Queued.of(job)
     if dispatch:
-        assert send_jobs([(job_id, job_queue)]) == 1
-    return job_id
+        assert send_jobs([queued]) == 1
+    return queued.job_id
 
 
 def get_job(job_id: str) -> Job:

@@ -132,7 +132,7 @@ def test_failures_are_grouped_by_reason(stack: Stack) -> None:
                 params={"seconds": "not a number"},
             )
             broken.append(job.id)
-    dispatch.dispatch([(job_id, "rollouts") for job_id in broken])
+    dispatch.dispatch([dispatch.Queued(job_id, "rollouts", "noop") for job_id in broken])
     overdue = []  # no worker consumes builds: the reaper fails them at their deadline
     for _ in range(3):
         with transaction() as session:
@@ -189,7 +189,7 @@ def test_job_event_stream_of_a_running_noop_job(stack: Stack) -> None:
 
     # Connected before the job runs: the worker starts it only once the stream is open.
     messages = stream_events(
-        client, job_id, on_first=lambda: dispatch.dispatch([(job_id, "rollouts")])
+        client, job_id, on_first=lambda: dispatch.dispatch([dispatch.Queued(job_id, "rollouts")])
     )
     kinds = [m.event for m in messages]
     assert kinds[0] == "state" and messages[0].data["to_state"] == "queued"

@@ -17,7 +17,7 @@ from shipway.config import get_settings
 from shipway.errors import InvalidTransition, ShipwayError
 from shipway.ids import utcnow
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed
-from shipway.jobs.dispatch import dispatch
+from shipway.jobs.dispatch import Queued, dispatch
 from shipway.jobs.handlers import compensator, handler
 from shipway.jobs.models import Job
 from shipway.releases.service import promote_version
@@ -146,7 +146,7 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
     return _record_artifact(ctx, tag=tag, image=image, image_id=str(outcome.image_id), port=port)
 
 
-def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[tuple[str, str]]:
+def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[Queued]:
     """Queue the promote asked for at publish time; a refusal is recorded, not fatal."""
     try:
         with ctx.session() as session, session.begin():
@@ -160,7 +160,7 @@ def _promote_when_ready(ctx: JobContext, *, environment: str) -> list[tuple[str,
                 strategy=job.params.get("strategy") or {"type": "all_at_once"},
                 actor=job.actor,
             )
-            return [(result.job.id, result.job.queue)]
+            return [Queued.of(result.job)]
     except ShipwayError as refusal:
         with ctx.session() as session, session.begin():
             job, version, _ = _load(session, ctx.job_id)
@@ -199,7 +199,7 @@ def _record_artifact(
             },
         )
     ctx.phase("record", image_id=info.id)
-    follow_up: list[tuple[str, str]] = []
+    follow_up: list[Queued] = []
     with ctx.session() as session, session.begin():
         job, version, deployment = _load(session, ctx.job_id)
         manifest: dict[str, Any] = {"image": info.manifest()}

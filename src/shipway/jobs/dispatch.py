@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -23,8 +24,31 @@ from shipway.jobs.models import Job
 log = logging.getLogger(__name__)
 
 TASK_NAME = "shipway.run_job"
-Sender = Callable[[str, str], None]
-"""Publish one task message (the job id) to a broker queue: ``send(job_id, queue)``."""
+"""The task of a job whose kind the sender was not told (and of messages sent before
+task names carried kinds)."""
+
+
+def task_name(kind: str) -> str:
+    """The broker task of a job of ``kind`` (``shipway.publish``, ``shipway.promote``, ...):
+    Flower and ``celery events`` list jobs by kind. Every name runs the same job runner."""
+    return f"shipway.{kind}" if kind else TASK_NAME
+
+
+class Queued(NamedTuple):
+    """A queued job to hand to the broker: its id, its queue and its kind."""
+
+    job_id: str
+    queue: str
+    kind: str = ""
+
+    @classmethod
+    def of(cls, job: Job) -> Queued:
+        """The queued ``job``."""
+        return cls(job.id, job.queue, job.kind)
+
+
+Sender = Callable[[str, str, str], None]
+"""Publish one task message (the job id) to a broker queue: ``send(job_id, queue, kind)``."""
 
 _sender: Sender | None = None
 
@@ -35,13 +59,13 @@ def use_sender(sender: Sender) -> None:
     _sender = sender
 
 
-def send_to_broker(job_id: str, queue: str) -> None:
+def send_to_broker(job_id: str, queue: str, kind: str = "") -> None:
     """Publish one task message (the job id only) through the configured sender."""
     if _sender is None:
         raise RuntimeError(
             "no broker sender configured: entry points call shipway.bootstrap.load_features()"
         )
-    _sender(job_id, queue)
+    _sender(job_id, queue, kind)
 
 
 # After a failed send, request handlers leave new jobs to the relay for this long instead of
@@ -50,7 +74,7 @@ BROKER_BACKOFF_SECONDS = 5.0
 _broker_down_until = 0.0
 
 
-def dispatch_after_commit(jobs: Sequence[tuple[str, str]]) -> int:
+def dispatch_after_commit(jobs: Sequence[Queued]) -> int:
     """``dispatch`` for API requests: skipped while the broker was just seen down.
 
     The jobs stay queued and never dispatched, so the relay sends them on its next
@@ -62,17 +86,17 @@ def dispatch_after_commit(jobs: Sequence[tuple[str, str]]) -> int:
 
 
 def dispatch(
-    jobs: Sequence[tuple[str, str]],
+    jobs: Sequence[Queued],
     *,
     session_maker: Callable[[], Session] | None = None,
 ) -> int:
-    """Send (id, queue) pairs to the broker; marks those sent. Never raises."""
+    """Send queued jobs to the broker; marks those sent. Never raises."""
     global _broker_down_until
     maker = session_maker or session_factory()
     sent: list[str] = []
-    for job_id, queue in jobs:
+    for job_id, queue, kind in (Queued(*job) for job in jobs):  # (id, queue) pairs too
         try:
-            send_to_broker(job_id, queue)
+            send_to_broker(job_id, queue, kind)
         except Exception as error:  # broker down: the relay retries later
             _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
             log.warning("broker unreachable, %d job(s) left for the relay: %s", len(jobs), error)
@@ -87,11 +111,11 @@ def dispatch(
     return len(sent)
 
 
-def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
-    """(id, queue) of queued jobs never sent, or sent but unclaimed for too long."""
+def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> list[Queued]:
+    """Queued jobs never sent, or sent but unclaimed for too long."""
     stale = now - timedelta(seconds=get_settings().redispatch_after_seconds)
     rows = session.execute(
-        select(Job.id, Job.queue)
+        select(Job.id, Job.queue, Job.kind)
         .where(
             Job.state == "queued",
             or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale),
@@ -100,7 +124,7 @@ def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> li
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
-    return [(row.id, row.queue) for row in rows]
+    return [Queued(row.id, row.queue, row.kind) for row in rows]
 
 
 def mark_dispatched(session: Session, *, job_ids: Sequence[str], now: datetime) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from shipway.ids import utcnow
+from shipway.jobs.dispatch import Queued
 from shipway.jobs.models import Job
 
 
@@ -55,10 +56,10 @@ def queue_position(session: Session, *, job: Job) -> int | None:
     return int(ahead or 0) + 1
 
 
-def next_in_line(session: Session, *, serial_key: str) -> tuple[str, str] | None:
-    """(id, queue) of the oldest queued job with this serial key."""
+def next_in_line(session: Session, *, serial_key: str) -> Queued | None:
+    """The oldest queued job with this serial key."""
     row = session.execute(
-        select(Job.id, Job.queue)
+        select(Job.id, Job.queue, Job.kind)
         .where(
             Job.serial_key == serial_key,
             Job.state == "queued",
@@ -67,7 +68,7 @@ def next_in_line(session: Session, *, serial_key: str) -> tuple[str, str] | None
         .order_by(Job.created_at, Job.id)
         .limit(1)
     ).first()
-    return (row.id, row.queue) if row else None
+    return Queued(row.id, row.queue, row.kind) if row else None
 
 
 def find_job_id(

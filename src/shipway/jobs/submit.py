@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 from shipway.config import get_settings
 from shipway.db import session_factory
 from shipway.idempotency import service as idempotency
-from shipway.jobs.dispatch import dispatch_after_commit
+from shipway.jobs.dispatch import Queued, dispatch_after_commit
 from shipway.jobs.lines import queue_position
 from shipway.jobs.models import Job
 from shipway.jobs.schemas import JobRead
 
-Defer = Callable[[Callable[[Sequence[tuple[str, str]]], int], Sequence[tuple[str, str]]], Any]
+Defer = Callable[[Callable[[Sequence[Queued]], int], Sequence[Queued]], Any]
 """Runs ``dispatch(jobs)`` once the answer is sent (FastAPI's ``BackgroundTasks.add_task``)."""
 
 
@@ -77,13 +77,13 @@ def submit(
     """Run ``action`` in one transaction (once per key if ``request``), then dispatch the
     jobs it queued: through ``defer`` after the answer, or at once without it."""
     maker = session_maker or session_factory()
-    queued: list[tuple[str, str]] = []
+    queued: list[Queued] = []
     ours: list[dict[str, Any]] = []
 
     def run(session: Session) -> tuple[int, dict[str, Any]]:
         accepted = action(session)
         if accepted.enqueued:
-            queued.append((accepted.job.id, accepted.job.queue))
+            queued.append(Queued.of(accepted.job))
         job = JobRead.model_validate(accepted.job)
         job.queue_position = queue_position(session, job=accepted.job)
         answer = accepted.answer(job) if accepted.answer is not None else job

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from shipway.catalog.models import Release, Version
 from shipway.errors import Conflict
 from shipway.jobs import lines
+from shipway.jobs.dispatch import Queued
 from shipway.states import record_event
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ ROLLBACK_ACTOR = "policy:auto_rollback_on_unhealthy"
 ROLLOUT_KINDS = ("promote", "rollback")
 
 
-def auto_rollback(session: Session, *, release: Release, now: datetime) -> tuple[str, str] | None:
+def auto_rollback(session: Session, *, release: Release, now: datetime) -> Queued | None:
     """Queue a rollback of an UNHEALTHY release's environment (once per episode).
 
     Returns the (job id, queue) to dispatch after commit, or None when nothing was
@@ -105,7 +106,7 @@ def auto_rollback(session: Session, *, release: Release, now: datetime) -> tuple
         job_id=result.job.id,
         data={"rollback": record, "evidence": evidence},
     )
-    return result.job.id, result.job.queue
+    return Queued.of(result.job)
 
 
 def _set_auto_rollback(session: Session, release: Release, record: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from shipway.deployments.strategy import AllAtOnce
 from shipway.errors import Conflict
 from shipway.ids import utcnow
 from shipway.jobs import lines
+from shipway.jobs.dispatch import Queued
 from shipway.jobs.periodic import periodic
 from shipway.states import record_event
 
@@ -73,7 +74,7 @@ def already_there(session: Session, *, version_id: str, environment: str) -> str
 @periodic("auto-promote", interval=lambda settings: settings.auto_promote_interval_seconds)
 def scan_once(
     session_maker: Callable[[], Session] | None = None, *, now: datetime | None = None
-) -> list[tuple[str, str]]:
+) -> list[Queued]:
     """One pass over every auto-promote policy; returns the (job id, queue) queued."""
     from shipway.db import session_factory
     from shipway.jobs.dispatch import dispatch
@@ -101,7 +102,7 @@ def scan_once(
     return queued
 
 
-def consider(session: Session, *, environment_id: int, now: datetime) -> tuple[str, str] | None:
+def consider(session: Session, *, environment_id: int, now: datetime) -> Queued | None:
     """Queue the promote one environment's policy asks for now, if any."""
     from shipway.releases.service import promote_version
 
@@ -170,7 +171,7 @@ def consider(session: Session, *, environment_id: int, now: datetime) -> tuple[s
             "promote_release_id": result.release.id,
         },
     )
-    return result.job.id, result.job.queue
+    return Queued.of(result.job)
 
 
 def _healthy_long_enough(release: Release, rule: AutoPromote, now: datetime) -> bool:

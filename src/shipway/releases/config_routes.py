@@ -11,7 +11,7 @@ from shipway.auth.service import Principal
 from shipway.config_vars.routes import PATH
 from shipway.config_vars.schemas import ConfigChanged, ConfigPatch, ConfigRead
 from shipway.deployments.routes import ENVIRONMENT
-from shipway.jobs.dispatch import dispatch_after_commit
+from shipway.jobs.dispatch import Queued, dispatch_after_commit
 from shipway.jobs.lines import queue_position
 from shipway.jobs.schemas import JobRead
 from shipway.releases.config_release import ConfigOutcome, change_config
@@ -62,7 +62,5 @@ def change(
         )
         answer = _answer(session, outcome, deployment_id, environment)
     if outcome.rollout is not None:
-        background.add_task(
-            dispatch_after_commit, [(outcome.rollout.job.id, outcome.rollout.job.queue)]
-        )
+        background.add_task(dispatch_after_commit, [Queued.of(outcome.rollout.job)])
     return answer

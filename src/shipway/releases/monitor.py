@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
 from shipway.ids import utcnow
+from shipway.jobs.dispatch import Queued
 from shipway.jobs.periodic import periodic
 from shipway.releases.monitor_rounds import due, probe_all
 from shipway.releases.monitor_state import apply_round, rollout_running
@@ -52,7 +53,7 @@ class MonitorReport:
     skipped: int = 0
     unhealthy: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
-    rollback_jobs: list[tuple[str, str]] = field(default_factory=list)
+    rollback_jobs: list[Queued] = field(default_factory=list)
 
 
 @periodic("health-monitor", interval=lambda settings: settings.monitor_interval_seconds)

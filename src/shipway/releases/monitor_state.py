@@ -19,6 +19,7 @@ from shipway.catalog.machines import RELEASE
 from shipway.catalog.models import Release
 from shipway.deployments.policy import HealthMonitoring
 from shipway.jobs import lines
+from shipway.jobs.dispatch import Queued
 from shipway.releases.auto_rollback import auto_rollback
 from shipway.releases.monitor_rounds import Candidate
 from shipway.states import transition
@@ -83,7 +84,7 @@ class Applied:
     """The outcome of one round on one release."""
 
     to_state: str | None
-    rollback_job: tuple[str, str] | None
+    rollback_job: Queued | None
 
 
 def apply_round(
