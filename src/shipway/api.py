@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -248,10 +249,42 @@ def _document_error_shape(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        _flatten_form_bodies(components)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _flatten_form_bodies(components: dict[str, Any]) -> None:
+    """Spell multipart bodies out as one flat object, as client generators expect.
+
+    A form model beside a file makes FastAPI write ``{"allOf": [form], "properties":
+    {"source": …}}``; openapi-python-client keeps only the ``allOf`` (and drops the
+    file). The file field also gets ``format: binary``, the spelling generators read.
+    """
+    for name, body in components.items():
+        if not name.startswith("Body_") or "allOf" not in body:
+            continue
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        for part in body.pop("allOf"):
+            part = components.get(part.get("$ref", "").rsplit("/", 1)[-1], part)
+            properties.update(part.get("properties", {}))
+            required += part.get("required", [])
+        properties.update(body.get("properties", {}))
+        for field in properties.values():
+            if field.get("contentMediaType") == "application/octet-stream":
+                field["format"] = "binary"
+        body["properties"] = properties
+        body["required"] = required + body.get("required", [])
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The operation id is the route function's name (``list_deployments``): unique
+    across the API (tests/test_openapi_client.py checks), and what a generated client
+    calls its function."""
+    return route.name
 
 
 def create_app() -> FastAPI:
@@ -279,6 +312,7 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="shipway",
         version=__version__,
+        generate_unique_id_function=_operation_id,
         description="Build-and-promote control plane. Errors: "
         '`{"error": {"code", "message", "details"}}`.',
     )
