@@ -33,7 +33,7 @@ ENGINE_MAY_IMPORT = {
     "sources",
     "idempotency",
 }
-ENTRY_POINTS = {"api", "cli", "bootstrap", "workers", "migrate", "migrations"}
+ENTRY_POINTS = {"api", "cli", "bootstrap", "embedded", "workers", "migrate", "migrations"}
 MAX_MODULE_LINES = 400
 MAX_ROUTE_BODY_LINES = 15
 

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 from typing import Annotated, Any
 
@@ -190,41 +188,26 @@ def up(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
 ) -> None:
-    """Embedded mode: migrate, then run API, relay and one worker from one command."""
-    import uvicorn
+    """Embedded mode: migrate, then run API, relay and one worker from one command.
 
-    from shipway.api import create_app
-    from shipway.jobs.periodic import run_forever
+    SIGTERM, SIGINT and SIGHUP stop all of it; the worker finishes its running job for at
+    most SHIPWAY_UP_STOP_TIMEOUT_SECONDS."""
+    from shipway.embedded import run_up
     from shipway.migrate import upgrade
 
     _logging()
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade()
-    env = {**os.environ, "SHIPWAY_DATA_DIR": str(settings.data_dir.resolve())}
-    worker_proc = subprocess.Popen([sys.executable, "-m", "shipway.cli", "worker"], env=env)
-    app = create_app()  # wires the features in, for the relay too
-    stop = threading.Event()
-    threading.Thread(target=run_forever, args=(stop,), name="periodic", daemon=True).start()
-    console.print(
-        f"shipway up: API on http://{host or settings.api_host}:{port or settings.api_port}, "
-        f"database {_safe_url()}, broker {settings.resolved_broker_url}, "
-        f"worker pid {worker_proc.pid}"
-    )
-    try:
-        uvicorn.run(
-            app,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
-            log_level="warning",
+    host, port = host or settings.api_host, port or settings.api_port
+
+    def started(worker_pid: int) -> None:
+        console.print(
+            f"shipway up: API on http://{host}:{port}, database {_safe_url()}, "
+            f"broker {settings.resolved_broker_url}, worker pid {worker_pid}"
         )
-    finally:
-        stop.set()
-        worker_proc.terminate()
-        try:
-            worker_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+
+    run_up(settings=settings, host=host, port=port, on_start=started)
 
 
 @secrets_app.command("generate-key")

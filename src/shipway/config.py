@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     stop_timeout_seconds: float = Field(
         default=10.0, description="SIGTERM grace before SIGKILL when stopping a replica."
     )
+    up_stop_timeout_seconds: float = Field(
+        default=30.0,
+        description="`shipway up` stopping (SIGTERM, SIGINT, SIGHUP): how long its worker may "
+        "finish the running job before it is killed.",
+    )
 
     haproxy_binary: str = Field(default="haproxy", description="HAProxy executable (PATH or path).")
     router_dir: Path | None = Field(

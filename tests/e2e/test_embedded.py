@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -88,3 +91,46 @@ def test_shipway_up_promotes_a_version_to_active(embedded: Stack, static_image: 
     # Its state lives in the data dir: the SQLite database and the broker's folders.
     assert (data_dir / "shipway.db").is_file()
     assert (data_dir / "broker" / "out").is_dir()
+
+
+def _session_members(session_id: int) -> list[int]:
+    """Live (not zombie) processes of a session: the worker and its pool children."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == session_id and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
+def test_a_signal_to_shipway_up_stops_every_child(embedded: Stack, signum: int) -> None:
+    """SIGTERM, SIGINT and SIGHUP to the pid of ``shipway up`` stop it and its worker (with
+    the worker's pool children) within the stop timeout; after a SIGKILL, which it cannot
+    handle, the worker still stops: the kernel tells it its parent died."""
+    port = free_port()
+    env = {**embedded.env, "SHIPWAY_UP_STOP_TIMEOUT_SECONDS": "20"}
+    up = embedded.supervisor.spawn(
+        f"up-{signum}", [executable("shipway"), "up", "--port", str(port)], env=env
+    )
+    wait_for_api(up, f"http://127.0.0.1:{port}", timeout=60)
+    found = wait_until(lambda: re.search(r"worker pid (\d+)", up.log_path.read_text()), timeout=30)
+    worker_pid = int(found.group(1))
+    wait_until(lambda: len(_session_members(worker_pid)) >= 2, timeout=60, message="pool child")
+
+    os.kill(up.process.pid, signum)
+
+    up.process.wait(timeout=30)  # well within 20 s of stop timeout plus the API's own stop
+    wait_until(
+        lambda: not _session_members(worker_pid),
+        timeout=30,
+        message=f"worker session {worker_pid} still has {_session_members(worker_pid)}",
+    )
+    if signum != signal.SIGKILL:
+        assert up.process.returncode in (0, -signum, 128 + signum), up.process.returncode

@@ -118,7 +118,7 @@ class HAProxyProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             raise RouterError(f"cannot start {self.binary}: {exc}") from exc
@@ -327,7 +327,7 @@ def _alive(pid: int, config_path: Path) -> bool:
     return state not in ("Z", "X") and str(config_path).encode() in cmdline
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A preexec function asking Linux to SIGTERM the child when its parent dies.
 
     The signal follows the *thread* that started the child: start an attached
