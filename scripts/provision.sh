@@ -164,6 +164,20 @@ else
   changed "shipway[dev] (editable)" "installed into .venv"
 fi
 
+# openapi-python-client generates a client from /openapi.json in the tests
+# (tests/test_client_integrations.py); its own virtualenv, as it pins httpx and typer
+# older than shipway's.
+GENERATOR_VENV=$SCRATCH/openapi-client-venv
+GENERATOR_SPEC='openapi-python-client>=0.21,<0.30'
+if [ -x "$GENERATOR_VENV/bin/openapi-python-client" ]; then
+  say "openapi-python-client" "already present (.scratch/openapi-client-venv)"
+elif "$PY" -m venv "$GENERATOR_VENV" && "$GENERATOR_VENV/bin/python" -m pip install \
+  --disable-pip-version-check -q "$GENERATOR_SPEC"; then
+  changed "openapi-python-client" "installed into .scratch/openapi-client-venv"
+else
+  warn "openapi-python-client" "cannot be installed; the generated-client test will be skipped"
+fi
+
 # --- Docker engine and base image (best effort) ---------------------------
 
 docker_ok() { timeout 20 docker info >/dev/null 2>&1; }

@@ -8,8 +8,9 @@ settings. Every process started is stopped when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,24 @@ def stack(
     request: pytest.FixtureRequest,
 ) -> Iterator[Stack]:
     """A fresh PostgreSQL database, a Redis server of its own, and a process supervisor."""
+
+    def failed() -> bool:
+        report = getattr(request.node, "rep_call", None)
+        return report is not None and bool(report.failed)
+
+    with running_stack(postgres_server, tmp_path, monkeypatch, failed=failed) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_stack(
+    postgres_server: Postgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    failed: Callable[[], bool],
+) -> Iterator[Stack]:
+    """The ``stack`` fixture's body: also for a stack shared by a module's tests."""
     from shipway.db import engine_for
     from tests.conftest import clean_up_rollouts, new_postgres_database
 
@@ -183,8 +202,7 @@ def stack(
             worker.kill()
         supervisor.stop_all()
         redis.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
+        if failed():
             print(supervisor.logs())
             print(_haproxy_log(router_dir))
         clean_up_rollouts(database_url, router_dir)  # HAProxy and replica containers

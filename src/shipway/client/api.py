@@ -116,7 +116,12 @@ def _unreachable(error: httpx.HTTPError, base_url: str, method: str, path: str) 
 
 
 class ShipwayClient:
-    """Calls the API with a bearer token; one method per endpoint the CLI uses."""
+    """Calls the API with a bearer token; one method per endpoint the CLI uses.
+
+    ``ShipwayClient(base_url="https://shipway.internal", token="shw_…")``; use it as a
+    context manager (or ``close()`` it). Higher-level helpers (publish a folder, promote,
+    wait for a job) are in ``shipway.client`` (docs/python-client.md).
+    """
 
     def __init__(
         self, *, base_url: str, token: str | None, http: httpx.Client | None = None
@@ -233,12 +238,13 @@ class ShipwayClient:
         form: dict[str, str],
         idempotency_key: str,
         filename: str = "source.tar.gz",
+        media_type: str = "application/gzip",
     ) -> Json:
         """``POST /deployments/{id}/versions``: upload a source archive (multipart)."""
         result: Json = self.request(
             "POST",
             f"/api/v1/deployments/{deployment_id}/versions",
-            files={"source": (filename, archive, "application/gzip")},
+            files={"source": (filename, archive, media_type)},
             data=form,
             headers={"Idempotency-Key": idempotency_key},
             timeout=UPLOAD_TIMEOUT,

@@ -22,6 +22,7 @@ from shipway.client.common import (
     resolve_deployment,
 )
 from shipway.client.follow import watch_job
+from shipway.client.library import canary_strategy
 from shipway.client.render.cells import styled
 
 EnvOption = Annotated[str, typer.Option("--env", "-e", help="Environment")]
@@ -38,29 +39,23 @@ def parse_canary(
     min_requests: int | None = None,
 ) -> dict[str, Any]:
     """``10:30,50:60`` (weight:pause_seconds, pause optional) as a canary strategy."""
-    parsed: list[dict[str, Any]] = []
+    parsed: list[tuple[int, float | None]] = []
     for part in steps.split(","):
         weight, _, pause = part.strip().partition(":")
         try:
-            step: dict[str, Any] = {"weight": int(weight)}
-            if pause.strip():
-                step["pause_seconds"] = float(pause)
+            parsed.append((int(weight), float(pause) if pause.strip() else None))
         except ValueError:
             raise UsageError(
                 f"--canary step {part.strip()!r} is not WEIGHT[:PAUSE_SECONDS], e.g. 10:30,50:60"
             ) from None
-        if not 1 <= step["weight"] <= 100:
-            raise UsageError(f"--canary weight {step['weight']} is not between 1 and 100")
-        parsed.append(step)
-    strategy: dict[str, Any] = {"type": "canary", "steps": parsed}
-    analysis = {
-        "interval_seconds": analysis_interval,
-        "max_error_rate": max_error_rate,
-        "min_requests": min_requests,
-    }
-    if any(v is not None for v in analysis.values()):
-        strategy["analysis"] = {k: v for k, v in analysis.items() if v is not None}
-    return strategy
+        if not 1 <= parsed[-1][0] <= 100:
+            raise UsageError(f"--canary weight {parsed[-1][0]} is not between 1 and 100")
+    return canary_strategy(
+        parsed,
+        analysis_interval=analysis_interval,
+        max_error_rate=max_error_rate,
+        min_requests=min_requests,
+    )
 
 
 def follow_rollout(

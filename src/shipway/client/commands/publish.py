@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,43 +21,9 @@ from shipway.client.common import (
     report_end,
 )
 from shipway.client.follow import watch_job
+from shipway.client.library import git_metadata
 from shipway.client.pack import pack_folder
 from shipway.client.render.diagnosis import diagnosis
-
-
-def git_metadata(folder: Path) -> dict[str, str]:
-    """Branch, commit, message, author and dirtiness of the git work tree holding ``folder``."""
-    git = shutil.which("git")
-    if git is None:
-        return {}
-
-    def run(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                [git, "-C", str(folder), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    if run("rev-parse", "--is-inside-work-tree") != "true":
-        return {}
-    fields = {
-        "git_hash": run("rev-parse", "HEAD"),
-        "git_branch": run("rev-parse", "--abbrev-ref", "HEAD"),
-        "git_message": run("log", "-1", "--format=%B"),
-        "author_name": run("log", "-1", "--format=%an"),
-        "author_email": run("log", "-1", "--format=%ae"),
-    }
-    status = run("status", "--porcelain", "--", ".")
-    found = {k: v[:255] if k != "git_message" else v[:10_000] for k, v in fields.items() if v}
-    if found and status is not None:
-        found["is_dirty"] = "true" if status else "false"
-    return found
 
 
 def publish_folder(
@@ -100,6 +64,13 @@ def publish(
     git: Annotated[
         bool, typer.Option("--git/--no-git", help="Send the folder's git branch/commit/author")
     ] = True,
+    git_branch: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPWAY_GIT_BRANCH",
+            help="Branch to record (CI checks out a detached HEAD: pass the CI's branch name)",
+        ),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Follow the build until it ends")
     ] = True,
@@ -121,6 +92,7 @@ def publish(
         "runtime_port": str(port) if port else None,
         "runtime_command": command,
         "health_check_path": health_path,
+        "git_branch": git_branch,
     }
     form.update({k: v for k, v in extra.items() if v is not None})
     key = new_idempotency_key(idempotency_key)
