@@ -475,9 +475,11 @@ def test_a_hanging_endpoint_never_delays_a_real_promote(
     make_version: VersionFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A real rollout completes, and another endpoint is served, while one endpoint holds
+    every request open (its timeout is longer than the whole test)."""
     from shipway.jobs.runner import run_job
 
-    monkeypatch.setenv("SHIPWAY_WEBHOOK_TIMEOUT_SECONDS", "30")  # the request hangs throughout
+    monkeypatch.setenv("SHIPWAY_WEBHOOK_TIMEOUT_SECONDS", "60")
     get_settings.cache_clear()
     receiver.default = "hang"
     made = create(client, admin, receiver.url, "version.ready", "release.active")
@@ -485,27 +487,33 @@ def test_a_hanging_endpoint_never_delays_a_real_promote(
     version = make_version(dep, "ready")  # the real static image: the rollout runs it
     stop = threading.Event()
     lane = _lane(stop)
-    try:
-        wait_until(lambda: receiver.hanging, timeout=15, message="version.ready being sent")
-        promoted = promote(client, admin, dep, version)
-        started = time.monotonic()
-        assert run_job(promoted["job"]["id"]) == "succeeded"
-        took = time.monotonic() - started
-        # The promote finished while the endpoint still held the first request open.
-        assert receiver.hanging == 1 and len(receiver.received) == 1, took
-        assert took < 25, took
-        receiver.release()
-        pump = lambda: {json.loads(r.body)["type"] for r in receiver.received}  # noqa: E731
-        wait_until(lambda: "release.active" in pump(), timeout=20, message="release.active")
-    finally:
-        receiver.release()
-        stop.set()
-        lane.join(timeout=40)
+    with running_receiver() as healthy:
+        other = create(client, admin, healthy.url, "release.active")
+        try:
+            wait_until(lambda: receiver.hanging, timeout=15, message="version.ready being sent")
+            promoted = promote(client, admin, dep, version)
+            started = time.monotonic()
+            assert run_job(promoted["job"]["id"]) == "succeeded"
+            took = time.monotonic() - started
+            assert took < 30, took
+            # release.active reaches the healthy endpoint while the first one still hangs
+            # (on version.ready, and now on release.active too).
+            wait_until(lambda: healthy.received, timeout=20, message="the healthy endpoint")
+            assert receiver.hanging >= 1
+            wait_until(lambda: receiver.hanging == 2, timeout=20, message="both requests hang")
+        finally:
+            receiver.release()
+            stop.set()
+            lane.join(timeout=10)
+    served = healthy.received[0]
+    assert verify(other["secret"], served.headers, served.body)
+    active = json.loads(served.body)
+    assert active["type"] == "release.active"
+    assert active["data"]["release_id"] == promoted["release"]["id"]
+    assert active["data"]["environment"] == "production"
+    assert active["data"]["version_number"] == 1
     for request in receiver.received:
         assert verify(made["secret"], request.headers, request.body)
-    active = json.loads(receiver.of_type("release.active")[0].body)["data"]
-    assert active["release_id"] == promoted["release"]["id"]
-    assert active["environment"] == "production" and active["version_number"] == 1
 
 
 def test_migration_0010_starts_the_outbox_at_the_newest_event(

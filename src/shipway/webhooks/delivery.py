@@ -1,10 +1,11 @@
 """Sending deliveries: claim what is due, POST it signed (short timeout), record, back off.
 
 Runs in the relay's own ``webhooks`` lane (a thread of its own, see ``periodic``): the
-rollouts never wait on it, and it never waits on them. Each pass claims up to
-``4 * SHIPWAY_WEBHOOK_CONCURRENCY`` due deliveries (a conditional UPDATE moves their
-``next_attempt_at`` past the request timeout, so another relay does not send them too,
-and a relay that dies mid-request retries later), then sends them from a thread pool.
+rollouts never wait on it, and it never waits on them. Each pass claims as many due
+deliveries as there are free sending slots (``SHIPWAY_WEBHOOK_CONCURRENCY``; a conditional
+UPDATE moves their ``next_attempt_at`` past the request timeout, so another relay does
+not send them too, and a relay that dies mid-request retries later) and starts each
+request in a thread of its own without waiting for it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from shipway import __version__
@@ -33,6 +34,7 @@ from shipway.webhooks.outbox import collect_events, collect_stuck_jobs
 log = logging.getLogger(__name__)
 
 MAX_DELAY_SECONDS = 3600.0
+PER_ENDPOINT = 2  # requests under way to one endpoint at most
 BODY_KEPT = 1024  # bytes of an answer kept in the attempt log
 STUCK_SCAN_SECONDS = 15.0
 _last_stuck_scan = 0.0
@@ -48,6 +50,7 @@ class Claimed:
     """One delivery taken for sending: what the request needs (read in the claim)."""
 
     delivery_id: str
+    endpoint_id: str
     url: str
     secrets: tuple[str, ...]
     body: bytes
@@ -74,9 +77,7 @@ class PassReport:
     """What one pass did."""
 
     enqueued: int = 0
-    sent: int = 0
-    succeeded: int = 0
-    failed: list[str] = field(default_factory=list)
+    started: int = 0
 
 
 def valid_secrets(endpoint: WebhookEndpoint, now: datetime) -> tuple[str, ...]:
@@ -95,21 +96,21 @@ def body_of(delivery: WebhookDelivery) -> bytes:
     return json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def due(session: Session, *, now: datetime, limit: int) -> list[str]:
-    """Ids of pending deliveries due now whose endpoint is enabled, oldest due first."""
-    return list(
-        session.scalars(
-            select(WebhookDelivery.id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.state == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-                WebhookEndpoint.enabled.is_(True),
-            )
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
+def due(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(delivery id, endpoint id) of pending deliveries due now whose endpoint is enabled,
+    oldest due first."""
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.endpoint_id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.state == "pending",
+            WebhookDelivery.next_attempt_at <= now,
+            WebhookEndpoint.enabled.is_(True),
         )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
     )
+    return [(row[0], row[1]) for row in rows]
 
 
 def claim(
@@ -139,6 +140,7 @@ def claim(
     assert endpoint is not None
     return Claimed(
         delivery_id=delivery.id,
+        endpoint_id=endpoint.id,
         url=endpoint.url,
         secrets=valid_secrets(endpoint, now),
         body=body_of(delivery),
@@ -227,34 +229,78 @@ def record(
     return "retrying"
 
 
-def _deliver(claimed: Claimed, settings: Settings) -> str:
-    from shipway.db import transaction
+class Senders:
+    """The requests under way: each in a daemon thread of its own, at most ``concurrency``.
 
-    result = send(claimed, settings=settings)
-    with transaction() as session:
-        return record(session, claimed, result, now=utcnow(), settings=settings)
+    A pass never waits for them: a hanging endpoint holds a slot for at most the request
+    timeout while the lane goes on collecting events and sending to other endpoints; one
+    endpoint has at most ``PER_ENDPOINT`` requests under way, so a slow one cannot take
+    every slot.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.by_endpoint: dict[str, int] = {}
+
+    def free(self, concurrency: int) -> int:
+        with self.lock:
+            return max(0, concurrency - self.in_flight)
+
+    def busy(self, endpoint_id: str) -> bool:
+        with self.lock:
+            return self.by_endpoint.get(endpoint_id, 0) >= PER_ENDPOINT
+
+    def start(self, claimed: Claimed, *, settings: Settings, engine: Engine) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.by_endpoint[claimed.endpoint_id] = self.by_endpoint.get(claimed.endpoint_id, 0) + 1
+        thread = threading.Thread(
+            target=self._run, args=(claimed, settings, engine), name="webhook", daemon=True
+        )
+        thread.start()
+
+    def _run(self, claimed: Claimed, settings: Settings, engine: Engine) -> None:
+        from shipway.db import transaction
+
+        try:
+            result = send(claimed, settings=settings)
+            with transaction(engine) as session:
+                outcome = record(session, claimed, result, now=utcnow(), settings=settings)
+            if outcome == "failed":
+                log.warning("webhook delivery %s given up: %s", claimed.delivery_id, result)
+        except Exception:
+            log.exception("webhook delivery %s: recording the attempt failed", claimed.delivery_id)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                left = self.by_endpoint.pop(claimed.endpoint_id, 1) - 1
+                if left:
+                    self.by_endpoint[claimed.endpoint_id] = left
+
+
+SENDERS = Senders()
 
 
 def deliver_due(*, settings: Settings) -> PassReport:
-    """Claim and send what is due now (each request in a pool thread, its own transaction)."""
-    from shipway.db import transaction
+    """Claim what is due now (as many as there are free slots) and start sending it."""
+    from shipway.db import get_engine, transaction
 
     report = PassReport()
-    with transaction() as session:
-        ids = due(session, now=utcnow(), limit=settings.webhook_concurrency * 4)
-    claimed: list[Claimed] = []
-    for delivery_id in ids:
-        with transaction() as session:
+    free = SENDERS.free(settings.webhook_concurrency)
+    if not free:
+        return report
+    engine = get_engine()
+    with transaction(engine) as session:
+        found = due(session, now=utcnow(), limit=free * 4)
+    for delivery_id, endpoint_id in found:
+        if report.started >= free or SENDERS.busy(endpoint_id):
+            continue
+        with transaction(engine) as session:
             taken = claim(session, delivery_id, now=utcnow(), settings=settings)
         if taken is not None:
-            claimed.append(taken)
-    if not claimed:
-        return report
-    with ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="webhook") as pool:
-        outcomes = list(pool.map(lambda c: _deliver(c, settings), claimed))
-    report.sent = len(outcomes)
-    report.succeeded = outcomes.count("succeeded")
-    report.failed = [c.delivery_id for c, o in zip(claimed, outcomes, strict=True) if o == "failed"]
+            SENDERS.start(taken, settings=settings, engine=engine)
+            report.started += 1
     return report
 
 
@@ -279,6 +325,6 @@ def webhooks_pass() -> PassReport:
     enqueued = collect(settings=settings)
     report = deliver_due(settings=settings)
     report.enqueued = enqueued
-    if report.enqueued or report.sent:
+    if report.enqueued or report.started:
         log.info("webhooks: %s", report)
     return report
