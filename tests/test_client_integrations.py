@@ -16,12 +16,15 @@ serve the three tests of this module:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
+import json
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -315,7 +318,7 @@ def git_repo(path: Path, files: dict[str, str], message: str) -> str:
 
 
 def run_pipeline(
-    server: Server, repo: Path, deployment_id: str
+    server: Server, repo: Path, deployment_id: str, **settings: str
 ) -> subprocess.CompletedProcess[str]:
     ci = repo / "ci"
     ci.mkdir(exist_ok=True)
@@ -330,10 +333,32 @@ def run_pipeline(
         "SHIPWAY_GIT_BRANCH": "main",
         "SHIPWAY_CONFIG": str(repo / "no-config.toml"),
         "COLUMNS": "200",
+        **settings,
     }
     return subprocess.run(
         ["bash", "ci/deploy.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+@contextlib.contextmanager
+def visitors(url: str) -> Iterator[None]:
+    """Requests to ``url`` in a loop (a canary is judged on real traffic)."""
+    stop = threading.Event()
+
+    def visit() -> None:
+        with httpx.Client(timeout=2) as http:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    http.get(url)
+                stop.wait(0.05)
+
+    thread = threading.Thread(target=visit, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def test_the_ci_pipeline_steps_deploy_and_fail_with_the_diagnosis(
@@ -356,6 +381,25 @@ def test_the_ci_pipeline_steps_deploy_and_fail_with_the_diagnosis(
         for env in ("staging", "production"):
             shown = client.get_version(version_id=version_id, environment=env)
             assert shown["status"] == "ACTIVE", (env, shown)
+
+        # The next commit walks the production canary while visitors keep coming.
+        environments = client.get_deployment(deployment_id=site["id"])["environments"]
+        url = next(e["public_url"] for e in environments if e["name"] == "production")
+        git_repo(repo, {"index.html": "<h1>ci, take two</h1>\n"}, "Second page")
+        with visitors(url):
+            done = run_pipeline(
+                server,
+                repo,
+                site["id"],
+                CANARY_STEPS="50:1",
+                CANARY_OPTIONS="--analysis-interval 0.5 --min-requests 2",
+            )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        production = json.loads((repo / "shipway-out" / "production.json").read_text())
+        assert production["release"]["status"] == "ACTIVE"
+        assert production["release"]["rollout"]["canary"]["state"] == "completed"
+        assert "weight 50%" in done.stderr
+        assert httpx.get(url, timeout=5).text.strip() == "<h1>ci, take two</h1>"
 
         body = {"name": "ci-app", "kind": "container", "environments": ["staging", "production"]}
         app = client.create_deployment(body=body)

@@ -9,6 +9,8 @@
 #   SOURCE_DIR         (.)           the folder to publish
 #   STAGING_ENV        (staging)     PRODUCTION_ENV (production)
 #   CANARY_STEPS       (10:60,50:120) weight:seconds steps of the production canary
+#   CANARY_OPTIONS     ()            more promote options, e.g. "--max-error-rate 0.02
+#                                    --min-requests 100 --analysis-interval 10"
 #   SHIPWAY_OUT        (shipway-out) where each step's JSON answer is kept
 #
 # Exit codes are the CLI's: 1 the build or a rollout failed (its diagnosis is printed
@@ -21,6 +23,7 @@ SOURCE_DIR=${SOURCE_DIR:-.}
 STAGING_ENV=${STAGING_ENV:-staging}
 PRODUCTION_ENV=${PRODUCTION_ENV:-production}
 CANARY_STEPS=${CANARY_STEPS:-10:60,50:120}
+read -r -a canary_options <<<"${CANARY_OPTIONS:-}"
 SHIPWAY_OUT=${SHIPWAY_OUT:-shipway-out}
 export SHIPWAY_DEPLOYMENT
 mkdir -p "$SHIPWAY_OUT"
@@ -60,6 +63,6 @@ step staging promote "$version" --deployment "$SHIPWAY_DEPLOYMENT" --env "$STAGI
 echo "staging: release $(field "$SHIPWAY_OUT/staging.json" release.id) is ACTIVE" >&2
 
 step production promote "$version" --deployment "$SHIPWAY_DEPLOYMENT" \
-  --env "$PRODUCTION_ENV" --canary "$CANARY_STEPS"
+  --env "$PRODUCTION_ENV" --canary "$CANARY_STEPS" ${canary_options[@]+"${canary_options[@]}"}
 echo "production: release $(field "$SHIPWAY_OUT/production.json" release.id) is ACTIVE" >&2
 echo "$version" >"$SHIPWAY_OUT/version"
