@@ -97,7 +97,7 @@ def promote(client: TestClient, admin: dict[str, str], dep: str, version: str, *
     answer = client.post(
         f"/api/v1/deployments/{dep}/versions/{version}/promote",
         json=body or None,
-        headers=auth(admin, **{"Idempotency-Key": f"k-{version}"}),
+        headers=auth(admin, **{"Idempotency-Key": f"k-{version}-{body}"}),
     )
     assert answer.status_code == 202, answer.text
     return answer.json()
@@ -415,7 +415,16 @@ def test_release_and_canary_transitions_map_to_their_types(
     version = make_version(dep, "ready", runtime_image="shipway-test/none:1")
     promoted = promote(client, admin, dep, version, environment="staging")
     release_id = promoted["release"]["id"]
+    doomed = promote(client, admin, dep, version, environment="production")["release"]["id"]
     with transaction() as session:
+        transition(
+            session,
+            RELEASE,
+            subject_id=doomed,
+            from_state="DEPLOYING",
+            to_state="FAILED",
+            values={"failure_reason": "health_check_failed"},
+        )
         for before, after in [
             ("DEPLOYING", "ACTIVE"),
             ("ACTIVE", "UNHEALTHY"),
@@ -436,6 +445,7 @@ def test_release_and_canary_transitions_map_to_their_types(
                 data={"step_index": 0, "weight": 10},
             )
     wanted = [
+        "release.failed",
         "release.active",
         "release.unhealthy",
         "release.rolled_back",
@@ -443,12 +453,15 @@ def test_release_and_canary_transitions_map_to_their_types(
         "canary.aborted",
         "canary.promoted",
     ]
-    pump_until(lambda: len(receiver.received) >= len(wanted), message="six deliveries")
+    pump_until(lambda: len(receiver.received) >= len(wanted), message="seven deliveries")
     got = sorted(json.loads(r.body)["type"] for r in receiver.received)
     assert got == sorted(wanted)
     active = json.loads(receiver.of_type("release.active")[0].body)["data"]
     assert active["environment"] == "staging" and active["release_id"] == release_id
     assert active["version_id"] == version and active["from_state"] == "DEPLOYING"
+    failed = json.loads(receiver.of_type("release.failed")[0].body)["data"]
+    assert failed["release_id"] == doomed and failed["failure_reason"] == "health_check_failed"
+    assert failed["environment"] == "production"
     step = json.loads(receiver.of_type("canary.step")[0].body)["data"]
     assert step["canary"] == {"step_index": 0, "weight": 10}
 

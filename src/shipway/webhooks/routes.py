@@ -155,7 +155,7 @@ def rotate_webhook_secret(
     response_model=DeliveryRead,
     responses=error_responses(401, 403, 404),
 )
-def test_webhook(
+def send_test_webhook(
     webhook_id: str, principal: Principal = Depends(admin), session: Session = Depends(get_session)
 ) -> DeliveryRead:
     """Queue a ``webhook.test`` delivery to the endpoint (sent by the relay's webhook lane)."""
