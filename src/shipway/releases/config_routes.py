@@ -37,6 +37,7 @@ def _answer(session: Session, outcome: ConfigOutcome, deployment_id: str, env: s
 
 @router.patch(
     PATH,
+    name="change_config",  # the operation id (a generated client's function)
     response_model=ConfigChanged,
     responses={202: {"model": ConfigChanged}, **error_responses(400, 401, 403, 404, 413, 422)},
 )
