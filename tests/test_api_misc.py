@@ -498,3 +498,32 @@ def test_cli_db_upgrade_with_the_database_down_is_one_clear_error(
     assert "Connection refused" in said and "SHIPWAY_DATABASE_URL" in said
     assert "Traceback" not in said and "secret-pw" not in said
     assert len(result.output.strip().splitlines()) <= 6, result.output
+
+
+def test_cli_tokens_create_refuses_a_second_workspace_of_one_name(
+    shipway_env: dict[str, str],
+) -> None:
+    from sqlalchemy import func, select
+    from typer.testing import CliRunner
+
+    from shipway.cli import app
+    from shipway.db import transaction
+    from shipway.workspaces.models import Workspace
+
+    def create(*args: str) -> Any:
+        return CliRunner().invoke(app, ["tokens", "create", "--scope", "deployments:read", *args])
+
+    assert create("--workspace", "clinic", "--external-workspace-id", "ext-1").exit_code == 0
+    assert create("--workspace", "clinic", "--external-workspace-id", "ext-1").exit_code == 0
+    other_id = create("--workspace", "clinic", "--external-workspace-id", "ext-2")
+    other_name = create("--workspace", "hospital", "--external-workspace-id", "ext-1")
+
+    assert other_id.exit_code == 2, other_id.output
+    assert "workspace 'clinic' exists with external id 'ext-1', not 'ext-2'" in " ".join(
+        other_id.output.split()
+    )
+    assert other_name.exit_code == 2 and "belongs to workspace 'clinic'" in " ".join(
+        other_name.output.split()
+    )
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Workspace)) == 1

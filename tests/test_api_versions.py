@@ -140,7 +140,7 @@ def test_list_is_newest_first_with_seed_fields(
         assert re.fullmatch(r"[0-9a-f]{64}", row["source_sha256"])
         assert_timestamps(row)
     ready = body["data"][-1]
-    assert ready["artifact_sha256"].startswith("sha256:")
+    assert re.fullmatch(r"[0-9a-f]{64}", ready["artifact_sha256"])  # plain hex, as source
     assert body["data"][0]["artifact_sha256"] is None
 
 
@@ -345,8 +345,10 @@ def test_environment_picks_the_lifecycle_fields(
         assert staging["status"] == "DEPLOYING"
         assert staging["environment"] == "staging"
         assert staging["deployed_at"] is None
-        nowhere = client.get(path, params={"environment": "preview"}, headers=headers).json()
-        assert nowhere["status"] is None and nowhere["deployed_at"] is None
+        nowhere = client.get(path, params={"environment": "preview"}, headers=headers)
+        assert nowhere.status_code == 404, nowhere.text  # no such environment: not a null
+        assert nowhere.json()["error"]["code"] == "environment_not_found"
+        assert nowhere.json()["error"]["details"]["environment"] == "preview"
         releases = {r["environment"]: r for r in default["releases"]}
         assert set(releases) == {"staging", "production"}
         assert releases["staging"]["id"] == staged["release"]["id"]
@@ -402,3 +404,26 @@ def test_unknown_version_is_404(client: TestClient, deployment: dict[str, Any]) 
         404,
         "not_found",
     )
+
+
+def test_a_failed_build_reads_failed_with_its_reason(
+    client: TestClient, deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    """The seed marks status required: a version whose build failed and was never released
+    reads FAILED with the build's failure_reason (a ready one never released: null)."""
+    from sqlalchemy import update
+
+    from shipway.catalog.models import Version
+    from shipway.db import transaction
+
+    failed = make_version(deployment["id"], "failed")
+    with transaction() as session:
+        session.execute(
+            update(Version).where(Version.id == failed).values(failure_reason="build_failed")
+        )
+    ready = make_version(deployment["id"], "ready")
+    headers = auth(deployment["token"])
+
+    body = client.get(f"/api/v1/versions/{failed}", headers=headers).json()
+    assert (body["status"], body["failure_reason"]) == ("FAILED", "build_failed")
+    assert client.get(f"/api/v1/versions/{ready}", headers=headers).json()["status"] is None

@@ -214,7 +214,7 @@ def test_static_site_builds_into_a_serving_image(builds: Builds) -> None:
     image = builds.engine.images.get(tag)
     assert image.labels["shipway.deployment"] == deployment_id
     assert image.labels["shipway.version"] == version_id
-    assert version["artifact_sha256"] == image.id
+    assert version["artifact_sha256"] == image.id.removeprefix("sha256:")
     assert version["source_sha256"] == hashlib.sha256(archive).hexdigest()
     assert version["runtime_port"] == 8080
     assert version["runtime_command"] == "httpd -f -v -p 8080 -h /srv/www"

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shipway.auth.models import ApiToken
-from shipway.errors import Forbidden, InvalidInput, Unauthenticated
+from shipway.errors import Conflict, Forbidden, InvalidInput, Unauthenticated
 from shipway.ids import new_id, utcnow
 from shipway.workspaces.models import Project, Workspace
 
@@ -56,11 +56,32 @@ def hash_secret(secret: str) -> str:
 def get_or_create_workspace(
     session: Session, *, name: str, external_workspace_id: str | None = None
 ) -> Workspace:
-    """The workspace called ``name`` (or with that external id), created if missing."""
+    """The workspace called ``name`` (or with that external id), created if missing.
+
+    Conflict if the name belongs to a workspace with another external id (or the external
+    id to a workspace of another name): two workspaces of one name, told apart only by
+    their ids, would send tokens and deployments to the wrong tenant.
+    """
     query = select(Workspace).where(Workspace.name == name)
     if external_workspace_id:
         query = select(Workspace).where(Workspace.external_workspace_id == external_workspace_id)
     workspace = session.scalars(query).first()
+    if workspace is not None and workspace.name != name:
+        raise Conflict(
+            f"external workspace id {external_workspace_id!r} belongs to workspace "
+            f"{workspace.name!r}, not {name!r}",
+            code="workspace_conflict",
+        )
+    if workspace is None and external_workspace_id:
+        named = session.scalars(select(Workspace).where(Workspace.name == name)).first()
+        if named is not None:
+            other = named.external_workspace_id
+            raise Conflict(
+                f"workspace {name!r} exists with "
+                + (f"external id {other!r}" if other else "no external id")
+                + f", not {external_workspace_id!r}: use its id, or another name",
+                code="workspace_conflict",
+            )
     if workspace is None:
         workspace = Workspace(name=name, external_workspace_id=external_workspace_id)
         session.add(workspace)

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from shipway.auth.deps import get_session, reader
 from shipway.auth.service import Principal
+from shipway.catalog.models import Version
 from shipway.deployments.service import get_deployment
 from shipway.schemas import Page, error_responses
 from shipway.versions import service
@@ -22,10 +23,11 @@ from shipway.versions.views import version_full, version_lifecycle
 router = APIRouter(tags=["versions"])
 
 
-def _releases(session: Session, version_id: str) -> list[ReleaseRead]:
-    return [
-        ReleaseRead.model_validate(r) for r in service.releases_of(session, version_id=version_id)
-    ]
+def _releases(session: Session, version: Version, environment: str) -> list[ReleaseRead]:
+    """The version's releases, once ``environment`` is known to exist."""
+    service.check_environment(session, deployment_id=version.deployment_id, environment=environment)
+    releases = service.releases_of(session, version_id=version.id)
+    return [ReleaseRead.model_validate(r) for r in releases]
 
 
 @router.get(
@@ -83,7 +85,7 @@ def get_deployment_version(
             deployment_id=deployment_id,
         )
         return version_full(
-            version, releases=_releases(session, version_id), environment=environment
+            version, releases=_releases(session, version, environment), environment=environment
         )
 
 
@@ -103,5 +105,5 @@ def get_version_lifecycle(
         version = service.get_version(
             session, version_id=version_id, workspace_id=principal.workspace_id
         )
-        releases = _releases(session, version_id)
+        releases = _releases(session, version, environment)
         return version_lifecycle(version, releases=releases, environment=environment)

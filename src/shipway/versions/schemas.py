@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shipway.schemas import ReadModel, Timestamp
 
@@ -22,7 +22,9 @@ class VersionSummary(ReadModel):
     version_number: int
     kind: Literal["static", "container"]
     state: VersionState
-    artifact_sha256: str | None
+    artifact_sha256: str | None = Field(
+        description="SHA-256 of the built image (plain hex, like source_sha256)"
+    )
     source_sha256: str | None
     promoted_at: Timestamp | None
     workspace_id: str
@@ -30,6 +32,12 @@ class VersionSummary(ReadModel):
     external_workspace_id: str | None
     external_user_id: str | None
     created_at: Timestamp
+
+    @field_validator("artifact_sha256", mode="before")
+    @classmethod
+    def _plain_hex(cls, value: object) -> object:
+        """The engine's image id is ``sha256:<hex>``; every *_sha256 field is plain hex."""
+        return value.removeprefix("sha256:") if isinstance(value, str) else value
 
 
 class ReleaseRead(ReadModel):
@@ -67,7 +75,8 @@ class Lifecycle(BaseModel):
 
     environment: str
     status: ReleaseStatus | None = Field(
-        description="Lifecycle status in `environment`; null if never released there"
+        description="Lifecycle status in `environment`. Never released there: FAILED if "
+        "the build failed (failure_reason says why), else null (no release to describe)"
     )
     replicas: int = 0
     deployed_at: Timestamp | None = None

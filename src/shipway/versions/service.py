@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from shipway.catalog.models import Deployment, Release, Version
+from shipway.catalog.models import Deployment, Environment, Release, Version
 from shipway.errors import InvalidInput, NotFound
 from shipway.ids import new_id, utcnow
 from shipway.states import record_event
@@ -155,3 +155,20 @@ def create_version(
         deployment_id=deployment.id,
     )
     return version
+
+
+def check_environment(session: Session, *, deployment_id: str, environment: str) -> None:
+    """NotFound (``environment_not_found``) unless the deployment has ``environment``: a
+    version's lifecycle in an environment that does not exist is an error, not a null."""
+    found = session.scalar(
+        select(Environment.id).where(
+            Environment.deployment_id == deployment_id, Environment.name == environment
+        )
+    )
+    if found is None:
+        raise NotFound(
+            f"deployment {deployment_id} has no environment {environment!r}",
+            code="environment_not_found",
+            deployment_id=deployment_id,
+            environment=environment,
+        )

@@ -18,9 +18,9 @@ def lifecycle(version: Version, releases: list[ReleaseRead], environment: str) -
     """The lifecycle fields of a version in ``environment`` (its release there, if any)."""
     current = next((r for r in releases if r.environment == environment), None)
     if current is None:
-        return Lifecycle(
+        return Lifecycle(  # never released here: FAILED if its build failed, else null
             environment=environment,
-            status=None,
+            status="FAILED" if version.state == "failed" else None,
             failure_reason=version.failure_reason,
             failure_diagnostics=version.failure_diagnostics,
             updated_at=version.updated_at,
