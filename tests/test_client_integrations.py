@@ -412,3 +412,12 @@ def test_the_ci_pipeline_steps_deploy_and_fail_with_the_diagnosis(
         assert "broken-step" in failed.stderr
         assert "shipway: publish failed: the diagnosis is printed above" in failed.stderr
         assert "==> staging" not in failed.stderr
+
+
+def test_git_metadata_of_a_detached_checkout_names_no_branch(tmp_path: Path) -> None:
+    from shipway.client import git_metadata
+
+    commit = git_repo(tmp_path, {"index.html": "<h1>x</h1>\n"}, "Detached")  # checks out --detach
+    found = git_metadata(tmp_path / "site")
+    assert found["git_hash"] == commit and "git_branch" not in found
+    assert found["git_message"] == "Detached" and found["is_dirty"] == "false"
