@@ -283,7 +283,7 @@ def test_container_kind_builds_and_records_its_exposed_port(builds: Builds) -> N
     version = builds.version(deployment_id, accepted["version"]["id"])
     assert version["state"] == "ready", version["build_failure_diagnostics"]
     image = builds.engine.images.get(version["runtime_image"])
-    assert version["artifact_sha256"] == image.id
+    assert version["artifact_sha256"] == image.id.removeprefix("sha256:")
     assert version["artifact_manifest"]["image"]["exposed_ports"] == ["5000/tcp"]
     assert "files" not in version["artifact_manifest"]
     assert (version["runtime_port"], version["health_check_path"]) == (5000, "/ping")
@@ -512,7 +512,8 @@ def test_worker_killed_mid_build_is_rebuilt_to_ready(stack: Stack, builds: Build
     assert (job.state, job.attempts) == ("succeeded", 2)
     version = builds.version(deployment_id, version_id)
     assert version["state"] == "ready", version["build_failure_diagnostics"]
-    assert builds.engine.images.get(version["runtime_image"]).id == version["artifact_sha256"]
+    image_id = builds.engine.images.get(version["runtime_image"]).id
+    assert image_id == "sha256:" + version["artifact_sha256"]
     assert version_states(version_id) == [
         (None, "created"),
         ("created", "building"),
