@@ -131,10 +131,12 @@ def machine() -> str:
 
 
 def use_settings(values: dict[str, str]) -> None:
-    """Set SHIPWAY_* variables of this process and drop the cached settings."""
+    """Set SHIPWAY_* variables of this process and drop the cached settings. The per-token
+    rate limit is off unless ``values`` turn it on: a benchmark sends one token's requests
+    as fast as the API answers them, which is what it measures."""
     for key in [k for k in os.environ if k.startswith("SHIPWAY_")]:
         del os.environ[key]
-    os.environ.update(values)
+    os.environ.update({"SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE": "0", **values})
     get_settings.cache_clear()
 
 

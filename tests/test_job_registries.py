@@ -35,6 +35,7 @@ def test_the_periodic_registry_holds_every_loop_of_the_relay_process() -> None:
         "health-monitor": "health-monitor",
         "auto-promote": "auto-promote",
         "certificates": "certificates",
+        "webhooks": "webhooks",
     }
     names = [task.name for task in periodic.tasks() if task.lane == "relay"]
     assert names == ["relay", "router-watch", "host-routing", "image-gc"]  # any import order

@@ -18,7 +18,7 @@ from shipway.deployments.service import (
     validate_environment_name,
 )
 from shipway.deployments.strategy import parse_strategy
-from shipway.errors import Conflict, InvalidInput, NotFound
+from shipway.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from shipway.ids import new_id, utcnow
 from shipway.jobs import lines, queueing
 from shipway.jobs.models import Job
@@ -350,20 +350,25 @@ def supersede_queued(session: Session, *, serial_key: str, actor: str, by_versio
         "action": "Nothing to do; promote this version again if it is still wanted.",
         "evidence": {"superseded_by_version": by_version, "actor": actor},
     }
+    cancelled = 0
     for job in waiting:
-        transition(
-            session,
-            JOB,
-            subject_id=job.id,
-            from_state="queued",
-            to_state="cancelled",
-            reason="superseded",
-            actor=actor,
-            values={
-                "finished_at": utcnow(),
-                "failure_reason": "superseded",
-                "failure_diagnostics": diagnostics,
-            },
-        )
+        try:
+            transition(
+                session,
+                JOB,
+                subject_id=job.id,
+                from_state="queued",
+                to_state="cancelled",
+                reason="superseded",
+                actor=actor,
+                values={
+                    "finished_at": utcnow(),
+                    "failure_reason": "superseded",
+                    "failure_diagnostics": diagnostics,
+                },
+            )
+        except InvalidTransition:  # a worker claimed it meanwhile: it runs, as running ones do
+            continue
         handlers.compensate(session, job, "superseded", diagnostics)
-    return len(waiting)
+        cancelled += 1
+    return cancelled
