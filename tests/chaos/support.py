@@ -13,6 +13,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import pytest
 from sqlalchemy import func, select, text
 
 from shipway.catalog.models import Release, Version
@@ -93,6 +94,15 @@ def _scale() -> ChaosScale:
 
 SCALE = _scale()
 FULL = SCALE.name == "full"
+
+LONG_SCENARIO = pytest.mark.skipif(
+    "SHIPWAY_CHAOS_SCALE" not in os.environ,
+    reason="a long chaos scenario (45 s even at smoke size), left out of make test to keep it "
+    "under 20 minutes: make test-chaos runs it (or SHIPWAY_CHAOS_SCALE=smoke|full)",
+)
+"""Marks the scenarios ``make test`` leaves to ``make test-chaos`` (the kill storm and the
+Redis outage, which tests/e2e/test_broker_outage.py and test_rollout_crashes.py cover in
+small); the shorter ones (PostgreSQL restart, HAProxy kill) stay in ``make test``."""
 
 
 # --------------------------------------------------------------------------- sources

@@ -45,6 +45,7 @@ from shipway.events.models import Event
 from shipway.jobs.models import Job
 from tests.chaos.support import (
     FULL,
+    LONG_SCENARIO,
     RESTING_RELEASE_STATUSES,
     RESTING_VERSION_STATES,
     SCALE,
@@ -72,7 +73,12 @@ from tests.e2e.rollout_support import (
 )
 from tests.support.processes import Service, wait_until
 
-pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(60 * 60 if FULL else 420)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.e2e,
+    pytest.mark.timeout(60 * 60 if FULL else 420),
+    LONG_SCENARIO,
+]
 
 DEPLOYMENTS = 3
 SLOW_BOOT = "sh -c 'sleep 1; exec httpd -f -p 8080 -h /srv/www'"

@@ -30,6 +30,7 @@ from shipway.catalog.models import Release
 from shipway.db import session_factory
 from tests.chaos.support import (
     FULL,
+    LONG_SCENARIO,
     SCALE,
     EngineLeftovers,
     assert_jobs_ran_cleanly,
@@ -41,7 +42,12 @@ from tests.chaos.test_kill_storm import configure
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import api_token, get_job, seed_ready_version, wait_for_all
 
-pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(45 * 60 if FULL else 300)]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.e2e,
+    pytest.mark.timeout(45 * 60 if FULL else 300),
+    LONG_SCENARIO,
+]
 
 ENVIRONMENTS = ("production", "staging", "preview")
 PROMOTES_PER_ENVIRONMENT = 10
