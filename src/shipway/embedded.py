@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -67,7 +68,7 @@ def stop_worker(worker: subprocess.Popen[bytes], *, timeout: float) -> None:
     worker.wait()
 
 
-def run_up(*, settings: Settings, host: str, port: int, on_start: Any) -> None:
+def run_up(*, settings: Settings, host: str, port: int, on_start: Callable[[int], None]) -> None:
     """Run everything until a stop signal; the worker is stopped whatever happens."""
     import uvicorn
 

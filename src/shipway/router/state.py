@@ -193,10 +193,11 @@ def load_hosts(directory: Path) -> HostTable:
 
 
 def save_hosts(directory: Path, hosts: HostTable) -> None:
-    """Write the host table."""
-    _state_file(directory)
+    """Write the host table (not when it is what the file already holds: every relay pass
+    and every whole-state save comes here, and a rewrite costs an fsync)."""
     data = hosts_to_json(hosts)
-    _write(directory / STATE_FILE, data, data)
+    if _state_file(directory) != data:
+        _write(directory / STATE_FILE, data, data)
 
 
 def load_route(directory: Path, key: str) -> RouteState:
