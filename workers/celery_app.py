@@ -10,13 +10,17 @@ from kombu import Queue
 
 from shipway.config import Settings, get_settings
 from shipway.jobs.dispatch import task_name
+from workers.fs_broker import QUARANTINE_FOLDER, WAKE_FOLDER
+
+FILESYSTEM_TRANSPORT = "workers.fs_broker:Transport"
+"""kombu's filesystem transport with wake-ups, atomic writes and a quarantine (fs_broker)."""
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options for the configured broker."""
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder
-        for sub in ("out", "processed", "control"):
+        for sub in ("out", "processed", "control", WAKE_FOLDER, QUARANTINE_FOLDER):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "out"),
@@ -41,6 +45,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker=settings.resolved_broker_url,
         include=["workers.tasks", "workers.signals"],
     )
+    if settings.resolved_broker_url.startswith("filesystem"):
+        app.conf.broker_transport = FILESYSTEM_TRANSPORT
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -188,11 +188,13 @@ def up(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
 ) -> None:
-    """Embedded mode: migrate, then run API, relay and one worker from one command.
+    """Embedded mode: migrate, then run API, relay and a worker per queue (builds, rollouts).
 
-    SIGTERM, SIGINT and SIGHUP stop all of it; the worker finishes its running job for at
+    A worker that dies is restarted (backoff 1 s to 30 s) and its jobs requeued at once.
+    SIGTERM, SIGINT and SIGHUP stop all of it; each worker finishes its running job for at
     most SHIPWAY_UP_STOP_TIMEOUT_SECONDS."""
     from shipway.embedded import run_up
+    from shipway.embedded.instance import AlreadyRunning
     from shipway.migrate import upgrade
 
     _logging()
@@ -201,13 +203,18 @@ def up(
     upgrade()
     host, port = host or settings.api_host, port or settings.api_port
 
-    def started(worker_pid: int) -> None:
+    def started(worker_pids: list[int]) -> None:
         console.print(
             f"shipway up: API on http://{host}:{port}, database {_safe_url()}, "
-            f"broker {settings.resolved_broker_url}, worker pid {worker_pid}"
+            f"broker {settings.resolved_broker_url}, "
+            f"worker pids {' '.join(map(str, worker_pids))} (builds, rollouts)"
         )
 
-    run_up(settings=settings, host=host, port=port, on_start=started)
+    try:
+        run_up(settings=settings, host=host, port=port, on_start=started)
+    except AlreadyRunning as error:
+        console.print(f"shipway up: {error.message}")
+        raise typer.Exit(1) from None
 
 
 @secrets_app.command("generate-key")

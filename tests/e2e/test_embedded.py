@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, wait_for_api
 from tests.e2e.helpers import owner_pid, seed_ready_version
-from tests.support.processes import executable, wait_until
+from tests.support.processes import Service, executable, wait_until
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +93,14 @@ def test_shipway_up_promotes_a_version_to_active(embedded: Stack, static_image: 
     assert (data_dir / "broker" / "out").is_dir()
 
 
+def worker_pids_of(up: Service) -> list[int]:
+    """The worker pids ``shipway up`` printed when it started (one per queue group)."""
+    found = wait_until(
+        lambda: re.search(r"worker pids ([\d ]+)", up.log_path.read_text()), timeout=30
+    )
+    return [int(pid) for pid in found.group(1).split()]
+
+
 def _ancestors(pid: int) -> list[int]:
     """The parent, grandparent, ... of ``pid`` (from /proc)."""
     found = []
@@ -118,28 +126,46 @@ def _session_members(session_id: int) -> list[int]:
     return members
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
-def test_a_signal_to_shipway_up_stops_every_child(embedded: Stack, signum: int) -> None:
-    """SIGTERM, SIGINT and SIGHUP to the pid of ``shipway up`` stop it and its worker (with
-    the worker's pool children) within the stop timeout; after a SIGKILL, which it cannot
-    handle, the worker still stops: the kernel tells it its parent died."""
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGINT, False),
+        (signal.SIGHUP, False),
+        (signal.SIGKILL, False),
+        (signal.SIGTERM, True),
+        (signal.SIGINT, True),
+    ],
+)
+def test_a_signal_to_shipway_up_stops_every_child(
+    embedded: Stack, signum: int, to_group: bool
+) -> None:
+    """SIGTERM, SIGINT and SIGHUP to the pid (or the process group) of ``shipway up`` stop it
+    and its workers (with their pool children) within the stop timeout; after a SIGKILL,
+    which it cannot handle, the workers still stop: the kernel tells them their parent died."""
     port = free_port()
     env = {**embedded.env, "SHIPWAY_UP_STOP_TIMEOUT_SECONDS": "20"}
     up = embedded.supervisor.spawn(
         f"up-{signum}", [executable("shipway"), "up", "--port", str(port)], env=env
     )
     wait_for_api(up, f"http://127.0.0.1:{port}", timeout=60)
-    found = wait_until(lambda: re.search(r"worker pid (\d+)", up.log_path.read_text()), timeout=30)
-    worker_pid = int(found.group(1))
-    wait_until(lambda: len(_session_members(worker_pid)) >= 2, timeout=60, message="pool child")
+    worker_pids = worker_pids_of(up)
+    wait_until(
+        lambda: all(len(_session_members(pid)) >= 2 for pid in worker_pids),
+        timeout=60,
+        message="a worker without its pool child",
+    )
 
-    os.kill(up.process.pid, signum)
+    if to_group:
+        os.killpg(up.process.pid, signum)  # what a terminal's Ctrl-C or systemd sends
+    else:
+        os.kill(up.process.pid, signum)
 
     up.process.wait(timeout=30)  # well within 20 s of stop timeout plus the API's own stop
     wait_until(
-        lambda: not _session_members(worker_pid),
+        lambda: not any(_session_members(pid) for pid in worker_pids),
         timeout=30,
-        message=f"worker session {worker_pid} still has {_session_members(worker_pid)}",
+        message=lambda: f"worker sessions left: {[_session_members(p) for p in worker_pids]}",
     )
     if signum != signal.SIGKILL:
         assert up.process.returncode in (0, -signum, 128 + signum), up.process.returncode

@@ -47,22 +47,35 @@ def expired_leases(session: Session, *, now: datetime, limit: int = 100) -> Sequ
     ).all()
 
 
-def reap(session: Session, *, job: Job, now: datetime, actor: str = "reaper") -> str | None:
-    """Requeue or fail one job whose lease expired; returns the new state or None if it moved."""
+def reap(
+    session: Session,
+    *,
+    job: Job,
+    now: datetime,
+    actor: str = "reaper",
+    owner_known_dead: bool = False,
+) -> str | None:
+    """Requeue or fail one job whose lease expired; returns the new state or None if it moved.
+
+    ``owner_known_dead``: its worker is known to have exited (``shipway up`` saw it), so
+    the job is taken back at once instead of after its lease expires.
+    """
 
     retry = job.attempts < job.max_attempts
     target = "queued" if retry else "failed"
     values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+    lost = "exited" if owner_known_dead else "lease expired"
     if retry:
         values |= {"dispatched_at": None}
-        reason = f"worker_lost: lease of {job.lease_owner} expired; retrying"
+        reason = f"worker_lost: {job.lease_owner} {lost}; retrying"
     else:
         values |= {
             "finished_at": now,
             "failure_reason": "worker_lost",
             "failure_diagnostics": worker_lost_diagnostics(job),
         }
-        reason = "worker_lost: lease expired and attempts are exhausted"
+        reason = f"worker_lost: {lost} and attempts are exhausted"
+    still_held = (Job.lease_owner == job.lease_owner,)
     try:
         transition(
             session,
@@ -73,7 +86,7 @@ def reap(session: Session, *, job: Job, now: datetime, actor: str = "reaper") ->
             reason=reason,
             actor=actor,
             values=values,
-            where=(Job.lease_expires_at < now, Job.lease_owner == job.lease_owner),
+            where=still_held if owner_known_dead else (Job.lease_expires_at < now, *still_held),
         )
     except InvalidTransition:
         return None
@@ -103,14 +116,7 @@ def reap_once(session_maker: Callable[[], Session]) -> ReapReport:
         expired = expired_leases(session, now=now)
         overdue = deadline_passed_queued(session, now=now)
     for job in expired:
-        with session_maker() as session, session.begin():
-            outcome = reap(session, job=job, now=now)
-            if outcome == "failed":
-                fresh = session.get(Job, job.id)
-                assert fresh is not None
-                handlers.compensate(session, fresh, "worker_lost", fresh.failure_diagnostics)
-        report.requeued += outcome == "queued"
-        report.failed += outcome == "failed"
+        _reap_one(session_maker, job=job, now=now, report=report)
     for job in overdue:
         try:
             with session_maker() as session, session.begin():
@@ -119,6 +125,39 @@ def reap_once(session_maker: Callable[[], Session]) -> ReapReport:
         except InvalidTransition:
             continue
     return report
+
+
+def reap_jobs_of_dead_workers(
+    session_maker: Callable[[], Session], *, is_dead: Callable[[str | None], bool]
+) -> ReapReport:
+    """Take back at once the running jobs whose lease owner ``is_dead`` says has exited
+    (requeued, or failed with worker_lost once out of attempts), not after lease expiry."""
+    report = ReapReport()
+    now = utcnow()
+    with session_maker() as session:
+        running = session.scalars(select(Job).where(Job.state == "running")).all()
+    for job in running:
+        if is_dead(job.lease_owner):
+            _reap_one(session_maker, job=job, now=now, report=report, owner_known_dead=True)
+    return report
+
+
+def _reap_one(
+    session_maker: Callable[[], Session],
+    *,
+    job: Job,
+    now: datetime,
+    report: ReapReport,
+    owner_known_dead: bool = False,
+) -> None:
+    with session_maker() as session, session.begin():
+        outcome = reap(session, job=job, now=now, owner_known_dead=owner_known_dead)
+        if outcome == "failed":
+            fresh = session.get(Job, job.id)
+            assert fresh is not None
+            handlers.compensate(session, fresh, "worker_lost", fresh.failure_diagnostics)
+    report.requeued += outcome == "queued"
+    report.failed += outcome == "failed"
 
 
 def _fail_overdue(session: Session, job: Job, now: datetime) -> None:

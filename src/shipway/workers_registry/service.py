@@ -119,3 +119,21 @@ def worker_for_owner(workers: Iterable[Worker], owner: str | None) -> Worker | N
         return None
     matches = [w for w in workers if (w.hostname, w.pid) == where]
     return max(matches, key=lambda w: w.started_at) if matches else None
+
+
+def workers_of_nodes(session: Session, *, nodes: Sequence[str]) -> Sequence[Worker]:
+    """Every registered process of these Celery nodes (a node is one worker and its pool)."""
+    if not nodes:
+        return []
+    return session.scalars(select(Worker).where(Worker.node.in_(list(nodes)))).all()
+
+
+def mark_nodes_stopped(session: Session, *, nodes: Sequence[str]) -> None:
+    """Record that these nodes' processes exited (seen by their supervisor, not by silence)."""
+    if nodes:
+        session.execute(
+            update(Worker)
+            .where(Worker.node.in_(list(nodes)), Worker.stopped_at.is_(None))
+            .values(stopped_at=utcnow(), current_job_id=None)
+            .execution_options(synchronize_session=False)
+        )
