@@ -28,6 +28,7 @@ def test_an_unknown_kind_or_queue_is_refused_clearly() -> None:
 def test_the_periodic_registry_holds_every_loop_of_the_relay_process() -> None:
     lanes = {task.name: task.lane for task in periodic.tasks()}
     assert lanes == {
+        "router-settle": "relay",
         "relay": "relay",
         "router-watch": "relay",
         "host-routing": "relay",
@@ -38,7 +39,8 @@ def test_the_periodic_registry_holds_every_loop_of_the_relay_process() -> None:
         "webhooks": "webhooks",
     }
     names = [task.name for task in periodic.tasks() if task.lane == "relay"]
-    assert names == ["relay", "router-watch", "host-routing", "image-gc"]  # any import order
+    # any import order; router-settle first, before anything is reaped or sent
+    assert names == ["router-settle", "relay", "router-watch", "host-routing", "image-gc"]
 
 
 def _task(

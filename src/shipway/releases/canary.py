@@ -99,6 +99,32 @@ def complete(run: CanaryRun) -> None:
     _set_state(run, state="completed", weight=100, event="completed", reason="canary promoted")
 
 
+def complete_resumed(ctx: JobContext, release_id: str) -> None:
+    """A resumed attempt completed the final switch its lost attempt made: ``completed``."""
+    with ctx.session() as session, session.begin():
+        release = session.get(Release, release_id, populate_existing=True)
+        assert release is not None
+        state = dict((release.rollout or {}).get("canary") or {})
+        if state.get("state") != "promoting":
+            return
+        state |= {"state": "completed", "weight": 100}
+        release.rollout = {**(release.rollout or {}), "canary": state}
+        release.updated_at = utcnow()
+        record_event(
+            session,
+            workspace_id=release.workspace_id,
+            subject_type="canary",
+            subject_id=release.id,
+            from_state=None,
+            to_state="completed",
+            reason="canary promoted (switch completed by a resumed attempt)",
+            actor=ctx.owner,
+            deployment_id=release.deployment_id,
+            job_id=ctx.job_id,
+            data={k: state.get(k) for k in ("state", "step_index", "step_count", "weight")},
+        )
+
+
 # -- set-up ---------------------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Every phase is idempotent: a retried job finds its replicas by name and label,
 re-adds router servers (a no-op when present) and continues from the state the
-database records. Anything that fails before the switch leaves the previous
+database records; first of all it settles a switch its lost attempt left half-recorded
+(releases/switch_recovery.py). Anything that fails before the switch leaves the previous
 release serving, untouched, and removes the new replicas (releases/compensation.py).
 """
 
@@ -29,6 +30,7 @@ from shipway.releases.config_release import settle_config
 from shipway.releases.health import HealthPolicy, wait_until_healthy
 from shipway.releases.replicas import Target, scale_up
 from shipway.releases.retire import retire_release, schedule_retire
+from shipway.releases.switch_recovery import resume_switch
 from shipway.releases.traffic import drain, prepare_route, route_of, servers_of, switch_traffic
 from shipway.router.current import get_router
 from shipway.runtime import get_runtime
@@ -40,6 +42,8 @@ from shipway.states import record_event
 @handler("rollback", queue="rollouts")
 def run_rollout(ctx: JobContext) -> dict[str, Any]:
     """Deploy the job's release and make it the active one in its environment."""
+    if ctx.attempt > 1 and resume_switch(ctx):  # router and database agree before anything
+        return _after_switch(ctx)
     with ctx.session() as session:
         job, release, _, _ = load_rollout(session, ctx.job_id)
     if release.status == "DRAINING" and job.kind == "rollback":

@@ -3,8 +3,9 @@
 Used when HAProxy (or the whole host) restarted: the database says which
 release serves each environment and which ones drain; container labels say
 where their replicas listen. Servers of releases still DEPLOYING keep whatever
-the router had saved, so a rollout caught between its router switch and its
-database commit is not undone; a canary's servers and the stable ones get the
+the router had saved while a job holds their environment (its rollout owns the
+route: ``switch_recovery.held_lines``); otherwise they drain, so a switch a lost
+worker never recorded is undone. A canary's servers and the stable ones get the
 weights of the step recorded in ``release.rollout["canary"]``.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +24,7 @@ from shipway.deployments.addresses import route_key
 from shipway.jobs import lines
 from shipway.jobs.periodic import periodic
 from shipway.releases.replicas import RELEASE_LABEL
+from shipway.releases.switch_recovery import held_lines
 from shipway.releases.traffic import restored_weights, server_of
 from shipway.router.base import Route, Router, RouterError, Server, ServerState
 from shipway.runtime.base import Runtime
@@ -52,13 +55,15 @@ def desired_routes(
     """Every environment's servers as the database and the engine say they should be."""
     saved_by_key = {route.key: servers for route, servers in saved.items()}
     releases = session.scalars(select(Release).where(Release.status.in_(ROUTED))).all()
+    settled = _unheld_with_serving(session, releases)
     routes: dict[str, list[Server]] = {}
     for release in releases:
         key = route_key(release.deployment_id, release.environment)
         servers = routes.setdefault(key, [])
         if release.status == "DEPLOYING" and not _in_canary(release):
             prefix = f"sw-{release.id}-"
-            servers += [s for s in saved_by_key.get(key, []) if s.name.startswith(prefix)]
+            kept = [s for s in saved_by_key.get(key, []) if s.name.startswith(prefix)]
+            servers += [replace(s, state="drain") for s in kept] if key in settled else kept
             continue
         state: ServerState = "ready" if release.status in (*SERVING, "DEPLOYING") else "drain"
         for replica in runtime.replicas({RELEASE_LABEL: release.id}):
@@ -69,6 +74,20 @@ def desired_routes(
             key = route_key(release.deployment_id, release.environment)
             routes[key] = restored_weights(routes[key], release=release)
     return {Route(key): servers for key, servers in routes.items() if servers}
+
+
+def _unheld_with_serving(session: Session, releases: Sequence[Release]) -> set[str]:
+    """Route keys with a serving release and no job holding them: a switch a lost worker
+    left there unrecorded is undone (``switch_recovery``); elsewhere the rollout's own."""
+    serving = {
+        lines.serial_key_for(r.deployment_id, r.environment): route_key(
+            r.deployment_id, r.environment
+        )
+        for r in releases
+        if r.status in SERVING
+    }
+    held = held_lines(session, keys=serving) if serving else set()
+    return {key for line, key in serving.items() if line not in held}
 
 
 def _in_canary(release: Release) -> bool:

@@ -225,7 +225,7 @@ class HAProxyProcess:
         pid = self._pid_file() or self._master_pid
         # Existence only: while the master re-executes itself on reload, its
         # /proc cmdline is briefly not the one _alive() looks for.
-        return pid is not None and not _exists(pid)
+        return pid is not None and not pid_exists(pid)
 
     def is_running(self) -> bool:
         """Whether this directory's HAProxy master is alive."""
@@ -290,8 +290,8 @@ def _alerts(log: str) -> str:
     return "\n".join(alerts) if alerts else log
 
 
-def _exists(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
+def pid_exists(pid: int) -> bool:
+    """Whether process ``pid`` exists (in this pid namespace) and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:

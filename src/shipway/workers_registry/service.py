@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
 from shipway.ids import new_id, utcnow
+from shipway.router.process import pid_exists
 from shipway.workers_registry.models import Worker
 
 ALIVE_AFTER_HEARTBEATS = 3
@@ -137,3 +139,26 @@ def mark_nodes_stopped(session: Session, *, nodes: Sequence[str]) -> None:
             .values(stopped_at=utcnow(), current_job_id=None)
             .execution_options(synchronize_session=False)
         )
+
+
+def lease_owner_gone(session: Session, *, owner: str | None, now: datetime) -> bool:
+    """Whether the process named by a job's lease owner has certainly stopped, before its
+    lease says so: it ran on this host and its pid is gone (or a zombie), or its registry
+    row records a clean exit or went silent (no heartbeat for ``alive_window``).
+
+    Hostnames name pid namespaces: processes that share a hostname must share pids too
+    (each compose container has a hostname of its own).
+    """
+    where = parse_lease_owner(owner)
+    if where is None:
+        return False
+    hostname, pid = where
+    if hostname == socket.gethostname() and not pid_exists(pid):
+        return True
+    rows = session.scalars(
+        select(Worker)
+        .where(Worker.hostname == hostname, Worker.pid == pid)
+        .execution_options(populate_existing=True)
+    )
+    worker = worker_for_owner(rows.all(), owner)
+    return worker is not None and not is_alive(worker, now=now)

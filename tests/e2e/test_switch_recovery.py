@@ -1,0 +1,244 @@
+"""Router and database agree after a kill between the router switch and its commit.
+
+Real ``shipway worker`` and ``shipway relay`` processes (PostgreSQL, Redis) with the
+default lease (30 s) and heartbeat (5 s), so the lost worker's lease can never be what
+ends the disagreement. A promote of v2 over an ACTIVE v1 moves traffic in HAProxy, then
+blocks recording the switch (the test holds a row lock on v1's release); the relay and
+the worker are SIGKILLed there: users get v2 while the API shows v1 ACTIVE and v2
+DEPLOYING (issue 19, "kill during the switch phase"). Then shipway comes back:
+
+- a relay restarted while the lost job still holds its lease gives the route back to
+  v1 within seconds (the worker's pid is gone); the job, resumed after its lease,
+  deploys v2 again and records it;
+- a job requeued at once (as the start-up recovery of a dead instance's leases does)
+  completes the switch the router already made, without scaling or health checks.
+
+Each time: exactly one ACTIVE release, HAProxy's ready servers are its replicas, every
+answer of the public URL is its version, no orphan container. The recovery time (from
+the restart to agreement) is printed and listed in docs/chaos.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from shipway.db import session_factory, transaction
+from shipway.ids import utcnow
+from shipway.jobs.models import Job
+from shipway.jobs.reaper import reap_once
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import api_token, wait_for_job
+from tests.e2e.rollout_support import (
+    SiteImage,
+    assert_consistent,
+    create_deployment,
+    deployment_containers,
+    fetch,
+    job,
+    phases,
+    promote,
+    public_url,
+    release,
+    releases,
+    rollout_stack,
+    router_servers,
+    site_images,
+    site_version,
+)
+from tests.e2e.test_rollout_crashes import SLOW_BOOT, ActiveSampler, RowLock, _switched, kill_when
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+__all__ = ["rollout_stack", "site_images"]  # fixtures, imported for pytest
+
+# The defaults of shipway up: a lost worker's lease ends 25-30 s after its last renewal.
+DEFAULT_LEASE = {"SHIPWAY_LEASE_SECONDS": "30", "SHIPWAY_HEARTBEAT_SECONDS": "5"}
+# From the restart to agreement; well under the 25 s the dead worker's lease still runs.
+RECOVERY_BOUND_SECONDS = 12.0
+RELAY_STARTED = "relay started"
+
+
+@dataclass
+class Interrupted:
+    """A promote of v2 killed between its router switch and its commit."""
+
+    app: dict[str, Any]
+    url: str
+    job_id: str
+    v1_release: str
+    v2_release: str
+    markers: dict[str, str]  # version id -> what its ``/`` answers
+    sampler: ActiveSampler
+
+
+@pytest.fixture
+def api(rollout_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The API in this process; the stack runs with shipway up's lease and heartbeat."""
+    from shipway.api import create_app
+    from shipway.config import get_settings
+
+    rollout_stack.settings.update(DEFAULT_LEASE)
+    for key, value in DEFAULT_LEASE.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def interrupt_switch(
+    stack: Stack, api: TestClient, images: dict[str, SiteImage], *, tag: str = ""
+) -> Interrupted:
+    """v1 ACTIVE; v2's promote killed (with the relay) after HAProxy switched to v2.
+
+    ``tag`` tells the workers of repeated runs apart (their logs are per name)."""
+    relay = stack.start_relay()
+    first = stack.start_worker(f"first{tag}")
+    token = {"Authorization": f"Bearer {api_token()}"}
+    app = create_deployment(api, token, replicas=2)
+    sampler = ActiveSampler(app["id"])
+    sampler.start()
+    v1 = site_version(app["id"], images["v1"])
+    v2 = site_version(app["id"], images["v2"], command=SLOW_BOOT.format(seconds=3))
+    one = promote(api, app, v1)
+    assert wait_for_job(one["job"]["id"], timeout=60).state == "succeeded"
+    url = public_url(api, app)
+    assert fetch(url) == "site-v1"
+    first.stop()
+    two = promote(api, app, v2)
+    job_id, v1_release, v2_release = two["job"]["id"], one["release"]["id"], two["release"]["id"]
+    lock = RowLock()
+    doomed = stack.start_worker(f"doomed{tag}")
+    try:
+        wait_until(lambda: job(job_id).phase == "health_check", timeout=60, interval=0.05)
+        lock.hold(v1_release)  # the switch moves traffic, then blocks retiring v1 in the DB
+        wait_until(lambda: _switched(job(job_id), app["id"], v2_release), timeout=60)
+        relay.kill()  # shipway goes down: no relay, no worker
+        kill_when(stack, doomed, job_id, lambda j: True, "switch (router switched, DB not yet)")
+    finally:
+        lock.release()
+    # The finding: users get v2 while the API shows v1 ACTIVE and v2 DEPLOYING.
+    assert (release(v1_release).status, release(v2_release).status) == ("ACTIVE", "DEPLOYING")
+    assert "site-v2" in {fetch(url) for _ in range(6)}
+    markers = {v1: "site-v1", v2: "site-v2"}
+    return Interrupted(app, url, job_id, v1_release, v2_release, markers, sampler)
+
+
+def agreed(cut: Interrupted) -> str | None:
+    """The ACTIVE version's marker once the database and what users get agree: one ACTIVE
+    release, HAProxy's ready servers exactly its replicas, every answer its version."""
+    rows = [r for r in releases(cut.app["id"]) if r.environment == "production"]
+    active = [r for r in rows if r.status == "ACTIVE"]
+    if len(active) != 1:
+        return None
+    ready = {s.name for s in router_servers(cut.app["id"]) if s.state == "ready"}
+    if ready != {f"sw-{active[0].id}-{i}" for i in range(active[0].replicas)}:
+        return None
+    marker = cut.markers[active[0].version_id]
+    return marker if {fetch(cut.url) for _ in range(4)} == {marker} else None
+
+
+def restart(stack: Stack, cut: Interrupted, *, expect: str, tag: str = "") -> float:
+    """Start a worker and a relay (shipway is back); seconds from the spawn until the
+    database and the router agree on ``expect`` (printed with the part after the relay's
+    periodic tasks started, the rest being process start-up)."""
+    earlier = _relay_starts(stack)
+    started = time.monotonic()
+    stack.start_worker(f"survivor{tag}", wait=False)
+    relay = stack.start_relay(wait=False)
+    relay_up: list[float] = []
+
+    def check() -> str | None:
+        if not relay_up and relay.log().count(RELAY_STARTED) > earlier:
+            relay_up.append(time.monotonic())
+        return agreed(cut)
+
+    marker = wait_until(
+        check,
+        timeout=60,
+        interval=0.1,
+        message=lambda: (
+            f"no agreement: {[(r.id, r.status) for r in releases(cut.app['id'])]}, "
+            f"router {router_servers(cut.app['id'])}"
+        ),
+    )
+    agreed_at = time.monotonic()
+    assert marker == expect
+    since_relay = f"{agreed_at - relay_up[0]:.1f}s" if relay_up else "before its log line"
+    print(
+        f"\nswitch recovery: agreement on {marker} {agreed_at - started:.1f}s after the "
+        f"restart ({since_relay} after the relay's tasks started)"
+    )
+    return agreed_at - started
+
+
+def _relay_starts(stack: Stack) -> int:
+    """How often the relay's log (one per name, appended to) says it started."""
+    try:
+        return (stack.supervisor.log_dir / "relay.log").read_text().count(RELAY_STARTED)
+    except FileNotFoundError:
+        return 0
+
+
+def finish(cut: Interrupted, *, phases_after_kill: list[str]) -> None:
+    """The lost job resumes and succeeds; v2 serves and everything agrees."""
+    ended = wait_for_job(cut.job_id, timeout=120)
+    assert ended.state == "succeeded", (ended.failure_reason, ended.failure_diagnostics)
+    assert ended.attempts == 2
+    assert [name for name, _ in phases(cut.job_id)][3:] == phases_after_kill
+    wait_until(lambda: release(cut.v1_release).status == "RETIRED", timeout=60)
+    assert release(cut.v2_release).status == "ACTIVE"
+    assert {fetch(cut.url) for _ in range(6)} == {"site-v2"}
+    cut.sampler.stop.set()
+    cut.sampler.join(5)
+    assert cut.sampler.samples > 0 and cut.sampler.most == 1
+    assert_consistent(cut.app["id"])
+
+
+def test_a_restart_gives_the_route_back_to_the_active_release_within_seconds(
+    rollout_stack: Stack, api: TestClient, site_images: dict[str, SiteImage]
+) -> None:
+    cut = interrupt_switch(rollout_stack, api, site_images)
+    recovery = restart(rollout_stack, cut, expect="site-v1")
+    assert recovery < RECOVERY_BOUND_SECONDS
+    lost = job(cut.job_id)
+    assert (lost.state, lost.attempts) == ("running", 1)  # its lease did not end the window
+    servers = {s.name: s.state for s in router_servers(cut.app["id"])}
+    assert {n: s for n, s in servers.items() if n.startswith(f"sw-{cut.v2_release}-")} == {
+        f"sw-{cut.v2_release}-0": "drain",
+        f"sw-{cut.v2_release}-1": "drain",
+    }
+    owners = {c.labels.get("shipway.release") for c in deployment_containers(cut.app["id"])}
+    assert owners <= {cut.v1_release, cut.v2_release}  # no orphan
+    # after its lease the job is requeued and deploys v2 again: health checked, switched
+    finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
+
+
+def test_a_resumed_rollout_completes_the_switch_the_router_already_made(
+    rollout_stack: Stack, api: TestClient, site_images: dict[str, SiteImage]
+) -> None:
+    cut = interrupt_switch(rollout_stack, api, site_images)
+    requeue(cut.job_id)
+    recovery = restart(rollout_stack, cut, expect="site-v2")
+    assert recovery < RECOVERY_BOUND_SECONDS
+    finish(cut, phases_after_kill=["switch", "drain", "retire"])  # no scale, no health check
+
+
+def requeue(job_id: str) -> None:
+    """What the start-up recovery of a dead instance's leases does: the lease ends now and
+    the job is requeued for another attempt."""
+    with transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert reap_once(session_factory()).requeued == 1
+    assert job(job_id).state == "queued"
