@@ -1,58 +1,26 @@
-"""Embedded mode: ``shipway up`` alone (SQLite, filesystem transport, one worker) runs a promote."""
+"""Embedded mode: ``shipway up`` alone (SQLite, filesystem transport, a worker per queue)
+runs a promote, and stops with every child on a signal."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
-import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, wait_for_api
+from tests.e2e.conftest import Stack
+from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
 from tests.e2e.helpers import owner_pid, seed_ready_version
-from tests.support.processes import Service, executable, wait_until
-from tests.support.services import free_port
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def test_shipway_up_promotes_a_version_to_active(embedded: Stack, static_image: str) -> None:
     data_dir = Path(embedded.settings["SHIPWAY_DATA_DIR"])
-    port = free_port()
-    up = embedded.supervisor.spawn(
-        "up",
-        [executable("shipway"), "up", "--host", "127.0.0.1", "--port", str(port)],
-        env=embedded.env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    wait_for_api(up, base_url, timeout=60)
-
-    created = subprocess.run(
-        [
-            executable("shipway"),
-            "tokens",
-            "create",
-            "--workspace",
-            "acme",
-            "--scope",
-            "deployments:write",
-            "--json",
-        ],
-        env=embedded.env,
-        cwd=embedded.supervisor.log_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    token = json.loads(created.stdout)["token"]
-    client = httpx.Client(
-        base_url=f"{base_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+    up, base_url = start_up(embedded)
+    client = token_client(embedded, base_url)
 
     deployment = client.post("/deployments", json={"name": "site", "kind": "static"})
     assert deployment.status_code == 201, deployment.text
@@ -91,14 +59,6 @@ def test_shipway_up_promotes_a_version_to_active(embedded: Stack, static_image: 
     # Its state lives in the data dir: the SQLite database and the broker's folders.
     assert (data_dir / "shipway.db").is_file()
     assert (data_dir / "broker" / "out").is_dir()
-
-
-def worker_pids_of(up: Service) -> list[int]:
-    """The worker pids ``shipway up`` printed when it started (one per queue group)."""
-    found = wait_until(
-        lambda: re.search(r"worker pids ([\d ]+)", up.log_path.read_text()), timeout=30
-    )
-    return [int(pid) for pid in found.group(1).split()]
 
 
 def _ancestors(pid: int) -> list[int]:
@@ -143,12 +103,7 @@ def test_a_signal_to_shipway_up_stops_every_child(
     """SIGTERM, SIGINT and SIGHUP to the pid (or the process group) of ``shipway up`` stop it
     and its workers (with their pool children) within the stop timeout; after a SIGKILL,
     which it cannot handle, the workers still stop: the kernel tells them their parent died."""
-    port = free_port()
-    env = {**embedded.env, "SHIPWAY_UP_STOP_TIMEOUT_SECONDS": "20"}
-    up = embedded.supervisor.spawn(
-        f"up-{signum}", [executable("shipway"), "up", "--port", str(port)], env=env
-    )
-    wait_for_api(up, f"http://127.0.0.1:{port}", timeout=60)
+    up, _ = start_up(embedded, f"up-{signum}", env={"SHIPWAY_UP_STOP_TIMEOUT_SECONDS": "20"})
     worker_pids = worker_pids_of(up)
     wait_until(
         lambda: all(len(_session_members(pid)) >= 2 for pid in worker_pids),

@@ -1,0 +1,177 @@
+"""What one machine does to ``shipway up``, for real (issue 19): a poisoned queue message, a
+worker that dies, a crash while a job runs, a second instance, a rollback during a build."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
+from tests.e2e.helpers import seed_ready_version
+from tests.support.processes import executable, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SLOW_BOOT = "sh -c 'sleep {seconds}; exec httpd -f -p 8080 -h /srv/www'"
+
+
+def _site(client: httpx.Client, image: str, *, command: str | None = None) -> tuple[str, str]:
+    deployment = client.post("/deployments", json={"name": "site", "kind": "static"})
+    assert deployment.status_code == 201, deployment.text
+    deployment_id = deployment.json()["id"]
+    kwargs = {"command": command} if command else {}
+    return deployment_id, seed_ready_version(deployment_id, image=image, **kwargs)
+
+
+def _promote(client: httpx.Client, deployment_id: str, version_id: str, key: str) -> str:
+    answer = client.post(
+        f"/deployments/{deployment_id}/versions/{version_id}/promote",
+        json={"environment": "production"},
+        headers={"Idempotency-Key": key},
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job"]["id"])
+
+
+def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+    return body
+
+
+def _wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 90) -> dict[str, Any]:
+    return wait_until(
+        lambda: (job := _job(client, job_id))["state"] in ("succeeded", "failed") and job,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"job {job_id} not finished: {_job(client, job_id)}",
+    )
+
+
+def test_an_unreadable_queue_message_is_quarantined_and_the_worker_goes_on(
+    embedded: Stack, static_image: str
+) -> None:
+    """An empty message (what a full disk used to leave) and garbage are moved aside; the
+    worker that read them still runs (same pid) and runs the next promote."""
+    up, base_url = start_up(embedded)
+    client = token_client(embedded, base_url)
+    pids = worker_pids_of(up)
+    broker = Path(embedded.settings["SHIPWAY_DATA_DIR"]) / "broker"
+    (broker / "out" / "0000_empty.rollouts.msg").write_bytes(b"")
+    (broker / "out" / "0001_garbage.builds.msg").write_bytes(b"\x00\xff not json")
+
+    wait_until(
+        lambda: len(list((broker / "quarantine").iterdir())) == 2,
+        timeout=30,
+        message=lambda: f"not quarantined: {sorted(os.listdir(broker / 'out'))}",
+    )
+    deployment_id, version_id = _site(client, static_image)
+    job = _wait_for_job(client, _promote(client, deployment_id, version_id, "after-poison"))
+    assert job["state"] == "succeeded", job
+    assert worker_pids_of(up) == pids
+    assert all(_alive(pid) for pid in pids)
+    supervised = client.get("/queue").json()["workers_summary"]["supervised"]
+    assert [w["restarts"] for w in supervised] == [0, 0]
+    assert "quarantined" in up.log_path.read_text()
+
+
+def test_a_dead_worker_is_restarted_and_readyz_says_so_meanwhile(
+    embedded: Stack, static_image: str
+) -> None:
+    up, base_url = start_up(embedded)
+    client = token_client(embedded, base_url)
+    builds_pid, rollouts_pid = worker_pids_of(up)
+
+    os.killpg(rollouts_pid, signal.SIGKILL)  # the worker and its pool child
+
+    down = wait_until(
+        lambda: (r := httpx.get(f"{base_url}/readyz")).status_code == 503 and r.json(),
+        timeout=30,
+        interval=0.05,
+        message="readyz never reported the dead worker",
+    )
+    assert "rollouts: not running (signal 9" in down["error"]["details"]["checks"]["workers"]
+
+    def restarted() -> list[dict[str, Any]] | None:
+        supervised = client.get("/queue").json()["workers_summary"]["supervised"]
+        rollouts = next(w for w in supervised if w["queues"] == ["rollouts"])
+        return supervised if rollouts["alive"] and rollouts["restarts"] == 1 else None
+
+    supervised = wait_until(restarted, timeout=60, interval=0.2, message="not restarted")
+    rollouts = next(w for w in supervised if w["queues"] == ["rollouts"])
+    assert rollouts["pid"] != rollouts_pid and rollouts["last_exit"] == "signal 9"
+    assert httpx.get(f"{base_url}/readyz").status_code == 200
+    assert _alive(builds_pid)  # the other worker was left alone
+
+    deployment_id, version_id = _site(client, static_image)
+    job = _wait_for_job(client, _promote(client, deployment_id, version_id, "after-restart"))
+    assert job["state"] == "succeeded", job
+
+
+def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
+    embedded: Stack, static_image: str
+) -> None:
+    """``shipway up`` SIGKILLed while a promote waits for slow replicas: its worker, told by
+    the kernel, is still finishing the job. The next ``shipway up`` kills it and requeues
+    the job at once, long before the 120 s lease would have expired."""
+    env = {"SHIPWAY_LEASE_SECONDS": "120", "SHIPWAY_HEARTBEAT_SECONDS": "1"}
+    first, base_url = start_up(embedded, "up-1", env=env)
+    client = token_client(embedded, base_url)
+    old_workers = worker_pids_of(first)
+    deployment_id, version_id = _site(client, static_image, command=SLOW_BOOT.format(seconds=15))
+    job_id = _promote(client, deployment_id, version_id, "crash")
+    wait_until(
+        lambda: _job(client, job_id)["phase"] in ("scale", "health_check"),
+        timeout=60,
+        interval=0.1,
+        message=lambda: f"never reached the replicas: {_job(client, job_id)}",
+    )
+
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(timeout=10)
+    second, base_url = start_up(embedded, "up-2", env=env)
+    client = token_client(embedded, base_url)
+
+    assert not any(_alive(pid) for pid in old_workers)
+    taken_back = wait_until(
+        lambda: (job := _job(client, job_id))["attempts"] >= 2 and job,
+        timeout=60,  # half the lease: only taking it back at start gets here
+        interval=0.2,
+        message=lambda: f"job not taken back: {_job(client, job_id)}",
+    )
+    assert taken_back["attempts"] == 2, taken_back
+    audit = client.get(f"/jobs/{job_id}/audit").json()
+    assert any("exited; retrying" in (event["reason"] or "") for event in audit), audit
+    job = _wait_for_job(client, job_id, timeout=120)
+    assert job["state"] == "succeeded", job
+    version = client.get(f"/versions/{version_id}").json()
+    assert version["status"] == "ACTIVE"
+    assert second.alive()
+
+
+def test_a_second_shipway_up_on_the_same_data_dir_is_refused(embedded: Stack) -> None:
+    first, _ = start_up(embedded)
+    refused = subprocess.run(
+        [executable("shipway"), "up", "--port", "1"],
+        env=embedded.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert f"another `shipway up` (pid {first.process.pid}) is running" in refused.stderr
+    assert first.alive()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
