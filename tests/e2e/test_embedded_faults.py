@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 from tests.e2e.conftest import Stack
 from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
 from tests.e2e.helpers import seed_ready_version
+from tests.e2e.rollout_support import BASE_IMAGE, SiteImage, site_images
 from tests.support.processes import executable, wait_until
 
 pytestmark = pytest.mark.e2e
+__all__ = ["site_images"]  # the fixture, imported for pytest
 
 SLOW_BOOT = "sh -c 'sleep {seconds}; exec httpd -f -p 8080 -h /srv/www'"
 
@@ -175,3 +178,64 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def test_a_warm_rollback_does_not_wait_behind_a_long_build(
+    embedded: Stack, site_images: dict[str, SiteImage]
+) -> None:
+    """Builds and rollouts have a worker each: while a 60 s build holds the builds worker,
+    a warm rollback runs at once. The time it takes is printed (a figure, not a check)."""
+    _, base_url = start_up(embedded, env={"SHIPWAY_SCALE_DOWN_DELAY_SECONDS": "600"})
+    client = token_client(embedded, base_url)
+    deployment_id, v1 = _site(client, site_images["v1"].tag)
+    v2 = seed_ready_version(deployment_id, image=site_images["v2"].tag)
+    for version_id in (v1, v2):
+        job = _wait_for_job(client, _promote(client, deployment_id, version_id, version_id))
+        assert job["state"] == "succeeded", job
+    url = next(
+        e["public_url"]
+        for e in client.get(f"/deployments/{deployment_id}").json()["environments"]
+        if e["name"] == "production"
+    )
+    assert httpx.get(url).text.strip() == "site-v2"
+
+    builder = client.post("/deployments", json={"name": "slow", "kind": "container"}).json()
+    publish = client.post(
+        f"/deployments/{builder['id']}/versions",
+        files={"source": ("source.tar.gz", _slow_build_source(), "application/gzip")},
+        headers={"Idempotency-Key": "slow-build"},
+    )
+    assert publish.status_code == 202, publish.text
+    build_job = publish.json()["job"]["id"]
+    wait_until(
+        lambda: _job(client, build_job)["phase"] == "build",
+        timeout=60,
+        interval=0.1,
+        message=lambda: f"the build never started: {_job(client, build_job)}",
+    )
+
+    started = time.perf_counter()
+    answer = client.post(
+        f"/deployments/{deployment_id}/rollback",
+        json={"environment": "production"},
+        headers={"Idempotency-Key": "rollback-during-build"},
+    )
+    assert answer.status_code == 202, answer.text
+    wait_until(lambda: httpx.get(url).text.strip() == "site-v1", timeout=60, interval=0.005)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+
+    assert _job(client, build_job)["state"] == "running"  # the build still runs
+    rollback = _wait_for_job(client, answer.json()["job"]["id"])
+    assert rollback["state"] == "succeeded", rollback
+    print(
+        f"\nwarm rollback during a 60 s build: {elapsed_ms:.0f} ms to the old version "
+        f"(job created {rollback['created_at']}, started {rollback['started_at']}, "
+        f"finished {rollback['finished_at']}; load {os.getloadavg()[0]:.1f})"
+    )
+    client.post(f"/jobs/{build_job}/cancel")  # no need to wait out the build
+
+
+def _slow_build_source() -> bytes:
+    from tests.e2e.test_builds import dockerfile_source
+
+    return dockerfile_source(f'FROM {BASE_IMAGE}\nRUN sleep 60\nCMD ["sleep", "1"]\n')
