@@ -99,6 +99,8 @@ def settle_routes(session: Session, *, router: Router) -> int:
     many routes changed. A route lacking the serving release's servers is the router
     watch's to rebuild."""
     saved = {route.key: servers for route, servers in router.desired().items()}
+    if not saved:
+        return 0
     releases = session.scalars(
         select(Release).where(Release.status.in_((*SERVING, "DEPLOYING")))
     ).all()
@@ -144,7 +146,7 @@ def settle_pass() -> int:
     from shipway.db import transaction
 
     router = router_config()
-    if not router.is_running() or not router.desired():
+    if not router.is_running():
         return 0  # a stopped HAProxy is the router watch's (desired_routes, same rule)
     with transaction() as session:
         return settle_routes(session, router=router)
