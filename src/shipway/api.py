@@ -20,6 +20,7 @@ from shipway import __version__, errors
 from shipway.config import get_settings
 from shipway.db import get_engine
 from shipway.schemas import error_responses
+from shipway.workers_registry.supervision import supervised_workers
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def _health_router() -> APIRouter:
     def readyz() -> JSONResponse:
         """The database and the broker are reachable."""
         checks = {"database": _check_database(), "broker": _check_broker()}
+        if (workers := _check_supervised_workers()) is not None:
+            checks["workers"] = workers
         ready = all(v == "ok" for v in checks.values())
         if ready:
             return JSONResponse({"status": "ready", "checks": checks})
@@ -199,6 +202,21 @@ def _check_database() -> str:
         return "ok"
     except Exception as error:
         return f"unreachable: {type(error).__name__}"
+
+
+def _check_supervised_workers() -> str | None:
+    """Under ``shipway up``: "ok" while a worker runs for every queue; else which does not."""
+    workers = supervised_workers()
+    if workers is None:
+        return None
+    down = [
+        f"{','.join(w.queues)}: not running ({w.last_exit or 'starting'}"
+        + (f", restart in {w.restart_in_seconds:.0f} s" if w.restart_in_seconds is not None else "")
+        + ")"
+        for w in workers
+        if not w.alive
+    ]
+    return "; ".join(down) if down else "ok"
 
 
 def _check_broker() -> str:

@@ -82,6 +82,17 @@ class WorkerRead(BaseModel):
     stopped_at: Timestamp | None = Field(description="Set when the process exited cleanly")
 
 
+class SupervisedWorkerRead(BaseModel):
+    """A worker process ``shipway up`` started and watches."""
+
+    queues: list[str]
+    pid: int | None = Field(description="Null while it waits to be restarted")
+    alive: bool
+    restarts: int = Field(description="Times it exited and was started again")
+    last_exit: str | None = Field(description="How it last stopped: exit code or signal")
+    restart_in_seconds: float | None = Field(description="Until its restart, while down")
+
+
 class WorkersSummary(BaseModel):
     """Counts of worker processes (shown to every caller)."""
 
@@ -89,6 +100,11 @@ class WorkersSummary(BaseModel):
     dead: int = Field(description="Seen in the last hour, no longer alive (stopped or silent)")
     alive_after_seconds: float = Field(
         description="A worker whose heartbeat is older than this is dead"
+    )
+    supervised: list[SupervisedWorkerRead] | None = Field(
+        default=None,
+        description="Under `shipway up`: its workers as it sees them (one per queue group), "
+        "restarted with backoff when one dies; null otherwise",
     )
 
 

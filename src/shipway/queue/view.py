@@ -35,12 +35,14 @@ from shipway.queue.schemas import (
     RunningGroup,
     RunningJob,
     StuckJob,
+    SupervisedWorkerRead,
     WorkerRead,
     WorkerRef,
     WorkersSummary,
 )
 from shipway.workers_registry import service as registry
 from shipway.workers_registry.models import Worker
+from shipway.workers_registry.supervision import supervised_workers
 
 WORKERS_SHOWN_FOR = timedelta(hours=1)
 
@@ -86,6 +88,13 @@ def _rollout_lines(
         if job.not_before is None or job.not_before <= now:
             due_ahead[target.serial_key] += 1  # a delayed job blocks no one until it is due
     return sorted(lines.values(), key=lambda x: (x.deployment_id or "", x.environment or ""))
+
+
+def _supervised() -> list[SupervisedWorkerRead] | None:
+    workers = supervised_workers()
+    if workers is None:
+        return None
+    return [SupervisedWorkerRead.model_validate(w, from_attributes=True) for w in workers]
 
 
 def _worker_ref(worker: Worker | None, *, now: datetime) -> WorkerRef | None:
@@ -214,6 +223,7 @@ def queue_view(session: Session, *, viewer: Viewer, now: datetime | None = None)
             alive=alive,
             dead=len(workers) - alive,
             alive_after_seconds=registry.alive_window().total_seconds(),
+            supervised=_supervised(),
         ),
         stuck=stuck,
         failures_last_hour=recent_failures(session, now=now, workspace_id=workspace_id),
