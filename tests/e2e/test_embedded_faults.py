@@ -3,6 +3,7 @@ worker that dies, a crash while a job runs, a second instance, a rollback during
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -239,3 +240,88 @@ def _slow_build_source() -> bytes:
     from tests.e2e.test_builds import dockerfile_source
 
     return dockerfile_source(f'FROM {BASE_IMAGE}\nRUN sleep 60\nCMD ["sleep", "1"]\n')
+
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "shipway.service"
+
+
+def _unit_service_section() -> dict[str, list[str]]:
+    """``[Service]`` of deploy/shipway.service: each key with its values, in order."""
+    section: dict[str, list[str]] = {}
+    current = ""
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = line
+        elif current == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            section.setdefault(key, []).append(value)
+    return section
+
+
+def _instance_processes(data_dir: Path) -> list[int]:
+    """Live processes started by the running ``shipway up`` (its workers and their pools)."""
+    instance = json.loads((data_dir / "up.json").read_text())["instance"]
+    marker = f"SHIPWAY_UP_INSTANCE={instance}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
+@pytest.mark.parametrize("stop_timeout", ["unit", "2"])
+def test_the_systemd_unit_stops_cleanly(
+    embedded: Stack, static_image: str, stop_timeout: str
+) -> None:
+    """deploy/shipway.service stopped as systemd does (KillMode=mixed: SIGTERM to the main
+    process, SIGKILL to the rest after TimeoutStopSec) while a promote runs: everything exits
+    well before TimeoutStopSec. With the unit's stop timeout the job finishes; with 2 s it is
+    handed back at once (queued again, not left leased) and the next start finishes it."""
+    unit = _unit_service_section()
+    assert unit["KillMode"] == ["mixed"] and unit["KillSignal"] == ["SIGTERM"]
+    unit_env = dict(value.partition("=")[::2] for value in unit["Environment"])
+    timeout_stop = float(unit["TimeoutStopSec"][0])
+    assert timeout_stop > float(unit_env["SHIPWAY_UP_STOP_TIMEOUT_SECONDS"]) + 10
+    assert unit["ExecStart"][0].split()[1] == "up"
+    data_dir = Path(embedded.settings["SHIPWAY_DATA_DIR"])
+    env = {"SHIPWAY_LEASE_SECONDS": "120", "SHIPWAY_HEARTBEAT_SECONDS": "1"}
+    env["SHIPWAY_UP_STOP_TIMEOUT_SECONDS"] = (
+        unit_env["SHIPWAY_UP_STOP_TIMEOUT_SECONDS"] if stop_timeout == "unit" else stop_timeout
+    )
+    up, base_url = start_up(embedded, env=env)
+    client = token_client(embedded, base_url)
+    boot = 6 if stop_timeout == "unit" else 30
+    deployment_id, version_id = _site(client, static_image, command=SLOW_BOOT.format(seconds=boot))
+    job_id = _promote(client, deployment_id, version_id, "systemd")
+    wait_until(
+        lambda: _job(client, job_id)["phase"] == "health_check",
+        timeout=60,
+        interval=0.1,
+        message=lambda: f"never reached health_check: {_job(client, job_id)}",
+    )
+    children = _instance_processes(data_dir)
+    assert len(children) >= 4  # two workers and their pool children
+
+    stopping = time.monotonic()
+    os.kill(up.process.pid, signal.SIGTERM)  # KillMode=mixed: the main process only
+    up.process.wait(timeout=timeout_stop)
+    wait_until(lambda: not any(_alive(pid) for pid in children), timeout=10)
+    print(f"\nsystemd stop ({stop_timeout}): {time.monotonic() - stopping:.1f} s")
+    assert up.process.returncode in (0, -signal.SIGTERM), up.log_tail()
+    assert not (data_dir / "up.json").exists()
+
+    second, base_url = start_up(embedded, "up-2", env=env)
+    client = token_client(embedded, base_url)
+    job = _job(client, job_id)
+    if stop_timeout == "unit":
+        assert (job["state"], job["attempts"]) == ("succeeded", 1), job  # finished while stopping
+    else:
+        audit = client.get(f"/jobs/{job_id}/audit").json()
+        assert any("exited; retrying" in (event["reason"] or "") for event in audit), audit
+        job = _wait_for_job(client, job_id, timeout=120)
+        assert (job["state"], job["attempts"]) == ("succeeded", 2), job
+    assert second.alive()
