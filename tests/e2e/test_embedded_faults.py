@@ -92,6 +92,7 @@ def test_a_dead_worker_is_restarted_and_readyz_says_so_meanwhile(
     client = token_client(embedded, base_url)
     builds_pid, rollouts_pid = worker_pids_of(up)
 
+    killed = time.monotonic()
     os.killpg(rollouts_pid, signal.SIGKILL)  # the worker and its pool child
 
     down = wait_until(
@@ -107,7 +108,8 @@ def test_a_dead_worker_is_restarted_and_readyz_says_so_meanwhile(
         rollouts = next(w for w in supervised if w["queues"] == ["rollouts"])
         return supervised if rollouts["alive"] and rollouts["restarts"] == 1 else None
 
-    supervised = wait_until(restarted, timeout=60, interval=0.2, message="not restarted")
+    supervised = wait_until(restarted, timeout=60, interval=0.05, message="not restarted")
+    print(f"\nworker SIGKILLed -> restarted: {time.monotonic() - killed:.1f} s")
     rollouts = next(w for w in supervised if w["queues"] == ["rollouts"])
     assert rollouts["pid"] != rollouts_pid and rollouts["last_exit"] == "signal 9"
     assert httpx.get(f"{base_url}/readyz").status_code == 200
@@ -139,6 +141,7 @@ def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
 
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait(timeout=10)
+    restarted = time.monotonic()
     second, base_url = start_up(embedded, "up-2", env=env)
     client = token_client(embedded, base_url)
 
@@ -150,6 +153,7 @@ def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
         message=lambda: f"job not taken back: {_job(client, job_id)}",
     )
     assert taken_back["attempts"] == 2, taken_back
+    print(f"\nrestart -> job claimed again: {time.monotonic() - restarted:.1f} s (lease 120 s)")
     audit = client.get(f"/jobs/{job_id}/audit").json()
     assert any("exited; retrying" in (event["reason"] or "") for event in audit), audit
     job = _wait_for_job(client, job_id, timeout=120)
