@@ -114,7 +114,10 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
+    }
 
 
 def test_readyz_reports_an_unreachable_database(

@@ -28,6 +28,7 @@ ENGINE_MAY_IMPORT = {
     "ids",
     "schemas",
     "states",
+    "storage",
     "events",
     "jobs",
     "sources",

@@ -71,6 +71,10 @@ def test_exposes_every_metric_with_its_type(client: TestClient, make_token: Toke
         "shipway_http_request_duration_seconds": "histogram",
         "shipway_webhook_deliveries": "gauge",
         "shipway_webhook_attempts": "counter",
+        "shipway_data_dir_free_bytes": "gauge",
+        "shipway_data_dir_size_bytes": "gauge",
+        "shipway_data_dir_min_free_bytes": "gauge",
+        "shipway_storage_exhausted": "counter",
     }
 
 

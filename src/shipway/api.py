@@ -20,6 +20,7 @@ from shipway import __version__, errors
 from shipway.config import get_settings
 from shipway.db import get_engine
 from shipway.schemas import error_responses
+from shipway.storage import data_dir_space, exhausted, is_exhaustion
 from shipway.workers_registry.supervision import supervised_workers
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ STATUS_OF: list[tuple[type[errors.ShipwayError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
     (errors.RateLimited, 429),
+    (errors.StorageExhausted, 507),
 ]
 HTTP_CODES = {
     400: "bad_request",
@@ -48,6 +50,7 @@ HTTP_CODES = {
     422: "validation_error",
     429: "too_many_requests",
     503: "service_unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -60,7 +63,7 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ShipwayError)
     status = next((s for cls, s in STATUS_OF if isinstance(exc, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if isinstance(exc, errors.RateLimited):
+    if isinstance(exc, errors.RetryLater):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(error_body(exc.code, exc.message, exc.details), status, headers=headers)
 
@@ -107,7 +110,9 @@ def _allowed_methods(request: Request, allow: str) -> str:
     return ", ".join(sorted(methods))
 
 
-def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    if is_exhaustion(exc):  # SQLite's "database or disk is full", PostgreSQL's disk_full
+        return _domain_error(request, exhausted("database", exc))
     log.warning("database unavailable: %s", exc)
     return JSONResponse(
         error_body("database_unavailable", "the database is unreachable; retry shortly"),
@@ -124,6 +129,12 @@ def _value_refused(_request: Request, exc: Exception) -> JSONResponse:
         error_body("invalid_input", "a value in the request cannot be stored or searched for"),
         422,
     )
+
+
+def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_exhaustion(exc):  # ENOSPC/EDQUOT from any write a request made
+        return _domain_error(request, exhausted("write", exc))
+    return _unexpected(request, exc)
 
 
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -181,16 +192,21 @@ def _health_router() -> APIRouter:
 
     @router.get("/readyz", responses=error_responses(503))
     def readyz() -> JSONResponse:
-        """The database and the broker are reachable."""
+        """The database and the broker are reachable, and the data directory has room.
+
+        200 ``ready``; 200 ``degraded`` while free space is below SHIPWAY_MIN_FREE_BYTES
+        (everything works: free space soon); 503 ``not_ready`` when a dependency is
+        unreachable or free space is at or below SHIPWAY_RESERVED_FREE_BYTES.
+        """
         checks = {"database": _check_database(), "broker": _check_broker()}
+        checks["storage"] = data_dir_space().check()
         if (workers := _check_supervised_workers()) is not None:
             checks["workers"] = workers
-        ready = all(v == "ok" for v in checks.values())
-        if ready:
-            return JSONResponse({"status": "ready", "checks": checks})
-        return JSONResponse(
-            error_body("not_ready", "a dependency is unreachable", {"checks": checks}), 503
-        )
+        if any(v != "ok" and not v.startswith("low") for v in checks.values()):
+            message = "a dependency is unreachable or storage is exhausted"
+            return JSONResponse(error_body("not_ready", message, {"checks": checks}), 503)
+        status = "ready" if all(v == "ok" for v in checks.values()) else "degraded"
+        return JSONResponse({"status": status, "checks": checks})
 
     return router
 
@@ -361,6 +377,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(DataError, _value_refused)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)
     settings = get_settings()
     app.add_middleware(

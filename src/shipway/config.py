@@ -141,6 +141,20 @@ class Settings(BaseSettings):
         default=512 * 1024 * 1024, description="Most bytes a source archive may unpack to."
     )
     max_source_files: int = Field(default=20_000, description="Most entries in a source archive.")
+    min_free_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Free space on data_dir's filesystem below which storage is reported low "
+        "(/readyz 'degraded', GET /queue storage.low, shipway_data_dir_* gauges and alert); "
+        "everything still works. See docs/storage.md.",
+    )
+    reserved_free_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Free space on data_dir's filesystem kept for the database and build logs: "
+        "at or below it a publish is refused with 507 insufficient_storage before it writes, "
+        "and /readyz answers 503.",
+    )
     base_image: str = Field(
         default="shipway/busybox:local",
         description="Base image of generated static-site images (must provide busybox httpd).",

@@ -84,11 +84,21 @@ class ServiceUnavailable(ShipwayError):
     code = "service_unavailable"
 
 
-class RateLimited(ShipwayError):
-    """The caller sent more requests than its limit allows; retry after ``retry_after``."""
-
-    code = "rate_limited"
+class RetryLater(ShipwayError):
+    """A refusal that passes with time: the caller may retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:
         super().__init__(message, retry_after_seconds=round(retry_after, 3), **details)
         self.retry_after = retry_after
+
+
+class RateLimited(RetryLater):
+    """The caller sent more requests than its limit allows; retry after ``retry_after``."""
+
+    code = "rate_limited"
+
+
+class StorageExhausted(RetryLater):
+    """The server's disk (or quota) is full: nothing was written; retry once space is freed."""
+
+    code = "insufficient_storage"

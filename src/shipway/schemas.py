@@ -71,5 +71,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "Invalid input, or Idempotency-Key reused with another body",
         429: "Too many requests",
         503: "A dependency is unavailable",
+        507: "The server is out of storage space; nothing was stored (insufficient_storage)",
     }
-    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
+    retry = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+    return {
+        code: {"model": ErrorResponse, "description": meaning[code]}
+        | ({"headers": retry} if code == 507 else {})
+        for code in codes
+    }

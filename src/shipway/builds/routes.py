@@ -30,7 +30,7 @@ FOLLOW_POLL_SECONDS = 0.25
     "/deployments/{deployment_id}/versions",
     status_code=202,
     response_model=PublishResponse,
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 507),
 )
 def publish_version(
     deployment_id: str,

@@ -20,6 +20,7 @@ from shipway.config import get_settings
 from shipway.db import session_factory
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
+from shipway.storage import is_exhaustion, record
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,14 @@ def dispatch(
     for job_id, queue, kind in (Queued(*job) for job in jobs):  # (id, queue) pairs too
         try:
             send_to_broker(job_id, queue, kind)
-        except Exception as error:  # broker down: the relay retries later
+        except Exception as error:  # broker down (or its folder full): the relay retries later
             _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
-            log.warning("broker unreachable, %d job(s) left for the relay: %s", len(jobs), error)
+            if is_exhaustion(error):
+                record("dispatch", error)
+            else:
+                log.warning(
+                    "broker unreachable, %d job(s) left for the relay: %s", len(jobs), error
+                )
             break
         sent.append(job_id)
     if sent:

@@ -12,6 +12,7 @@ from shipway.auth.deps import bearer, current_principal, get_session
 from shipway.config import get_settings
 from shipway.metrics.collector import collector_for
 from shipway.metrics.http import ProcessMetrics
+from shipway.metrics.storage import StorageCollector
 from shipway.schemas import error_responses
 from shipway.webhooks.metrics import WebhookCollector
 
@@ -56,5 +57,6 @@ def metrics(request: Request) -> Response:
     registry.register(collector_for(get_settings().resolved_database_url))
     registry.register(ProcessMetrics())
     registry.register(WebhookCollector(get_settings().resolved_database_url))
+    registry.register(StorageCollector())
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), headers={"Content-Type": content_type})

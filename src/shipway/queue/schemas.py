@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from shipway.domains.schemas import CertificateAttention
-from shipway.schemas import Timestamp
+from shipway.schemas import ReadModel, Timestamp
 
 StuckReason = Literal["lease_expired", "deadline_passed", "queued_too_long"]
 
@@ -167,6 +167,19 @@ class RolloutLine(BaseModel):
     waiting: list[RolloutJob]
 
 
+class StorageRead(ReadModel):
+    """Free space of the data directory (sources, build logs, SQLite, the embedded queue)."""
+
+    free_bytes: int
+    total_bytes: int
+    min_free_bytes: int = Field(description="SHIPWAY_MIN_FREE_BYTES: below it, low is true")
+    low: bool = Field(description="Free space is below min_free_bytes: free some soon")
+    exhausted: bool = Field(
+        description="Free space is at or below SHIPWAY_RESERVED_FREE_BYTES: publishes answer "
+        "507 insufficient_storage and /readyz 503 until space is freed"
+    )
+
+
 class QueueView(BaseModel):
     """Operator view of the job queue of one workspace."""
 
@@ -188,3 +201,4 @@ class QueueView(BaseModel):
         description="Certificates whose last issuance or renewal failed, or that expire "
         "within 14 days (the site keeps serving meanwhile)",
     )
+    storage: StorageRead = Field(description="Free space of the data directory (docs/storage.md)")

@@ -34,12 +34,14 @@ from shipway.queue.schemas import (
     RolloutLine,
     RunningGroup,
     RunningJob,
+    StorageRead,
     StuckJob,
     SupervisedWorkerRead,
     WorkerRead,
     WorkerRef,
     WorkersSummary,
 )
+from shipway.storage import data_dir_space
 from shipway.workers_registry import service as registry
 from shipway.workers_registry.models import Worker
 from shipway.workers_registry.supervision import supervised_workers
@@ -231,6 +233,7 @@ def queue_view(session: Session, *, viewer: Viewer, now: datetime | None = None)
             running, waiting_rollouts(session, workspace_id=workspace_id), now=now
         ),
         certificates=_certificates(session, workspace_id=workspace_id, now=now),
+        storage=StorageRead.model_validate(data_dir_space()),
     )
 
 

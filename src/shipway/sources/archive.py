@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from shipway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from shipway.storage import is_exhaustion
 
 CHUNK = 1 << 16
 MAX_LINK_TARGET = 4096
@@ -241,8 +242,8 @@ def _unpack_tar(source: Path, writer: _Writer) -> None:
                         entry=path,
                     )
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as error:
-        if isinstance(error, InvalidInput | PayloadTooLarge):
-            raise
+        if isinstance(error, InvalidInput | PayloadTooLarge) or is_exhaustion(error):
+            raise  # a full disk is the server's condition, not a corrupt archive
         raise rejected(f"archive is corrupt or truncated: {error}") from None
 
 
@@ -290,6 +291,8 @@ def _unpack_zip(source: Path, writer: _Writer) -> None:
         ValueError,
         zlib.error,
     ) as error:
+        if is_exhaustion(error):
+            raise  # a full disk is the server's condition, not a corrupt archive
         raise rejected(f"archive is corrupt or unsupported: {error}") from None
     except RuntimeError as error:  # encrypted entries; NotImplementedError: compression method
         raise rejected(f"archive uses an unsupported feature: {error}") from None

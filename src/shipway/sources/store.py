@@ -14,6 +14,7 @@ from typing import IO, Protocol
 from shipway.config import get_settings
 from shipway.errors import PayloadTooLarge
 from shipway.sources.archive import Limits, Unpacked, unpack
+from shipway.storage import ensure_room, exhausted, is_exhaustion
 
 CHUNK = 1 << 20
 
@@ -67,9 +68,10 @@ class LocalSourceStore:
 
     def stage(self, stream: IO[bytes], *, max_bytes: int, limits: Limits) -> Staged:
         """Copy the upload (hashing and counting it), then unpack it safely."""
+        ensure_room("source_upload")
         folder = self.root / "staging" / secrets.token_hex(8)
-        folder.mkdir(parents=True)
         try:
+            folder.mkdir(parents=True)
             digest, size = hashlib.sha256(), 0
             with open(folder / "archive", "wb") as out:
                 while chunk := stream.read(CHUNK):
@@ -83,8 +85,10 @@ class LocalSourceStore:
                     digest.update(chunk)
                     out.write(chunk)
             unpacked = unpack(folder / "archive", folder / "tree", limits=limits)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(folder, ignore_errors=True)
+            if is_exhaustion(error):
+                raise exhausted("source_upload", error) from None
             raise
         return Staged(folder, digest.hexdigest(), size, unpacked)
 

@@ -127,6 +127,7 @@ def queue_view(view: Json) -> RenderableType:
         parts.append(table)
     else:
         parts.append(Text("Rollouts waiting: none", style="dim"))
+    parts.append(_storage(view.get("storage")))
     parts.append(
         Text(
             f"generated {plain(view.get('generated_at'))} · workspace {view.get('workspace_id')}",
@@ -134,3 +135,18 @@ def queue_view(view: Json) -> RenderableType:
         )
     )
     return Group(*parts)
+
+
+def _storage(storage: Json | None) -> Text:
+    """One line: the data directory's free space, red when exhausted, yellow when low."""
+    if not storage:
+        return Text("Storage: not reported", style="dim")
+    free, total = storage.get("free_bytes", 0), storage.get("total_bytes", 0)
+    line = f"Storage: {free / 2**20:.1f} MiB free of {total / 2**20:.1f} MiB"
+    if storage.get("exhausted"):
+        return Text(f"{line} — exhausted: publishes answer 507 until space is freed", "bold red")
+    if storage.get("low"):
+        return Text(
+            f"{line} — low (below {storage.get('min_free_bytes', 0) / 2**20:.1f} MiB)", "yellow"
+        )
+    return Text(line, style="dim")
