@@ -89,19 +89,20 @@ class WorkerSupervisor:
         """What /readyz and GET /queue show."""
         now = time.monotonic()
         with self._lock:
-            return [
-                SupervisedWorker(
-                    queues=list(slot.queues),
-                    pid=slot.process.pid if slot.process is not None else None,
-                    alive=slot.process is not None and slot.process.poll() is None,
-                    restarts=slot.restarts,
-                    last_exit=slot.last_exit,
-                    restart_in_seconds=(
-                        None if slot.restart_at is None else max(0.0, slot.restart_at - now)
-                    ),
-                )
-                for slot in self.slots
-            ]
+            return [self._report(slot, now) for slot in self.slots]
+
+    @staticmethod
+    def _report(slot: _Slot, now: float) -> SupervisedWorker:
+        code = slot.process.poll() if slot.process is not None else None
+        return SupervisedWorker(
+            queues=list(slot.queues),
+            pid=slot.process.pid if slot.process is not None else None,
+            alive=slot.process is not None and code is None,
+            restarts=slot.restarts,
+            # an exit the watcher has not handled yet (it looks every 0.2 s) shows at once
+            last_exit=_exit_text(code) if code is not None else slot.last_exit,
+            restart_in_seconds=None if slot.restart_at is None else max(0.0, slot.restart_at - now),
+        )
 
     def stop(self, *, timeout: float) -> None:
         """SIGTERM every worker (a warm shutdown: running jobs finish), SIGKILL what is
@@ -156,7 +157,7 @@ class WorkerSupervisor:
         ran = time.monotonic() - slot.started_at
         backoff = FIRST_BACKOFF_SECONDS if ran >= HEALTHY_RUN_SECONDS else slot.backoff
         with self._lock:
-            slot.last_exit = f"signal {-code}" if code < 0 else f"exit code {code}"
+            slot.last_exit = _exit_text(code)
             slot.restarts += 1
             slot.restart_at = time.monotonic() + backoff
             slot.backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
@@ -173,6 +174,10 @@ class WorkerSupervisor:
             self.on_exit([slot.node])
         except Exception:  # the database may be down: the lease reaper is the safety net
             log.exception("could not take back the jobs of %s", slot.node)
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def _kill_session(process: subprocess.Popen[bytes]) -> None:
