@@ -33,6 +33,21 @@ def executable(name: str) -> str:
     return found
 
 
+MAX_AUTO_SCALE = 4.0
+
+
+def deadline_scale() -> float:
+    """How much longer waits may take here: ``SHIPWAY_TEST_DEADLINE_SCALE`` if set, else the
+    machine's load per CPU (1 on a quiet machine, at most 4). One factor for every wait in
+    the suite, so a busy machine slows the tests down instead of failing them; a deadline
+    that proves something (a job requeued *before* its lease) must leave room for it."""
+    configured = os.environ.get("SHIPWAY_TEST_DEADLINE_SCALE")
+    if configured:
+        return max(1.0, float(configured))
+    load_per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(MAX_AUTO_SCALE, max(1.0, load_per_cpu))
+
+
 def wait_until(
     probe: Callable[[], T | None],
     *,
@@ -40,7 +55,9 @@ def wait_until(
     interval: float = 0.1,
     message: str | Callable[[], str] = "condition not met",
 ) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds,
+    stretched by ``deadline_scale()`` on a busy machine."""
+    timeout *= deadline_scale()
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
