@@ -251,6 +251,30 @@ def test_a_job_the_full_queue_folder_cannot_take_stays_queued_for_the_relay(
     assert get_job(waiting).dispatched_at is not None and get_job(first).dispatched_at
 
 
+@needs_root
+def test_a_build_that_finds_the_disk_full_fails_as_insufficient_storage(
+    client: TestClient, deployment: dict[str, Any], filler: Filler, tmpfs: Path
+) -> None:
+    """The version fails for what happened (not internal_error, "a shipway bug"), and the
+    build's half-copied work folder is gone."""
+    from shipway.jobs.runner import run_job
+
+    token = auth(deployment["token"])
+    accepted = publish(client, deployment["id"], deployment["token"], BIG_SITE, key="b")
+    assert accepted.status_code == 202, accepted.text
+    job_id, version_id = accepted.json()["job"]["id"], accepted.json()["version"]["id"]
+    filler.fill(leave=256 * 1024)  # room for the database's writes, not for the 1 MiB copy
+
+    assert run_job(job_id) == "failed"
+
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=token).json()
+    assert job["failure_reason"] == "insufficient_storage", job
+    assert job["failure_diagnostics"]["title"] == "The server ran out of storage space"
+    version = client.get(f"/api/v1/versions/{version_id}", headers=token).json()
+    assert version["failure_reason"] == "insufficient_storage", version
+    assert not (tmpfs / "builds" / version_id).exists()
+
+
 # --------------------------------------------------------------------------- pure logic
 
 
@@ -265,6 +289,12 @@ def test_a_job_the_full_queue_folder_cannot_take_stays_queued_for_the_relay(
 )
 def test_full_disk_errors_are_recognised(error: BaseException) -> None:
     assert is_exhaustion(error)
+
+
+def test_a_copytree_that_ran_out_of_space_is_recognised() -> None:
+    full = shutil.Error([("a", "b", "[Errno 28] No space left on device: 'a' -> 'b'")])
+    denied = shutil.Error([("a", "b", "[Errno 13] Permission denied: 'b'")])
+    assert is_exhaustion(full) and not is_exhaustion(denied)
 
 
 def test_a_wrapped_full_disk_is_recognised() -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shipway.config import get_settings
 from shipway.errors import StorageExhausted
@@ -118,12 +120,21 @@ def is_exhaustion(error: BaseException) -> bool:
             return True
         if getattr(current, "sqlstate", None) == POSTGRES_DISK_FULL:
             return True
+        if isinstance(current, shutil.Error) and _copy_ran_out(current):
+            return True
         orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's
         pending += [orig if isinstance(orig, BaseException) else None]
         pending.append(current.__cause__)
         if not current.__suppress_context__:  # ``raise … from None`` hides it on purpose
             pending.append(current.__context__)
     return False
+
+
+def _copy_ran_out(error: shutil.Error) -> bool:
+    """``shutil.copytree`` gathers its failures as (source, target, message) strings."""
+    marks = tuple(f"[Errno {number}]" for number in EXHAUSTION_ERRNOS)
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return any(isinstance(e, tuple) and any(m in str(e[-1]) for m in marks) for e in entries)
 
 
 def exhausted(operation: str, error: BaseException | None = None) -> StorageExhausted:
@@ -151,6 +162,24 @@ def record(operation: str, error: BaseException | None = None) -> None:
         _mib(space.free_bytes),
         _mib(space.total_bytes),
     )
+
+
+def storage_diagnostics(error: BaseException) -> dict[str, Any]:
+    """The diagnosis of a job that found the disk full: the server's condition, not the
+    input's (``failure_reason`` ``insufficient_storage``)."""
+    space = data_dir_space()
+    return {
+        "title": "The server ran out of storage space",
+        "description": "A write found the disk or quota full; nothing is wrong with what was "
+        "asked. What the job wrote is kept only if it finished.",
+        "action": "Free space in the server's data directory (docs/storage.md), then run it "
+        "again (publish again, or repeat the promote).",
+        "evidence": {
+            "error": f"{type(error).__name__}: {error}"[:500],  # copytree lists every file
+            "data_dir_free_bytes": space.free_bytes,
+            "data_dir_total_bytes": space.total_bytes,
+        },
+    }
 
 
 def ensure_room(operation: str) -> None:

@@ -101,18 +101,18 @@ def run_publish(ctx: JobContext) -> dict[str, Any]:
         version_number=str(version.version_number),
     )
     build_labels = image_labels
-    if version.kind == "static":
-        context = prepare_static(
-            tree=store.tree(version.id),
-            workdir=workdir,
-            base_image=settings.base_image,
-            port=port,
-            labels=image_labels,
-        )
-        build_labels = {}  # in the generated Dockerfile: one build step, not one per label
-    else:
-        context = store.tree(version.id)
-    try:
+    try:  # the work folder goes whatever happens (a full disk may stop its copy half-way)
+        if version.kind == "static":
+            context = prepare_static(
+                tree=store.tree(version.id),
+                workdir=workdir,
+                base_image=settings.base_image,
+                port=port,
+                labels=image_labels,
+            )
+            build_labels = {}  # in the generated Dockerfile: one build step, not one per label
+        else:
+            context = store.tree(version.id)
         with store.log_writer(version.id, truncate=True) as log:
             log.write(
                 f"shipway: building version {version.version_number} of {deployment.name} "

@@ -24,6 +24,7 @@ from shipway.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from shipway.jobs.dispatch import dispatch
 from shipway.jobs.lines import next_in_line
 from shipway.jobs.models import Job
+from shipway.storage import is_exhaustion, record, storage_diagnostics
 
 log = logging.getLogger(__name__)
 _job_listeners: list[Callable[[str | None], None]] = []
@@ -137,12 +138,18 @@ def _execute(ctx: JobContext, kind: str, maker: Any) -> str | None:
     except LeaseLost:
         log.warning("job %s: lease lost, leaving it to its new owner", ctx.job_id)
         return None
-    except OperationalError:
-        # The database is unreachable: leave the job running; its lease expires and the
-        # reaper requeues it once the database is back.
-        log.exception("job %s: database unreachable", ctx.job_id)
+    except OperationalError as error:
+        # The database is unreachable (or full): leave the job running; its lease expires
+        # and the reaper requeues it once the database is back.
+        if is_exhaustion(error):
+            record("database", error)
+        else:
+            log.exception("job %s: database unreachable", ctx.job_id)
         return None
     except Exception as error:  # a bug: fail with evidence rather than retry forever
+        if is_exhaustion(error):  # not a bug: the disk is full, and the job says so
+            record("job", error)
+            return _end(maker, ctx, "failed", "insufficient_storage", storage_diagnostics(error))
         log.exception("job %s crashed", ctx.job_id)
         return _end(maker, ctx, "failed", "internal_error", _internal_error(error))
     return _end(maker, ctx, "succeeded", None, None, result=result)
