@@ -264,13 +264,17 @@ def _unit_service_section() -> dict[str, list[str]]:
 
 
 def _instance_processes(data_dir: Path) -> list[int]:
-    """Live processes started by the running ``shipway up`` (its workers and their pools)."""
+    """Live worker processes of the running ``shipway up`` (its workers and their pools; not
+    HAProxy, which a worker may have started and which outlives shipway by design)."""
     instance = json.loads((data_dir / "up.json").read_text())["instance"]
     marker = f"SHIPWAY_UP_INSTANCE={instance}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+            if not entry.name.isdigit():
+                continue
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"worker" in command and marker in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -75,7 +75,7 @@ def acquire(data_dir: Path) -> tuple[Instance, dict[str, object]]:
 
 
 def kill_leftover_workers(previous: dict[str, object], *, timeout: float = 10.0) -> list[int]:
-    """SIGKILL every process the previous instance's workers left running (found by the
+    """SIGKILL every worker process the previous instance left running (found by the
     ``SHIPWAY_UP_INSTANCE`` in their environment: worker, pool children); their pids."""
     instance = previous.get("instance")
     if not isinstance(instance, str) or not instance:
@@ -92,17 +92,21 @@ def kill_leftover_workers(previous: dict[str, object], *, timeout: float = 10.0)
 
 
 def _processes_with(marker: bytes) -> list[int]:
-    """Live (not zombie) processes whose environment holds ``marker``."""
+    """Live (not zombie) worker processes (``shipway.cli worker`` and its pool children, which
+    share its command line) whose environment holds ``marker``. Not what they started:
+    HAProxy, started by a worker in daemon mode, inherits the marker and must outlive them."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
             environ = (entry / "environ").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if marker in environ and state not in ("Z", "X"):
+        worker = b"shipway.cli" in command and b"worker" in command
+        if worker and marker in environ and state not in ("Z", "X"):
             found.append(int(entry.name))
     return found
 
