@@ -11,9 +11,10 @@ mends, without changing the folder layout or the message format:
   safety net (a lost wake-up costs at most one interval).
 - **A message is written in place**, so a full disk leaves a 0-byte ``.msg`` file and a
   consumer may read a message still being written. A message is now written to a hidden
-  temporary file, flushed, then renamed into place: it is whole or absent. A failed write
-  (ENOSPC) removes the temporary file and raises, and the job stays queued in the database
-  for the relay to send again.
+  temporary file, then renamed into place: it is whole or absent. A failed write (ENOSPC)
+  removes the temporary file and raises, and the job stays queued in the database for the
+  relay to send again. No fsync: the database is the durable record, and a message a power
+  cut truncates is quarantined like any unreadable one, its job sent again.
 - **An unreadable message killed the worker** (a JSONDecodeError from the consumer loop, the
   same on every restart). A message that is empty, not JSON, or not a kombu message is
   moved to ``broker/quarantine/``, logged and counted (``quarantined_count``), and the
@@ -94,8 +95,6 @@ class Channel(filesystem.Channel):
         try:
             with open(temporary, "wb") as file:
                 file.write(str_to_bytes(dumps(message)))
-                file.flush()
-                os.fsync(file.fileno())
             os.rename(temporary, final)
         except OSError as error:
             with contextlib.suppress(OSError):
