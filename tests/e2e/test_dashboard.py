@@ -395,6 +395,9 @@ def check_queue_view(browser: WebDriver, workspace: str, queued: list[str], stuc
     running = by_testid(browser, f"running-{stuck}")
     assert "stuck" in (running.get_attribute("class") or "")
 
+    storage = by_testid(browser, "storage")  # the data directory's free space (docs/storage.md)
+    assert storage.get_attribute("data-state") == "ok" and "MiB" in storage.text, storage.text
+
     workers = by_testid(browser, "workers-table").text
     assert "host-gone/777" in workers and "host-ok/4242" in workers
     assert "dead" in workers and "alive" in workers

@@ -544,6 +544,26 @@
     });
   }
 
+  // Free space of the data directory (docs/storage.md): low is a warning, exhausted means
+  // publishes answer 507 until space is freed.
+  function storageCard(storage) {
+    if (!storage) return null;
+    const mib = (n) => `${(n / 1048576).toFixed(1)} MiB`;
+    const state = storage.exhausted ? "exhausted" : storage.low ? "low" : "ok";
+    const note = {
+      ok: "free in the data directory",
+      low: `free: low, below ${mib(storage.min_free_bytes)}`,
+      exhausted: "free: exhausted, publishes answer 507",
+    }[state];
+    return el(
+      "div",
+      { class: `card storage ${state}`, testid: "storage", dataset: { state } },
+      el("div", { class: "label" }, "storage"),
+      el("div", { class: "num" }, mib(storage.free_bytes)),
+      el("div", { class: "label" }, `${note} (of ${mib(storage.total_bytes)})`),
+    );
+  }
+
   async function recentRollouts(signal) {
     const pages = await Promise.all(
       [...ROLLOUT_KINDS].map((kind) => api(`/jobs?kind=${kind}&limit=5`, { signal })),
@@ -575,6 +595,7 @@
         el("div", { class: "num" }, String(q.workers_summary.alive)),
         el("div", { class: "label" }, `alive · ${q.workers_summary.dead} dead in the last hour`),
       ),
+      storageCard(q.storage),
     );
 
     const stuckIds = new Set(q.stuck.map((s) => s.id));
