@@ -64,6 +64,12 @@ def _hosts(quick: bool) -> Section:
     return hosts.run(quick=quick)
 
 
+def _curves(quick: bool) -> Section:
+    from bench import curves
+
+    return curves.run(quick=quick)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], Section]]] = {
     "dispatch": ("Job dispatch", _dispatch),
     "publish": ("Publish", _publish),
@@ -71,6 +77,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[bool], Section]]] = {
     "load": ("Promotes under load", _load),
     "reads": ("Reads on big tables", _reads),
     "hosts": ("Host routing and HTTPS", _hosts),
+    "curves": ("Cost curves as work grows", _curves),
 }
 
 
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     output = args.output or RESULTS
+    os.environ["BENCH_CHARTS"] = str(output.resolve().parent)  # bench/curves.py's PNGs
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     shown = list(argv if argv is not None else sys.argv[1:])
     if "--note" in shown:  # the note is printed on its own below the header

@@ -36,10 +36,13 @@ from tests.support.services import free_port
 
 
 @contextmanager
-def router_with(environments: int, backends: PortServers) -> Iterator[HAProxyRouter]:
-    """A started router with ``environments`` routes and hostnames (one server each)."""
+def router_with(
+    environments: int, backends: PortServers, *, port_low: int | None = None
+) -> Iterator[HAProxyRouter]:
+    """A started router with ``environments`` routes and hostnames (one server each); its
+    listen ports from ``port_low`` (default: a random block)."""
     folder = Path(tempfile.mkdtemp(prefix="swb-"))
-    low = random.randrange(33000, 58000, 100)
+    low = port_low or random.randrange(33000, 58000, 100)
     router = HAProxyRouter(
         folder / "router",
         port_range=(low, low + environments + 199),

@@ -7,7 +7,7 @@ so every NOT NULL column holds what shipway writes):
 
 - versions: one deployment holds all but 10 x 1,000 of them (the 10 others hold
   1,000 each); 2 % are ``failed``; ``external_workspace_id`` cycles over 10 values;
-  every 100th version of the big deployment has an archived release in
+  every 100th version of the big deployment has a retired release in
   ``production``;
 - jobs: 1,000,000 finished ``noop`` jobs, one accepted every second before now (so
   about 11.5 days of history; 3 % failed, about 110 of them in the last hour) plus 5
@@ -205,7 +205,7 @@ def seed(engine: Engine, client: Any, headers: dict[str, str], versions: int, jo
                 deployment_id=big,
                 version_id=template_id,
                 environment="production",
-                status="ARCHIVED",
+                status="RETIRED",
                 replicas=0,
                 rollback_count=0,
                 rollout={},

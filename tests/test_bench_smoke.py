@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"\d")
 
 
+@pytest.mark.timeout(420)
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     output = tmp_path / "results.md"
     before = RESULTS.read_bytes() if RESULTS.exists() else None
@@ -30,7 +31,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=400,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     text = output.read_text()
@@ -71,3 +72,20 @@ def test_swarm_section_renders_and_replaces_itself_in_results(tmp_path: Path) ->
     written = results.read_text()
     assert written.startswith("# Benchmark results") and written.count("## Swarm") == 1
     assert "1 / 200" in written and swarm_block(written) is not None
+
+
+def test_curves_draw_a_chart_and_rows_against_the_smallest_size(tmp_path: Path) -> None:
+    """bench/curves.py's report code (its quick run is part of the test above)."""
+    from bench.common import Section
+    from bench.curves import Curve, add_point
+
+    curve = Curve("switch", "Switch", "environments", [10, 100, 1000], {"a p50": [1, 2, 3]})
+    curve.series["a p99"] = [2.0, 3.0, 4.0]
+    path = curve.draw(tmp_path)
+    assert path.name == "curve-switch.png" and path.read_bytes().startswith(b"\x89PNG")
+    section = Section("curves", "Cost curves")
+    add_point(section, "switch, 1000", 0.0125, 0.0100, size="10 environments")
+    add_point(section, "other", 0.030, 0.010, size="10", target=None)
+    text = section.markdown()
+    assert "| switch, 1000 | 12.5 ms | 10.0 ms (10 environments) | 1.25 |" in text
+    assert [row.met for row in section.rows] == [False, None]

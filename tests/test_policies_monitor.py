@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -224,6 +225,41 @@ def test_judge_counts_rounds_and_resets_on_a_new_activation() -> None:
     assert one.to_state is None
     two = judge(status="UNHEALTHY", health=one.health, round_=good, policy=policy, epoch="e1")
     assert two.to_state == "ACTIVE" and two.health["recent_failures"] == []
+
+
+def test_find_replicas_looks_up_every_release_at_once_sorted_by_name() -> None:
+    from shipway.deployments.policy import parse_policy
+    from shipway.releases.monitor import LOOKUPS_AT_ONCE, find_replicas
+    from shipway.releases.monitor_rounds import Candidate
+
+    class Slow(FakeRuntime):
+        """Three replicas a release, listed out of order; counts lookups under way."""
+
+        def __init__(self) -> None:
+            super().__init__(port=1)
+            self.lock, self.now, self.most = threading.Lock(), 0, 0
+            self.enough = threading.Barrier(LOOKUPS_AT_ONCE, timeout=10)
+
+        def replicas(self, selector: dict[str, str]) -> list[Replica]:
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            self.enough.wait()  # returns only once LOOKUPS_AT_ONCE lookups are under way
+            with self.lock:
+                self.now -= 1
+            one = super().replicas(selector)[0]
+            return [replace(one, name=f"{one.name}-{n}") for n in (2, 0, 1)]
+
+    engine = Slow()
+    candidates = [
+        Candidate(release_id=f"rel-{n}", status="ACTIVE", path="/", policy=parse_policy(None))
+        for n in range(LOOKUPS_AT_ONCE * 2)
+    ]
+    find_replicas(engine, candidates)  # type: ignore[arg-type]  # a stand-in runtime
+    assert engine.most == LOOKUPS_AT_ONCE
+    for candidate in candidates:
+        names = [r.name for r in candidate.replicas]
+        assert names == [f"sw-{candidate.release_id}-0-{n}" for n in (0, 1, 2)]
 
 
 # --------------------------------------------------------------------------- the monitor

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,12 +38,17 @@ from shipway.config import get_settings
 from shipway.ids import utcnow
 from shipway.jobs.dispatch import Queued
 from shipway.jobs.periodic import periodic
-from shipway.releases.monitor_rounds import due, probe_all
+from shipway.releases.monitor_rounds import Candidate, due, probe_all
 from shipway.releases.monitor_state import apply_round, rollout_running
 from shipway.releases.replicas import RELEASE_LABEL
 from shipway.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
+
+
+# Releases whose replicas are looked up at once: below the Docker client's connection pool
+# (10), whose surplus connections would be dropped with a warning.
+LOOKUPS_AT_ONCE = 8
 
 
 @dataclass
@@ -75,11 +81,7 @@ def monitor_once(
         candidates = [c for c in due(session, now=now) if not rollout_running(session, c)]
     if not candidates:
         return report
-    engine = runtime or get_runtime()
-    for candidate in candidates:
-        candidate.replicas = sorted(
-            engine.replicas({RELEASE_LABEL: candidate.release_id}), key=lambda r: r.name
-        )
+    find_replicas(runtime or get_runtime(), candidates)
     rounds = probe_all(candidates, now=now, max_parallel=get_settings().monitor_max_parallel_probes)
     for candidate in candidates:
         with maker() as session, session.begin():
@@ -101,3 +103,21 @@ def monitor_once(
     if report.unhealthy or report.recovered or report.rollback_jobs:
         log.info("health monitor: %s", report)
     return report
+
+
+def find_replicas(engine: Runtime, candidates: list[Candidate]) -> None:
+    """Set each candidate's replicas (by name), several releases looked up at once.
+
+    Each lookup is a listing and an inspect per container: one release after another,
+    they took most of a pass (about 6 ms a container, 0.6 s of 0.8 s with 100 replicas
+    on a busy 2-CPU machine; bench/curves.py).
+    """
+
+    def find(candidate: Candidate) -> None:
+        found = engine.replicas({RELEASE_LABEL: candidate.release_id})
+        candidate.replicas = sorted(found, key=lambda r: r.name)
+
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(LOOKUPS_AT_ONCE, len(candidates))), thread_name_prefix="replicas"
+    ) as pool:
+        list(pool.map(find, candidates))
