@@ -11,6 +11,7 @@ pure-logic part (which errors mean a full disk) is at the end.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -227,10 +228,11 @@ def test_a_full_database_is_507_and_recovers(
 
 @needs_root
 def test_a_job_the_full_queue_folder_cannot_take_stays_queued_for_the_relay(
-    shipway_env: dict[str, str], filler: Filler, monkeypatch: pytest.MonkeyPatch
+    shipway_env: dict[str, str], filler: Filler, tmpfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The embedded queue is a folder of the data directory: a message that finds no room
-    is counted and logged as exhaustion, and the job waits, queued, for the relay."""
+    leaves no file (not even an empty one), is counted and logged as exhaustion, and the
+    job waits, queued, for the relay."""
     from shipway.jobs import dispatch as dispatching
     from shipway.storage import exhausted_counts
     from tests.e2e.helpers import enqueue_noop, get_job, workspace_id
@@ -244,6 +246,8 @@ def test_a_job_the_full_queue_folder_cannot_take_stays_queued_for_the_relay(
 
     assert dispatching.dispatch([dispatching.Queued.of(get_job(waiting))]) == 0
     assert exhausted_counts()["dispatch"] == before + 1
+    messages = list((tmpfs / "broker" / "out").iterdir())  # the first job's, whole; no other
+    assert len(messages) == 1 and messages[0].stat().st_size > 0, messages
     assert get_job(waiting).dispatched_at is None and get_job(waiting).state == "queued"
 
     filler.free()
@@ -273,6 +277,31 @@ def test_a_build_that_finds_the_disk_full_fails_as_insufficient_storage(
     version = client.get(f"/api/v1/versions/{version_id}", headers=token).json()
     assert version["failure_reason"] == "insufficient_storage", version
     assert not (tmpfs / "builds" / version_id).exists()
+
+
+@needs_root
+def test_a_periodic_task_on_a_full_disk_says_so_once_then_recovers(
+    shipway_env: dict[str, str], filler: Filler, tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay's tasks run every second: a full disk is one line, not a traceback a pass."""
+    from shipway.jobs.periodic import PeriodicTask, run_once
+
+    def write_state() -> None:
+        (tmpfs / "state.bin").write_bytes(os.urandom(MiB))
+
+    caplog.set_level(logging.INFO, logger="shipway.jobs.periodic")
+    task = PeriodicTask(name="state-writer", run=write_state, interval=lambda _: 1.0, lane="t")
+    filler.fill(leave=0)
+    for _ in range(3):
+        run_once(task)
+    said = [r for r in caplog.records if "state-writer" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None, [r.getMessage() for r in said]
+    assert "storage exhausted during state-writer pass" in said[0].getMessage()
+
+    filler.free()
+    run_once(task)
+    assert (tmpfs / "state.bin").stat().st_size == MiB
+    assert "state-writer: storage space available again" in caplog.text
 
 
 # --------------------------------------------------------------------------- pure logic

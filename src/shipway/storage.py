@@ -32,7 +32,8 @@ POSTGRES_DISK_FULL = "53100"
 RETRY_AFTER_SECONDS = 30.0
 OPERATIONS = ("source_upload", "database", "write", "dispatch")
 """Where exhaustion is counted: staging an upload, a database write, any other write a
-request made, sending a job to the embedded (filesystem) queue after its commit."""
+request made, sending a job to the embedded (filesystem) queue after its commit (and, in
+the processes that run them, ``job`` and ``periodic``)."""
 
 _counts = dict.fromkeys(OPERATIONS, 0)
 _counts_lock = threading.Lock()
@@ -147,8 +148,9 @@ def exhausted(operation: str, error: BaseException | None = None) -> StorageExha
     )
 
 
-def record(operation: str, error: BaseException | None = None) -> None:
-    """Count one exhaustion and log it on one line (no traceback)."""
+def record(operation: str, error: BaseException | None = None, *, during: str = "") -> None:
+    """Count one exhaustion under ``operation``; log it on one line (no traceback), saying
+    ``during`` what it happened (default: the operation)."""
     with _counts_lock:
         _counts[operation] = _counts.get(operation, 0) + 1
     space = data_dir_space()
@@ -157,7 +159,7 @@ def record(operation: str, error: BaseException | None = None) -> None:
     reason = f"{type(cause).__name__}: {first_line}" if cause is not None else "below the reserve"
     log.warning(
         "storage exhausted during %s (%s); data dir %s free of %s",
-        operation,
+        during or operation,
         reason,
         _mib(space.free_bytes),
         _mib(space.total_bytes),

@@ -17,6 +17,7 @@ from typing import TypeVar
 from sqlalchemy.exc import OperationalError
 
 from shipway.config import Settings, get_settings
+from shipway.storage import is_exhaustion, record
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,27 @@ def tasks() -> list[PeriodicTask]:
     return sorted(_TASKS.values(), key=lambda task: (task.order, task.name))
 
 
+_starved: set[str] = set()
+"""Tasks whose last pass found the disk full: said once, not on every pass."""
+
+
 def run_once(task: PeriodicTask) -> None:
     """Run one task once; an error is logged, never raised (the loop goes on)."""
     try:
         task.run()
-    except OperationalError as error:
-        log.warning("%s: database unreachable: %s", task.name, error)
-    except Exception:
-        log.exception("%s pass failed", task.name)
+    except Exception as error:
+        if is_exhaustion(error):  # one line when it starts, not a traceback every pass
+            if task.name not in _starved:
+                _starved.add(task.name)
+                record("periodic", error, during=f"{task.name} pass")
+        elif isinstance(error, OperationalError):
+            log.warning("%s: database unreachable: %s", task.name, error)
+        else:
+            log.exception("%s pass failed", task.name)
+    else:
+        if task.name in _starved:
+            _starved.discard(task.name)
+            log.info("%s: storage space available again", task.name)
 
 
 def run_lane(lane: list[PeriodicTask], stop: threading.Event) -> None:
