@@ -19,14 +19,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.chaos.support import FULL, LONG_SCENARIO
 from tests.e2e.conftest import Stack, embedded
-from tests.e2e.embedded_support import start_up, token_client
+from tests.e2e.embedded_support import job_of, promote, start_up, token_client, wait_for_job
 from tests.e2e.helpers import seed_ready_version
 from tests.e2e.rollout_support import SiteImage, assert_consistent, site_images
 from tests.support.processes import Service, wait_until
@@ -75,8 +74,8 @@ def test_embedded_mode_survives_worker_and_instance_kills(
         seed_ready_version(deployment_id, image=site_images[name].tag, command=SLOW_BOOT)
         for name in ("v1", "v2")
     ]
-    first = _promote(client, deployment_id, versions[0], "start")
-    assert _wait_terminal(client, first)["state"] == "succeeded"
+    first = promote(client, deployment_id, versions[0], "start")
+    assert wait_for_job(client, first)["state"] == "succeeded"
     url = next(
         e["public_url"]
         for e in client.get(f"/deployments/{deployment_id}").json()["environments"]
@@ -88,7 +87,7 @@ def test_embedded_mode_survives_worker_and_instance_kills(
     kills: collections.Counter[str] = collections.Counter()
     try:
         for round_ in range(ROUNDS):
-            job_id = _promote(client, deployment_id, versions[(round_ + 1) % 2], f"r{round_}")
+            job_id = promote(client, deployment_id, versions[(round_ + 1) % 2], f"r{round_}")
             phase = PHASES[round_ % len(PHASES)]
             if not _reached(client, job_id, phase):
                 kills["missed"] += 1
@@ -98,7 +97,7 @@ def test_embedded_mode_survives_worker_and_instance_kills(
             else:
                 _kill_rollouts_worker(client)
                 kills[f"worker in {phase}"] += 1
-            job = _wait_terminal(client, job_id)
+            job = wait_for_job(client, job_id)
             outcomes[f"{job['state']} {job['failure_reason'] or ''}".strip()] += 1
     finally:
         traffic.stopped.set()
@@ -115,26 +114,11 @@ def test_embedded_mode_survives_worker_and_instance_kills(
     assert_consistent(deployment_id)
 
 
-def _promote(client: httpx.Client, deployment_id: str, version_id: str, key: str) -> str:
-    answer = client.post(
-        f"/deployments/{deployment_id}/versions/{version_id}/promote",
-        json={"environment": "production"},
-        headers={"Idempotency-Key": key},
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["job"]["id"])
-
-
-def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-    return body
-
-
 def _reached(client: httpx.Client, job_id: str, phase: str) -> bool:
     """Whether the job got to ``phase`` (False if it ended first)."""
 
     def probe() -> str | None:
-        job = _job(client, job_id)
+        job = job_of(client, job_id)
         if job["state"] == "running" and job["phase"] == phase:
             return "reached"
         return "ended" if job["state"] in ("succeeded", "failed") else None
@@ -143,18 +127,9 @@ def _reached(client: httpx.Client, job_id: str, phase: str) -> bool:
         probe,
         timeout=90,
         interval=0.02,
-        message=lambda: f"{job_id} never reached {phase}: {_job(client, job_id)}",
+        message=lambda: f"{job_id} never reached {phase}: {job_of(client, job_id)}",
     )
     return outcome == "reached"
-
-
-def _wait_terminal(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return wait_until(
-        lambda: (j := _job(client, job_id))["state"] in ("succeeded", "failed") and j,
-        timeout=180,
-        interval=0.2,
-        message=lambda: f"{job_id} did not end: {_job(client, job_id)}",
-    )
 
 
 def _kill_rollouts_worker(client: httpx.Client) -> None:

@@ -7,6 +7,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -63,3 +64,35 @@ def worker_pids_of(up: Service) -> list[int]:
         lambda: re.search(r"worker pids ([\d ]+)", up.log_path.read_text()), timeout=30
     )
     return [int(pid) for pid in found.group(1).split()]
+
+
+def promote(client: httpx.Client, deployment_id: str, version_id: str, key: str) -> str:
+    """``POST …/promote`` to production (must be accepted); the job's id."""
+    answer = client.post(
+        f"/deployments/{deployment_id}/versions/{version_id}/promote",
+        json={"environment": "production"},
+        headers={"Idempotency-Key": key},
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job"]["id"])
+
+
+def job_of(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """``GET /jobs/{id}``."""
+    body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+    return body
+
+
+def wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 90) -> dict[str, Any]:
+    """The job once it ended (succeeded or failed)."""
+
+    def ended() -> dict[str, Any] | None:
+        job = job_of(client, job_id)
+        return job if job["state"] in ("succeeded", "failed") else None
+
+    return wait_until(
+        ended,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"job {job_id} not finished: {job_of(client, job_id)}",
+    )

@@ -94,7 +94,6 @@ def _session_members(session_id: int) -> list[int]:
         (signal.SIGHUP, False),
         (signal.SIGKILL, False),
         (signal.SIGTERM, True),
-        (signal.SIGINT, True),
     ],
 )
 def test_a_signal_to_shipway_up_stops_every_child(

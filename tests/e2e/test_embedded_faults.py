@@ -15,7 +15,14 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
+from tests.e2e.embedded_support import (
+    job_of,
+    promote,
+    start_up,
+    token_client,
+    wait_for_job,
+    worker_pids_of,
+)
 from tests.e2e.helpers import seed_ready_version
 from tests.e2e.rollout_support import BASE_IMAGE, SiteImage, site_images
 from tests.support.processes import executable, wait_until
@@ -32,30 +39,6 @@ def _site(client: httpx.Client, image: str, *, command: str | None = None) -> tu
     deployment_id = deployment.json()["id"]
     kwargs = {"command": command} if command else {}
     return deployment_id, seed_ready_version(deployment_id, image=image, **kwargs)
-
-
-def _promote(client: httpx.Client, deployment_id: str, version_id: str, key: str) -> str:
-    answer = client.post(
-        f"/deployments/{deployment_id}/versions/{version_id}/promote",
-        json={"environment": "production"},
-        headers={"Idempotency-Key": key},
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["job"]["id"])
-
-
-def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-    return body
-
-
-def _wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 90) -> dict[str, Any]:
-    return wait_until(
-        lambda: (job := _job(client, job_id))["state"] in ("succeeded", "failed") and job,
-        timeout=timeout,
-        interval=0.2,
-        message=lambda: f"job {job_id} not finished: {_job(client, job_id)}",
-    )
 
 
 def test_an_unreadable_queue_message_is_quarantined_and_the_worker_goes_on(
@@ -76,13 +59,25 @@ def test_an_unreadable_queue_message_is_quarantined_and_the_worker_goes_on(
         message=lambda: f"not quarantined: {sorted(os.listdir(broker / 'out'))}",
     )
     deployment_id, version_id = _site(client, static_image)
-    job = _wait_for_job(client, _promote(client, deployment_id, version_id, "after-poison"))
+    job = wait_for_job(client, promote(client, deployment_id, version_id, "after-poison"))
     assert job["state"] == "succeeded", job
     assert worker_pids_of(up) == pids
     assert all(_alive(pid) for pid in pids)
     supervised = client.get("/queue").json()["workers_summary"]["supervised"]
     assert [w["restarts"] for w in supervised] == [0, 0]
     assert "quarantined" in up.log_path.read_text()
+
+    # One shipway up per data directory: a second one is refused, the first goes on.
+    refused = subprocess.run(
+        [executable("shipway"), "up", "--port", "1"],
+        env=embedded.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert f"another `shipway up` (pid {up.process.pid}) is running" in refused.stderr
+    assert up.alive()
 
 
 def test_a_dead_worker_is_restarted_and_readyz_says_so_meanwhile(
@@ -116,7 +111,7 @@ def test_a_dead_worker_is_restarted_and_readyz_says_so_meanwhile(
     assert _alive(builds_pid)  # the other worker was left alone
 
     deployment_id, version_id = _site(client, static_image)
-    job = _wait_for_job(client, _promote(client, deployment_id, version_id, "after-restart"))
+    job = wait_for_job(client, promote(client, deployment_id, version_id, "after-restart"))
     assert job["state"] == "succeeded", job
 
 
@@ -131,12 +126,12 @@ def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
     client = token_client(embedded, base_url)
     old_workers = worker_pids_of(first)
     deployment_id, version_id = _site(client, static_image, command=SLOW_BOOT.format(seconds=15))
-    job_id = _promote(client, deployment_id, version_id, "crash")
+    job_id = promote(client, deployment_id, version_id, "crash")
     wait_until(
-        lambda: _job(client, job_id)["phase"] in ("scale", "health_check"),
+        lambda: job_of(client, job_id)["phase"] in ("scale", "health_check"),
         timeout=60,
         interval=0.1,
-        message=lambda: f"never reached the replicas: {_job(client, job_id)}",
+        message=lambda: f"never reached the replicas: {job_of(client, job_id)}",
     )
 
     os.kill(first.process.pid, signal.SIGKILL)
@@ -147,34 +142,20 @@ def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
 
     assert not any(_alive(pid) for pid in old_workers)
     taken_back = wait_until(
-        lambda: (job := _job(client, job_id))["attempts"] >= 2 and job,
+        lambda: (job := job_of(client, job_id))["attempts"] >= 2 and job,
         timeout=120,  # even stretched 4x on a busy machine, less than the lease
         interval=0.2,
-        message=lambda: f"job not taken back: {_job(client, job_id)}",
+        message=lambda: f"job not taken back: {job_of(client, job_id)}",
     )
     assert taken_back["attempts"] == 2, taken_back
     print(f"\nrestart -> job claimed again: {time.monotonic() - restarted:.1f} s (lease 600 s)")
     audit = client.get(f"/jobs/{job_id}/audit").json()
     assert any("exited; retrying" in (event["reason"] or "") for event in audit), audit
-    job = _wait_for_job(client, job_id, timeout=120)
+    job = wait_for_job(client, job_id, timeout=120)
     assert job["state"] == "succeeded", job
     version = client.get(f"/versions/{version_id}").json()
     assert version["status"] == "ACTIVE"
     assert second.alive()
-
-
-def test_a_second_shipway_up_on_the_same_data_dir_is_refused(embedded: Stack) -> None:
-    first, _ = start_up(embedded)
-    refused = subprocess.run(
-        [executable("shipway"), "up", "--port", "1"],
-        env=embedded.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode == 1
-    assert f"another `shipway up` (pid {first.process.pid}) is running" in refused.stderr
-    assert first.alive()
 
 
 def _alive(pid: int) -> bool:
@@ -195,7 +176,7 @@ def test_a_warm_rollback_does_not_wait_behind_a_long_build(
     deployment_id, v1 = _site(client, site_images["v1"].tag)
     v2 = seed_ready_version(deployment_id, image=site_images["v2"].tag)
     for version_id in (v1, v2):
-        job = _wait_for_job(client, _promote(client, deployment_id, version_id, version_id))
+        job = wait_for_job(client, promote(client, deployment_id, version_id, version_id))
         assert job["state"] == "succeeded", job
     url = next(
         e["public_url"]
@@ -213,10 +194,10 @@ def test_a_warm_rollback_does_not_wait_behind_a_long_build(
     assert publish.status_code == 202, publish.text
     build_job = publish.json()["job"]["id"]
     wait_until(
-        lambda: _job(client, build_job)["phase"] == "build",
+        lambda: job_of(client, build_job)["phase"] == "build",
         timeout=60,
         interval=0.1,
-        message=lambda: f"the build never started: {_job(client, build_job)}",
+        message=lambda: f"the build never started: {job_of(client, build_job)}",
     )
 
     started = time.perf_counter()
@@ -229,8 +210,8 @@ def test_a_warm_rollback_does_not_wait_behind_a_long_build(
     wait_until(lambda: httpx.get(url).text.strip() == "site-v1", timeout=60, interval=0.005)
     elapsed_ms = (time.perf_counter() - started) * 1000
 
-    assert _job(client, build_job)["state"] == "running"  # the build still runs
-    rollback = _wait_for_job(client, answer.json()["job"]["id"])
+    assert job_of(client, build_job)["state"] == "running"  # the build still runs
+    rollback = wait_for_job(client, answer.json()["job"]["id"])
     assert rollback["state"] == "succeeded", rollback
     print(
         f"\nwarm rollback during a 60 s build: {elapsed_ms:.0f} ms to the old version "
@@ -304,12 +285,12 @@ def test_the_systemd_unit_stops_cleanly(
     client = token_client(embedded, base_url)
     boot = 6 if stop_timeout == "unit" else 30
     deployment_id, version_id = _site(client, static_image, command=SLOW_BOOT.format(seconds=boot))
-    job_id = _promote(client, deployment_id, version_id, "systemd")
+    job_id = promote(client, deployment_id, version_id, "systemd")
     wait_until(
-        lambda: _job(client, job_id)["phase"] == "health_check",
+        lambda: job_of(client, job_id)["phase"] == "health_check",
         timeout=60,
         interval=0.1,
-        message=lambda: f"never reached health_check: {_job(client, job_id)}",
+        message=lambda: f"never reached health_check: {job_of(client, job_id)}",
     )
     children = _instance_processes(data_dir)
     assert len(children) >= 4  # two workers and their pool children
@@ -324,12 +305,12 @@ def test_the_systemd_unit_stops_cleanly(
 
     second, base_url = start_up(embedded, "up-2", env=env)
     client = token_client(embedded, base_url)
-    job = _job(client, job_id)
+    job = job_of(client, job_id)
     if stop_timeout == "unit":
         assert (job["state"], job["attempts"]) == ("succeeded", 1), job  # finished while stopping
     else:
         audit = client.get(f"/jobs/{job_id}/audit").json()
         assert any("exited; retrying" in (event["reason"] or "") for event in audit), audit
-        job = _wait_for_job(client, job_id, timeout=120)
+        job = wait_for_job(client, job_id, timeout=120)
         assert (job["state"], job["attempts"]) == ("succeeded", 2), job
     assert second.alive()
