@@ -44,7 +44,7 @@ from shipway.releases.traffic import (
     switch_traffic,
 )
 from shipway.router.base import Router, RouterError, Server
-from shipway.router.current import get_router, router_config
+from shipway.router.current import router_config
 from shipway.runtime import get_runtime
 from shipway.workers_registry.service import lease_owner_gone
 
@@ -161,7 +161,9 @@ def resume_switch(ctx: JobContext) -> bool:
     if ctx.attempt < 2 or release.status != "DEPLOYING" or canary_recorded(release):
         return False
     key = route_key(release.deployment_id, release.environment)
-    router = get_router()
+    router = router_config()
+    if not router.is_running():
+        return False  # rebuilt by the router watch; the rollout goes on as usual
     try:
         routed = [s for s in router.servers(key) if s.name.startswith(release_prefix(release.id))]
     except RouterError:
