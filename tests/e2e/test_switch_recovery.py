@@ -108,32 +108,53 @@ def interrupt_switch(
     first = stack.start_worker(f"first{tag}")
     token = {"Authorization": f"Bearer {api_token()}"}
     app = create_deployment(api, token, replicas=2)
+    cut = promote_over_v1(api, app, images, before_v2=first.stop)
+    doomed = stack.start_worker(f"doomed{tag}")
+
+    def kill() -> None:
+        relay.kill()  # shipway goes down: no relay, no worker
+        kill_when(stack, doomed, cut.job_id, lambda j: True, "switch (router switched)")
+
+    kill_in_switch(cut, kill)
+    return cut
+
+
+def promote_over_v1(
+    client: Any, app: dict[str, Any], images: dict[str, SiteImage], *, before_v2: Any = None
+) -> Interrupted:
+    """v1 promoted and serving, then a promote of v2 (3 s boot) queued; ``before_v2`` runs
+    in between."""
     sampler = ActiveSampler(app["id"])
     sampler.start()
     v1 = site_version(app["id"], images["v1"])
     v2 = site_version(app["id"], images["v2"], command=SLOW_BOOT.format(seconds=3))
-    one = promote(api, app, v1)
+    one = promote(client, app, v1)
     assert wait_for_job(one["job"]["id"], timeout=60).state == "succeeded"
-    url = public_url(api, app)
+    url = public_url(client, app)
     assert fetch(url) == "site-v1"
-    first.stop()
-    two = promote(api, app, v2)
-    job_id, v1_release, v2_release = two["job"]["id"], one["release"]["id"], two["release"]["id"]
+    if before_v2 is not None:
+        before_v2()
+    two = promote(client, app, v2)
+    markers = {v1: "site-v1", v2: "site-v2"}
+    return Interrupted(
+        app, url, two["job"]["id"], one["release"]["id"], two["release"]["id"], markers, sampler
+    )
+
+
+def kill_in_switch(cut: Interrupted, kill: Any) -> None:
+    """Call ``kill`` once HAProxy sends traffic to v2 and the job blocks recording it (a row
+    lock on v1's release); then users get v2 while the API shows v1 ACTIVE (the finding)."""
     lock = RowLock()
-    doomed = stack.start_worker(f"doomed{tag}")
     try:
-        wait_until(lambda: job(job_id).phase == "health_check", timeout=60, interval=0.05)
-        lock.hold(v1_release)  # the switch moves traffic, then blocks retiring v1 in the DB
-        wait_until(lambda: _switched(job(job_id), app["id"], v2_release), timeout=60)
-        relay.kill()  # shipway goes down: no relay, no worker
-        kill_when(stack, doomed, job_id, lambda j: True, "switch (router switched, DB not yet)")
+        wait_until(lambda: job(cut.job_id).phase == "health_check", timeout=60, interval=0.05)
+        lock.hold(cut.v1_release)  # the switch moves traffic, then blocks retiring v1
+        wait_until(lambda: _switched(job(cut.job_id), cut.app["id"], cut.v2_release), timeout=60)
+        kill()
     finally:
         lock.release()
-    # The finding: users get v2 while the API shows v1 ACTIVE and v2 DEPLOYING.
-    assert (release(v1_release).status, release(v2_release).status) == ("ACTIVE", "DEPLOYING")
-    assert "site-v2" in {fetch(url) for _ in range(6)}
-    markers = {v1: "site-v1", v2: "site-v2"}
-    return Interrupted(app, url, job_id, v1_release, v2_release, markers, sampler)
+    statuses = (release(cut.v1_release).status, release(cut.v2_release).status)
+    assert statuses == ("ACTIVE", "DEPLOYING")
+    assert "site-v2" in {fetch(cut.url) for _ in range(6)}
 
 
 def agreed(cut: Interrupted) -> str | None:
@@ -278,34 +299,17 @@ def test_shipway_up_killed_in_the_switch_agrees_within_seconds_of_its_restart(
     token = {"Authorization": token_client(stack, base_url).headers["Authorization"]}
     client = httpx.Client(base_url=base_url, timeout=30)
     app = create_deployment(client, token)
-    sampler = ActiveSampler(app["id"])
-    sampler.start()
-    v1 = site_version(app["id"], site_images["v1"])
-    v2 = site_version(app["id"], site_images["v2"], command=SLOW_BOOT.format(seconds=3))
-    one = promote(client, app, v1)
-    assert wait_for_job(one["job"]["id"], timeout=60).state == "succeeded"
-    url = public_url(client, app)
-    two = promote(client, app, v2)
-    job_id, v1_release, v2_release = two["job"]["id"], one["release"]["id"], two["release"]["id"]
+    cut = promote_over_v1(client, app, site_images)
     workers = worker_pids_of(first)
-    lock = RowLock()
-    try:
-        wait_until(lambda: job(job_id).phase == "health_check", timeout=60, interval=0.05)
-        lock.hold(v1_release)
-        wait_until(lambda: _switched(job(job_id), app["id"], v2_release), timeout=60)
+
+    def kill() -> None:
         os.kill(first.pid, signal.SIGKILL)
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         first.process.wait(timeout=10)
-    finally:
-        lock.release()
-    assert (release(v1_release).status, release(v2_release).status) == ("ACTIVE", "DEPLOYING")
-    assert "site-v2" in {fetch(url) for _ in range(6)}
 
-    cut = Interrupted(
-        app, url, job_id, v1_release, v2_release, {v1: "site-v1", v2: "site-v2"}, sampler
-    )
+    kill_in_switch(cut, kill)
     started = time.monotonic()
     start_up(stack, "up-2")
     answering = time.monotonic()
