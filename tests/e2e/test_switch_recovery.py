@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -256,6 +257,24 @@ def test_a_restart_gives_the_route_back_to_the_active_release_within_seconds(
     owners = {c.labels.get("shipway.release") for c in deployment_containers(cut.app["id"])}
     assert owners <= {cut.v1_release, cut.v2_release}  # no orphan
     # after its lease the job is requeued and deploys v2 again: health checked, switched
+    finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
+
+
+def test_an_haproxy_killed_too_comes_back_without_the_unrecorded_switch(
+    rollout_stack: Stack, api: TestClient, site_images: dict[str, SiteImage]
+) -> None:
+    """HAProxy died with shipway, its saved state holding v2's servers ready: the relay's
+    router watch starts it again with them draining, as no job holds the route."""
+    from shipway.router.current import router_config
+    from tests.chaos.test_haproxy_kill import haproxy_pid
+
+    cut = interrupt_switch(rollout_stack, api, site_images)
+    pid = haproxy_pid(Path(rollout_stack.settings["SHIPWAY_ROUTER_DIR"]))
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)  # master and workers
+    wait_until(lambda: not router_config().is_running(), timeout=10)
+    recovery = restart(rollout_stack, cut, expect="site-v1")
+    assert recovery.since_up < RECOVERY_BOUND_SECONDS
     finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
 
 
