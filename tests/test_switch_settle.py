@@ -1,5 +1,6 @@
 """The pieces of ``releases.switch_recovery`` that need no engine: when a route disagrees
-with the database, and when a lease's worker is certainly gone (docs/design-notes.md)."""
+with the database, when a lease's worker is certainly gone, and a canary's final switch
+completed by a resumed attempt (docs/design-notes.md)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Any
 
-from shipway.db import transaction
+from sqlalchemy import select
+
+from shipway.catalog.models import Release
+from shipway.db import session_factory, transaction
 from shipway.ids import utcnow
+from shipway.jobs.context import JobContext
 from shipway.releases.switch_recovery import disagrees
 from shipway.router.base import Server, ServerState
 from shipway.workers_registry import service
+from tests.conftest import VersionFactory
 
 
 def _server(name: str, *, state: ServerState = "ready", weight: int = 100) -> Server:
@@ -54,3 +61,29 @@ def test_a_lease_owner_is_gone_once_its_pid_is_or_its_registry_row_says_so(
         assert not service.lease_owner_gone(session, owner="elsewhere/124/abc", now=now)
         service.mark_stopped(session, worker_id=worker.id)
         assert service.lease_owner_gone(session, owner="elsewhere/124/abc", now=now)
+
+
+def test_a_canary_switch_completed_by_a_resumed_attempt_reads_completed(
+    deployment: dict[str, Any], make_version: VersionFactory
+) -> None:
+    from shipway.events.models import Event
+    from shipway.releases.canary import complete_resumed
+    from tests.test_rollout_compensation import _failed_promote, _release
+
+    version = make_version(deployment["id"], "ready")
+    canary = {"state": "promoting", "step_index": 2, "step_count": 2, "weight": 60}
+    release_id = _release(deployment["id"], version, "ACTIVE", canary=canary)
+    job_id = _failed_promote(deployment["id"], release_id)
+    ctx = JobContext(job_id=job_id, owner="test", attempt=2, session_maker=session_factory())
+    complete_resumed(ctx, release_id)
+    complete_resumed(ctx, release_id)  # once completed, nothing more
+    with session_factory()() as session:
+        release = session.get(Release, release_id)
+        assert release is not None and release.rollout is not None
+        assert release.rollout["canary"] == {**canary, "state": "completed", "weight": 100}
+        events = session.scalars(
+            select(Event.to_state).where(
+                Event.subject_type == "canary", Event.subject_id == release_id
+            )
+        ).all()
+    assert events == ["completed"]
