@@ -58,6 +58,7 @@ has_package() {
     docker.io) command -v dockerd >/dev/null ;;
     busybox-static) pkg_installed busybox-static ;;
     curl) command -v curl >/dev/null ;;
+    wrk) command -v wrk >/dev/null ;;
     chromium) command -v chromium >/dev/null ;;
     chromium-driver) command -v chromedriver >/dev/null ;;
     python3.11-venv) pkg_installed python3.11-venv ;;
@@ -109,7 +110,8 @@ pick_python() {
 }
 
 PY=$(pick_python)
-required=(redis-server postgresql busybox-static curl)
+# wrk: the load generator of bench/load.py (make bench, and its smoke in make test).
+required=(redis-server postgresql busybox-static curl wrk)
 optional=(haproxy docker.io)
 # Headless Chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py).
 browser=(chromium chromium-driver)

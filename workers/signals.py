@@ -6,10 +6,12 @@ one in a job's lease owner ``hostname/pid/nonce``, so a running job maps to its 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
+log = logging.getLogger(__name__)
 _node: str | None = None
 _queues: list[str] = []
 
@@ -34,6 +36,23 @@ def register_child(**_: Any) -> None:
     get_engine().dispose(close=False)  # never share pooled connections with the parent
     presence.start(queues=_queues, node=_node)
     runner.on_current_job(presence.note_current_job)
+    warm_up()
+
+
+def warm_up() -> None:
+    """Pay at the child's start what its first job would pay on its clock: the health
+    probe's HTTP client (httpx imports httpcore, which imports trio when it is installed,
+    and builds a TLS context) and the container runtime's client. py-spy on a pool child
+    (bench/RESULTS.md) found them to be most of the first promote's extra time: about
+    0.5 s of CPU under load. A failure here is only logged: the job would meet it again."""
+    from shipway.releases.health import probe_client
+    from shipway.runtime import get_runtime
+
+    try:
+        probe_client()
+        get_runtime()
+    except Exception:
+        log.warning("worker warm-up failed; the first job pays it", exc_info=True)
 
 
 @worker_process_shutdown.connect

@@ -61,7 +61,7 @@ class Probe:
 
 
 @lru_cache(maxsize=1)
-def _probe_client() -> httpx.Client:
+def probe_client() -> httpx.Client:
     """One client per process: building one costs about 20 ms (its TLS context).
 
     No keep-alive: every probe opens its own connection, as a load balancer's check
@@ -74,7 +74,7 @@ def probe(url: str, *, timeout_seconds: float) -> Probe:
     """GET ``url`` once."""
     started = time.monotonic()
     try:
-        response = _probe_client().get(url, timeout=timeout_seconds)
+        response = probe_client().get(url, timeout=timeout_seconds)
     except httpx.HTTPError as error:
         return Probe(None, f"{type(error).__name__}: {error}", "", _ms(started))
     return Probe(response.status_code, None, response.text[:BODY_EXCERPT], _ms(started))
