@@ -8,10 +8,15 @@ the worker are SIGKILLed there: users get v2 while the API shows v1 ACTIVE and v
 DEPLOYING (issue 19, "kill during the switch phase"). Then shipway comes back:
 
 - a relay restarted while the lost job still holds its lease gives the route back to
-  v1 within seconds (the worker's pid is gone); the job, resumed after its lease,
+  v1 within seconds (the worker's pid is gone); the job, requeued (at once here, to
+  keep ``make test`` short; after its real lease in tests/chaos/test_switch_restart.py),
   deploys v2 again and records it;
-- a job requeued at once (as the start-up recovery of a dead instance's leases does)
-  completes the switch the router already made, without scaling or health checks.
+- the same with HAProxy killed too: the relay's router watch starts it again without
+  the unrecorded switch;
+- ``shipway up`` and its workers killed there, then a new ``shipway up``: its start-up
+  recovery requeues the job at once and the resumed attempt completes the switch the
+  router already made, without scaling or health checks (with a relay and a worker:
+  tests/chaos/test_switch_restart.py).
 
 Each time: exactly one ACTIVE release, HAProxy's ready servers are its replicas, every
 answer of the public URL is its version, no orphan container. The recovery time (from
@@ -256,7 +261,9 @@ def test_a_restart_gives_the_route_back_to_the_active_release_within_seconds(
     }
     owners = {c.labels.get("shipway.release") for c in deployment_containers(cut.app["id"])}
     assert owners <= {cut.v1_release, cut.v2_release}  # no orphan
-    # after its lease the job is requeued and deploys v2 again: health checked, switched
+    # requeued (at once here; after its lease in tests/chaos/test_switch_restart.py), the
+    # job deploys v2 again: health checked, switched
+    requeue(cut.job_id)
     finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
 
 
@@ -275,17 +282,8 @@ def test_an_haproxy_killed_too_comes_back_without_the_unrecorded_switch(
     wait_until(lambda: not router_config().is_running(), timeout=10)
     recovery = restart(rollout_stack, cut, expect="site-v1")
     assert recovery.since_up < RECOVERY_BOUND_SECONDS
-    finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
-
-
-def test_a_resumed_rollout_completes_the_switch_the_router_already_made(
-    rollout_stack: Stack, api: TestClient, site_images: dict[str, SiteImage]
-) -> None:
-    cut = interrupt_switch(rollout_stack, api, site_images)
     requeue(cut.job_id)
-    recovery = restart(rollout_stack, cut, expect="site-v2")
-    assert recovery.since_up < RECOVERY_BOUND_SECONDS
-    finish(cut, phases_after_kill=["switch", "drain", "retire"])  # no scale, no health check
+    finish(cut, phases_after_kill=["scale", "health_check", "switch", "drain", "retire"])
 
 
 def requeue(job_id: str) -> None:
@@ -297,8 +295,9 @@ def requeue(job_id: str) -> None:
             .where(Job.id == job_id)
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
-    assert reap_once(session_factory()).requeued == 1
-    assert job(job_id).state == "queued"
+    reap_once(session_factory())  # unless a running relay's reaper took it first
+    row = job(job_id)
+    assert row.state == "queued" or row.attempts == 2, (row.state, row.attempts)
 
 
 def test_shipway_up_killed_in_the_switch_agrees_within_seconds_of_its_restart(
