@@ -315,7 +315,10 @@ def test_new_route_reload_keeps_in_flight_request_and_servers(
     reloads = router.process.master.status().reloads
     traffic = Traffic(router.public_url(KEY))
 
-    other = router.ensure_route(Route("dep_y--staging"))  # new frontend: reload
+    holder = hold_first_free_port(router.port_range)  # a port given by hand: no spare has it
+    port = holder.getsockname()[1]
+    holder.close()
+    other = router.ensure_route(Route("dep_y--staging", port))  # new frontend: reload
 
     assert traffic.stop() == []  # nothing refused or reset while reloading
     assert router.process.master.status().reloads == reloads + 1

@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shipway.router.haproxy_config import ConfigOptions, render_main, render_route
-from shipway.router.state import DesiredState, RouteState, write_atomic
+from shipway.router.haproxy_config import ConfigOptions, render_main, render_route, render_spares
+from shipway.router.state import DesiredState, RouteState, SparePool, write_atomic
 
 ROUTES_FOLDER = "conf.d"
+SPARES = "-spares.cfg"  # no route key starts with "-"
 
 
 class ConfigFiles:
@@ -44,10 +45,18 @@ class ConfigFiles:
         self, state: DesiredState, written: Iterable[str], removed: Iterable[str]
     ) -> None:
         """Rewrite the files of the routes ``written``, delete those of the routes ``removed``."""
+        self.write_spares(state.spares)  # first: a slot is never in two files
         for key in written:
             self.write_route(key, state.routes[key])
         for key in removed:
             self.route_path(key).unlink(missing_ok=True)
+
+    def write_spares(self, spares: SparePool) -> None:
+        """Keep the spares' file in step with the pool (not rewritten when unchanged)."""
+        path, text = self.routes / SPARES, render_spares(spares, self.options.bind_host)
+        if not path.exists() or path.read_text() != text:
+            self.routes.mkdir(exist_ok=True)
+            write_atomic(path, text)
 
     @contextmanager
     def replaced(self, state: DesiredState, check: Callable[[list[Path]], None]) -> Iterator[None]:
@@ -61,6 +70,7 @@ class ConfigFiles:
         stage.mkdir(parents=True)
         for key, route in state.routes.items():
             (stage / f"{key}.cfg").write_text(render_route(key, route, self.options.bind_host))
+        (stage / SPARES).write_text(render_spares(state.spares, self.options.bind_host))
         main_new.write_text(render_main(self.options))
         check([main_new, stage])
         previous_main = self.main.read_text() if self.main.exists() else None

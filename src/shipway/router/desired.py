@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from shipway.router import spares
 from shipway.router.base import Route, RouterError, Server
-from shipway.router.state import DesiredState, RouteState, allocate_port
+from shipway.router.state import DesiredState, RouteState, SparePool, allocate_port
 
 
 def check_unique(routes: dict[Route, list[Server]]) -> None:
@@ -29,16 +30,24 @@ def resolve_ports(
     bind_host: str,
     port_range: tuple[int, int],
 ) -> DesiredState:
-    """Explicit ports first, then ports routes already had, then free ones."""
-    new = DesiredState(hosts=old.hosts)  # hosts change only through the host routing
+    """Explicit ports first, then ports (and slots) routes already had, then spares (the
+    one on an explicit port, else any), then free ones."""
+    pool = SparePool(dict(old.spares.slots), old.spares.next_slot)
+    new = DesiredState(hosts=old.hosts, spares=pool)  # hosts change only through hosts.py
     for route in routes:
         kept = old.routes.get(route.key)
         port = route.listen_port or (kept.listen_port if kept else 0)
-        new.routes[route.key] = RouteState(listen_port=port, servers=list(routes[route]))
+        if kept and port == kept.listen_port:
+            new.routes[route.key] = RouteState(port, list(routes[route]), kept.slot)
+        elif spare := spares.take(new, route.key, port):
+            spare.servers = list(routes[route])
+        else:
+            new.routes[route.key] = RouteState(listen_port=port, servers=list(routes[route]))
     for route_state in new.routes.values():
         if route_state.listen_port == 0:
-            taken = {r.listen_port for r in new.routes.values()}
+            taken = spares.ports_in_use(new)
             route_state.listen_port = allocate_port(bind_host, port_range, taken)
-    if len(listen_ports(new).values()) != len(set(listen_ports(new).values())):
+    ports = [*listen_ports(new).values(), *pool.slots.values()]
+    if len(ports) != len(set(ports)):
         raise RouterError(f"two routes share a listen port: {listen_ports(new)}")
     return new

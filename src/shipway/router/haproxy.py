@@ -1,9 +1,10 @@
 """HAProxyRouter: routes as HAProxy frontends/backends, servers driven by the runtime API.
 
 Server changes go only through the runtime API (no reload, no dropped
-connection), and rewrite only that route's state and config files. Adding or removing a
-route rewrites the config from the desired state (so the new worker has every current
-server) and reloads seamlessly.
+connection), and rewrite only that route's state and config files. A new route takes a
+spare frontend and backend that a reload declared before (spares.py): no reload. Removing
+a route, a port given by hand, or an empty pool rewrites the config from the desired state
+(so the new worker has every current server) and reloads seamlessly.
 Every operation holds the router lock of the state folder, so API and worker
 processes sharing one router never interleave a reload with a server change.
 """
@@ -11,11 +12,10 @@ processes sharing one router never interleave a reload with a server change.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import time
 from pathlib import Path
 
 from shipway.config import Settings, get_settings
+from shipway.router import spares
 from shipway.router.base import (
     Route,
     Router,
@@ -27,25 +27,32 @@ from shipway.router.base import (
     check_weight,
 )
 from shipway.router.config_files import ConfigFiles
-from shipway.router.desired import check_unique, listen_ports, resolve_ports
+from shipway.router.desired import check_unique, resolve_ports
 from shipway.router.haproxy_config import ConfigOptions
 from shipway.router.host_files import HostFiles
 from shipway.router.hosts import HostRouting
 from shipway.router.process import HAProxyProcess, check_directory
 from shipway.router.runtime_api import RuntimeAPI
-from shipway.router.stat_rows import server_from_state_row, stat_int, stats_from_row
+from shipway.router.runtime_servers import (
+    converge,
+    converge_route,
+    delete,
+    runtime_servers,
+)
+from shipway.router.stat_rows import stat_int, stats_from_row
 from shipway.router.state import (
     DesiredState,
     RouteState,
     allocate_port,
+    bindable,
     load_route,
     load_state,
     locked,
+    route_backend,
     save_route,
+    save_spares,
     save_state,
 )
-
-_STILL_CONNECTED = "still has connections"
 
 
 class HAProxyRouter:
@@ -65,8 +72,10 @@ class HAProxyRouter:
         request_timeout_seconds: float = 60.0,
         http_port: int = 0,
         https_port: int = 0,
+        spare_routes: int = 64,
     ) -> None:
         self.directory = Path(directory).resolve()
+        self.spare_routes = spare_routes  # the largest batch of spares a reload adds
         check_directory(self.directory)
         self.bind_host, self.public_host, self.port_range = bind_host, public_host, port_range
         self.options = ConfigOptions(
@@ -115,6 +124,7 @@ class HAProxyRouter:
             if self.process.is_running():
                 return
             state = load_state(self.directory)
+            self._drop_unbindable_spares(state)
             with self._config_in_place(state):
                 self.process.start()
             self._restore_runtime_only(state)
@@ -145,14 +155,24 @@ class HAProxyRouter:
     # -- routes ----------------------------------------------------------------
 
     def ensure_route(self, route: Route) -> Route:
-        """Create the route if missing (config reload); returns it with its listen port."""
+        """Create the route if missing (a spare, else a config reload); returns it with its
+        listen port."""
         with locked(self.directory):
             self._require_running()
             with contextlib.suppress(RouterError):  # the common case: one file, no reload
-                port = load_route(self.directory, route.key).listen_port
-                if route.listen_port in (0, port) and route.backend in self.api.backends():
+                saved = load_route(self.directory, route.key)
+                port = saved.listen_port
+                if route.listen_port in (0, port) and self._serves(saved.backend(route.key)):
                     return Route(route.key, port)
             state = load_state(self.directory)
+            if route.key not in state.routes and (
+                spare := spares.take(state, route.key, route.listen_port)
+            ):
+                if self._serves(spare.backend(route.key)):  # else one HAProxy started without
+                    self._save(state)
+                    self.hosts.repoint(route.key, spare.backend(route.key))
+                    return Route(route.key, spare.listen_port)
+                state = load_state(self.directory)
             existing = state.routes.get(route.key)
             port = route.listen_port or (
                 existing.listen_port if existing else self._free_port(state, route.key)
@@ -167,10 +187,8 @@ class HAProxyRouter:
         with locked(self.directory):
             self._require_running()
             state = load_state(self.directory)
-            if (
-                state.routes.pop(key, None) is None
-                and Route(key).backend not in self.api.backends()
-            ):
+            gone = state.routes.pop(key, None)
+            if gone is None and Route(key).backend not in self.api.backends():
                 return
             self._apply_config(state)
 
@@ -195,9 +213,8 @@ class HAProxyRouter:
         with locked(self.directory):
             self._require_running()
             route_state = load_route(self.directory, key)
-            backend = Route(key).backend
-            have = self._runtime_servers(backend).get(server.name)
-            self._converge(backend, server, have)
+            backend = route_state.backend(key)
+            converge(self.api, backend, server, runtime_servers(self.api, backend).get(server.name))
             route_state.put(server)
             self._save_route(key, route_state)
 
@@ -224,10 +241,10 @@ class HAProxyRouter:
         with locked(self.directory):
             self._require_running()
             route_state = load_route(self.directory, key)
-            backend = Route(key).backend
+            backend = route_state.backend(key)
             try:
-                if name in self._runtime_servers(backend):
-                    self._delete(backend, name, timeout=timeout)
+                if name in runtime_servers(self.api, backend):
+                    delete(self.api, backend, name, timeout=timeout)
             except RouterError:
                 route_state.update(name, state="maint")
                 self._save_route(key, route_state)
@@ -238,19 +255,19 @@ class HAProxyRouter:
     def servers(self, key: str) -> list[Server]:
         """The route's servers as HAProxy runs them now (address, user weight, admin state)."""
         with locked(self.directory):
-            return list(self._runtime_servers(Route(key).backend).values())
+            return list(runtime_servers(self.api, route_backend(self.directory, key)).values())
 
     def stats(self, key: str) -> list[ServerStats]:
         """Per-server counters since the current worker started (a reload resets them)."""
         with locked(self.directory):
-            rows = self.api.stat_rows(Route(key).backend)
+            rows = self.api.stat_rows(route_backend(self.directory, key))
         return [stats_from_row(row) for row in rows]
 
     def open_sessions(self, key: str) -> dict[str, int]:
         """Current sessions per server of the route, in the current worker *and* in old
         workers still finishing requests after a reload (whose counters ``stats`` misses)."""
-        backend = Route(key).backend
         with locked(self.directory):
+            backend = route_backend(self.directory, key)
             rows = self.api.stat_rows(backend)
             for pid in self.process.master.status().old_workers:
                 with contextlib.suppress(RouterError):  # it may exit meanwhile
@@ -265,10 +282,10 @@ class HAProxyRouter:
     def sync(self, routes: dict[Route, list[Server]]) -> dict[str, Route]:
         """Make HAProxy run exactly ``routes``; a stopped HAProxy gets them on ``start``.
 
-        Reloads only if the set of routes or a port changed (and keeps the old
-        state if HAProxy rejects the new config); otherwise the state is saved
-        and servers, weights and states converge through the runtime API, so
-        stats counters survive.
+        Reloads only if the config's frontends or ports changed (new routes take spares:
+        no change) and keeps the old state if HAProxy rejects the new config; otherwise
+        the state is saved and servers, weights and states converge through the runtime
+        API, so stats counters survive.
         """
         check_unique(routes)
         with locked(self.directory):
@@ -276,12 +293,14 @@ class HAProxyRouter:
             new = resolve_ports(routes, old, bind_host=self.bind_host, port_range=self.port_range)
             if not self.process.is_running():
                 self._save(new)
-            elif listen_ports(new) != listen_ports(old) or self._runtime_backends_differ(new):
+            elif spares.frontends(new) != spares.frontends(old) or self._backends_differ(new):
                 self._apply_config(new)
             else:
                 self._save(new)
                 for key, route_state in new.routes.items():
-                    self._converge_route(Route(key).backend, route_state.servers)
+                    converge_route(self.api, route_state.backend(key), route_state.servers)
+                    if key not in old.routes:
+                        self.hosts.repoint(key, route_state.backend(key))
             return {key: Route(key, r.listen_port) for key, r in new.routes.items()}
 
     # -- internals -----------------------------------------------------------------
@@ -297,56 +316,26 @@ class HAProxyRouter:
             route_state = load_route(self.directory, key)
             if route_state.server(name) is None:
                 raise RouterError(f"route {key!r} has no server {name!r}")
-            self.api.change(f"set server {Route(key).backend}/{name} {what}")
+            self.api.change(f"set server {route_state.backend(key)}/{name} {what}")
             route_state.update(name, **changes)
             self._save_route(key, route_state)
 
-    def _runtime_servers(self, backend: str) -> dict[str, Server]:
-        servers = [server_from_state_row(row) for row in self.api.server_state_rows(backend)]
-        return {s.name: s for s in servers}
-
-    def _converge_route(self, backend: str, servers: list[Server]) -> None:
-        have = self._runtime_servers(backend)
-        wanted = {s.name for s in servers}
-        for name in have.keys() - wanted:
-            try:
-                self._delete(backend, name, timeout=0)
-            except RouterError as exc:  # busy: stays in maint, gone at the next reload
-                if _STILL_CONNECTED not in exc.answer:
-                    raise
-        for server in servers:
-            self._converge(backend, server, have.get(server.name))
-
-    def _converge(self, backend: str, want: Server, have: Server | None) -> None:
-        """Runtime API commands that turn ``have`` into ``want`` (no reload)."""
-        target = f"{backend}/{want.name}"
-        if have is not None and not _same_endpoint(have, want):
-            self._delete(backend, want.name, timeout=0)
-            have = None
-        if have is None:
-            # Created in maint. Never pass "enabled": in 2.6 it leaves the server
-            # outside the load-balancing tree (haproxy/haproxy#2497).
-            self.api.change(f"add server {target} {want.endpoint} weight {want.weight}")
-            have = Server(want.name, want.address, want.port, want.weight, "maint")
-        if have.weight != want.weight:
-            self.api.change(f"set server {target} weight {want.weight}")
-        if have.state != want.state:
-            self.api.change(f"set server {target} state {want.state}")
-
-    def _delete(self, backend: str, name: str, *, timeout: float) -> None:
-        self.api.change(f"set server {backend}/{name} state maint")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.api.change(f"del server {backend}/{name}")
-                return
-            except RouterError as exc:
-                if _STILL_CONNECTED not in exc.answer or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.05)
+    def _serves(self, backend: str) -> bool:
+        """Whether the running worker has ``backend`` (asked by name: O(1) in routes)."""
+        try:
+            self.api.server_state_rows(backend)
+        except RouterError as exc:
+            if not exc.answer:  # unreachable, not "no such backend"
+                raise
+            return False
+        return True
 
     def _apply_config(self, state: DesiredState) -> None:
-        """Write the config of ``state`` and reload; on failure the previous config stays."""
+        """Write the config of ``state`` and reload; on failure the previous config stays.
+        An empty spare pool gets a batch: this reload is paid for anyway."""
+        if not state.spares.slots and self.spare_routes > 0:
+            size = spares.batch_size(len(state.routes), self.spare_routes)
+            spares.grow(state, size, bind_host=self.bind_host, port_range=self.port_range)
         if not self.process.reads_route_files():
             # Started before conf.d existed: a reload would miss it. Once, a restart.
             self.process.stop(graceful=True, timeout=self.process.timeout)
@@ -361,7 +350,7 @@ class HAProxyRouter:
     def _config_in_place(self, state: DesiredState) -> contextlib.AbstractContextManager[None]:
         """The checked config of ``state`` in place for a start or reload (undone on failure)."""
         if self.hosts.enabled:  # the maps and crt-list the config names must exist
-            HostFiles(self.directory).write(state.hosts)
+            HostFiles(self.directory).write(state.hosts, state.backend)
         return self.config_files.replaced(state, self.process.check)
 
     def _save(self, state: DesiredState) -> None:
@@ -379,22 +368,26 @@ class HAProxyRouter:
         for key, route_state in state.routes.items():
             for server in route_state.servers:
                 if server.state == "drain":
-                    target = f"{Route(key).backend}/{server.name}"
+                    target = f"{route_state.backend(key)}/{server.name}"
                     self.api.change(f"set server {target} state drain")
                     self.api.change(f"set server {target} weight {server.weight}")
 
-    def _runtime_backends_differ(self, state: DesiredState) -> bool:
-        ours = {b for b in self.api.backends() if b.startswith("be_")}
-        return ours != {Route(key).backend for key in state.routes}
+    def _backends_differ(self, state: DesiredState) -> bool:
+        ours = {b for b in self.api.backends() if spares.is_route_backend(b)}
+        return ours != spares.backends(state)
 
     def _free_port(self, state: DesiredState, key: str) -> int:
-        taken = {r.listen_port for k, r in state.routes.items() if k != key}
-        return allocate_port(self.bind_host, self.port_range, taken)
+        del key  # a new route's: every port of the state is taken
+        return allocate_port(self.bind_host, self.port_range, spares.ports_in_use(state))
+
+    def _drop_unbindable_spares(self, state: DesiredState) -> None:
+        """Before a start: spares whose port something else took meanwhile would stop
+        HAProxy from starting; they are forgotten (routes' ports are kept: they fail loudly)."""
+        held = {s for s, p in state.spares.slots.items() if not bindable(self.bind_host, p)}
+        if held:
+            state.spares.slots = {s: p for s, p in state.spares.slots.items() if s not in held}
+            save_spares(self.directory, state.spares)
 
 
 def _as_router(router: HAProxyRouter) -> Router:  # mypy proves it implements Router
     return router
-
-
-def _same_endpoint(a: Server, b: Server) -> bool:
-    return a.port == b.port and ipaddress.ip_address(a.address) == ipaddress.ip_address(b.address)

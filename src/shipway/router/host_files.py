@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shipway.router.base import Route
 from shipway.router.state import HostTable, write_atomic
 
 
@@ -59,18 +59,23 @@ class HostFiles:
     def cert_path(self, hostname: str) -> Path:
         return self.certs / f"{hostname}.pem"
 
-    def write(self, table: HostTable) -> None:
-        """Every file of ``table`` (the default certificate made once)."""
+    def write(self, table: HostTable, backend: Callable[[str], str]) -> None:
+        """Every file of ``table`` (the default certificate made once); ``backend`` names the
+        HAProxy backend of a route key."""
         self.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.default_cert.exists():
             write_atomic(self.default_cert, _self_signed_pem(), mode=0o600)
-        write_atomic(self.hosts_map, _map({h: Route(k).backend for h, k in table.routes.items()}))
+        self.write_hosts_map(table, backend)
         write_atomic(self.redirect_map, _map(dict.fromkeys(table.redirects, "1")))
         write_atomic(self.hsts_map, _map(dict.fromkeys(table.hsts, "1")))
         if not self.acme_map.exists():
             write_atomic(self.acme_map, "")
         lines = [str(self.default_cert)] + [str(self.cert_path(h)) for h in table.certificates]
         write_atomic(self.crt_list, "\n".join(lines) + "\n")
+
+    def write_hosts_map(self, table: HostTable, backend: Callable[[str], str]) -> None:
+        """``hosts.map``: hostname → the backend of its route."""
+        write_atomic(self.hosts_map, _map({h: backend(k) for h, k in table.routes.items()}))
 
 
 def fingerprint(pem: str) -> str:

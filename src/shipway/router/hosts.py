@@ -10,15 +10,23 @@ HTTP-01 answers go into the ``acme.map`` the same way (``publish``/``withdraw``)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shipway.router.base import Route, RouterError
+from shipway.router.base import RouterError
 from shipway.router.haproxy_config import ConfigOptions
 from shipway.router.host_files import HostFiles, fingerprint
 from shipway.router.runtime_api import RuntimeAPI
-from shipway.router.state import HostTable, load_hosts, locked, save_hosts, write_atomic
+from shipway.router.state import (
+    HostTable,
+    load_hosts,
+    locked,
+    route_backend,
+    save_hosts,
+    write_atomic,
+)
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -103,9 +111,10 @@ class HostRouting:
                 self.files.cert_path(host).unlink(missing_ok=True)
                 del certificates[host]
                 removed.append(host)
-            backends = {h: Route(k).backend for h, k in wanted.routes.items()}
+            backend = functools.cache(functools.partial(route_backend, directory))
+            backends = {h: backend(k) for h, k in wanted.routes.items()}
             if live:
-                old = {h: Route(k).backend for h, k in have.routes.items()}
+                old = {h: backend(k) for h, k in have.routes.items()}
                 self._converge_map(self.files.hosts_map, old, backends)
                 ones = dict.fromkeys
                 self._converge_map(
@@ -121,13 +130,26 @@ class HostRouting:
                 hsts=sorted(wanted.hsts),
             )
             save_hosts(directory, table)
-            self.files.write(table)
+            self.files.write(table, backend)
         return HostChanges(
             routed=[h for h in wanted.routes if have.routes.get(h) != wanted.routes[h]],
             unrouted=[h for h in have.routes if h not in wanted.routes],
             installed=installed,
             removed_certificates=removed,
         )
+
+    def repoint(self, key: str, backend: str) -> None:
+        """Send the hostnames of route ``key`` to ``backend``, its new HAProxy backend (a
+        spare it was just given). The caller holds the router lock."""
+        table = load_hosts(self.options.directory)
+        hosts = [h for h, k in table.routes.items() if k == key]
+        if not hosts or not self.enabled:
+            return
+        if self.is_running():
+            for host in hosts:
+                self._del_map(self.files.hosts_map, host)
+                self.api.change(f"add map {self.files.hosts_map} {host} {backend}")
+        self.files.write_hosts_map(table, functools.partial(route_backend, self.options.directory))
 
     def publish(self, token: str, key_authorization: str) -> None:
         """Answer ``/.well-known/acme-challenge/<token>`` on the HTTP listener (the ACME

@@ -22,6 +22,7 @@ from typing import Any
 from shipway.router.base import Route, RouterError, Server
 
 STATE_FILE = "state.json"
+SPARES_FILE = "spares.json"
 ROUTES_DIR = "routes"
 LOCK_FILE = "router.lock"
 # 2 added hosts (a version 1 file reads as having none); 3 moved the routes to files of
@@ -31,10 +32,24 @@ FORMAT_VERSION = 3
 
 @dataclass
 class RouteState:
-    """One route's port and servers, in the order they were added."""
+    """One route's port and servers, in the order they were added; ``slot``: the spare
+    frontend and backend it was given (spares.py), 0 for a route named after its key."""
 
     listen_port: int
     servers: list[Server] = field(default_factory=list)
+    slot: int = 0
+
+    def frontend(self, key: str) -> str:
+        """Its HAProxy frontend's name."""
+        return f"fe.{self.slot}" if self.slot else Route(key).frontend
+
+    def backend(self, key: str) -> str:
+        """Its HAProxy backend's name."""
+        return f"be.{self.slot}" if self.slot else Route(key).backend
+
+    def copy(self) -> RouteState:
+        """A copy whose server list the caller may change."""
+        return RouteState(self.listen_port, list(self.servers), self.slot)
 
     def server(self, name: str) -> Server | None:
         """The server called ``name``, if any."""
@@ -72,11 +87,27 @@ class HostTable:
 
 
 @dataclass
+class SparePool:
+    """Frontends and backends declared with no route yet (slot → listen port), each ready
+    to become a new route without a reload; ``next_slot`` never goes back, so a slot name
+    is never reused."""
+
+    slots: dict[int, int] = field(default_factory=dict)
+    next_slot: int = 1
+
+
+@dataclass
 class DesiredState:
-    """Every route by key, and the hostnames routed to them."""
+    """Every route by key, the hostnames routed to them, and the spare slots."""
 
     routes: dict[str, RouteState] = field(default_factory=dict)
     hosts: HostTable = field(default_factory=HostTable)
+    spares: SparePool = field(default_factory=SparePool)
+
+    def backend(self, key: str) -> str:
+        """The HAProxy backend of route ``key`` (named after the key if there is none)."""
+        route = self.routes.get(key)
+        return route.backend(key) if route else Route(key).backend
 
     def route(self, key: str) -> RouteState:
         """The route ``key``, or RouterError if it does not exist."""
@@ -93,8 +124,10 @@ class DesiredState:
 def route_to_json(route: RouteState) -> dict[str, Any]:
     """One route as JSON (servers spelled out by hand: ``asdict`` deep-copies, and this
     is on every server change)."""
+    slot = {"slot": route.slot} if route.slot else {}
     return {
         "listen_port": route.listen_port,
+        **slot,
         "servers": [
             {
                 "name": s.name,
@@ -111,7 +144,9 @@ def route_to_json(route: RouteState) -> dict[str, Any]:
 def route_from_json(data: dict[str, Any]) -> RouteState:
     """Parse what ``route_to_json`` wrote."""
     return RouteState(
-        listen_port=int(data["listen_port"]), servers=[Server(**s) for s in data["servers"]]
+        listen_port=int(data["listen_port"]),
+        servers=[Server(**s) for s in data["servers"]],
+        slot=int(data.get("slot", 0)),
     )
 
 
@@ -207,7 +242,38 @@ def load_route(directory: Path, key: str) -> RouteState:
         route: RouteState = _read(_route_path(directory, key), route_from_json)
     except FileNotFoundError:
         raise RouterError(f"no route {key!r}") from None
-    return RouteState(route.listen_port, list(route.servers))
+    return route.copy()
+
+
+def route_backend(directory: Path, key: str) -> str:
+    """The HAProxy backend of route ``key`` as saved (named after the key if there is none)."""
+    try:
+        return load_route(directory, key).backend(key)
+    except RouterError:
+        return Route(key).backend
+
+
+def load_spares(directory: Path) -> SparePool:
+    """The saved spare pool (the caller's own copy)."""
+    try:
+        pool: SparePool = _read(directory / SPARES_FILE, _spares_from_json)
+    except FileNotFoundError:
+        return SparePool()
+    return SparePool(dict(pool.slots), pool.next_slot)
+
+
+def save_spares(directory: Path, pool: SparePool) -> None:
+    """Write the spare pool (not when unchanged)."""
+    if load_spares(directory) == pool:
+        return
+    copy = SparePool(dict(pool.slots), pool.next_slot)
+    data = {"next_slot": pool.next_slot, "slots": {str(k): v for k, v in pool.slots.items()}}
+    _write(directory / SPARES_FILE, data, copy)
+
+
+def _spares_from_json(data: dict[str, Any]) -> SparePool:
+    slots = {int(slot): int(port) for slot, port in data["slots"].items()}
+    return SparePool(slots, int(data["next_slot"]))
 
 
 def save_route(directory: Path, key: str, route: RouteState) -> None:
@@ -219,17 +285,17 @@ def save_route(directory: Path, key: str, route: RouteState) -> None:
 def _save_route_file(directory: Path, key: str, route: RouteState) -> None:
     path = _route_path(directory, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    copy = RouteState(route.listen_port, list(route.servers))
+    copy = route.copy()
     _write(path, route_to_json(copy), copy)
 
 
 def load_state(directory: Path) -> DesiredState:
     """The whole saved state of ``directory`` (empty if none was saved); the caller's copy."""
-    routes = {
-        key: RouteState(route.listen_port, list(route.servers))
-        for key, route in _saved_routes(directory).items()
-    }
-    return DesiredState(routes=routes, hosts=load_hosts(directory))
+    routes = {key: route.copy() for key, route in _saved_routes(directory).items()}
+    spares = load_spares(directory)
+    for route in routes.values():  # held by a route: a crash between the two files' writes
+        spares.slots.pop(route.slot, None)
+    return DesiredState(routes=routes, hosts=load_hosts(directory), spares=spares)
 
 
 def save_state(directory: Path, state: DesiredState) -> tuple[set[str], set[str]]:
@@ -244,6 +310,7 @@ def save_state(directory: Path, state: DesiredState) -> tuple[set[str], set[str]
         _route_path(directory, key).unlink(missing_ok=True)
         _parsed.pop(_route_path(directory, key), None)
     save_hosts(directory, state.hosts)
+    save_spares(directory, state.spares)
     return written, removed
 
 
@@ -295,12 +362,13 @@ def allocate_port(host: str, port_range: tuple[int, int], taken: set[int]) -> in
     start = random.randrange(size)
     for offset in range(size):
         port = low + (start + offset) % size
-        if port not in taken and _bindable(host, port):
+        if port not in taken and bindable(host, port):
             return port
     raise RouterError(f"no free port left in {low}-{high} on {host}")
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` (bound as HAProxy binds)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HAProxy binds
