@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -74,7 +77,52 @@ def make_engine(url: str) -> Engine:
 
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    _ping_when_stale(engine)
+    return engine
+
+
+PING_IDLE_SECONDS = 1.0
+"""A pooled connection idle longer than this is pinged before use (``pool_pre_ping``)."""
+
+
+def _ping_when_stale(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it may be dead: idle for more than
+    ``PING_IDLE_SECONDS``, or its socket has something to read while no query runs (the
+    server said goodbye: a restart or a terminated backend leaves an error message or
+    EOF there). ``pool_pre_ping`` pinged every checkout: one more round trip per
+    transaction, 3 of a no-op job's 16 (bench/README.md, dispatch). A dead connection
+    is replaced and the whole pool dropped, as ``pool_pre_ping`` does."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["shipway_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("shipway_idle_since", None)
+        if idle_since is None:  # just connected (or reconnected)
+            return
+        if time.monotonic() - idle_since < PING_IDLE_SECONDS and _quiet(dbapi_connection):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            if engine.dialect.is_disconnect(error, dbapi_connection, None):
+                raise InvalidatePoolError() from error
+            raise
+
+
+def _quiet(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket is open with nothing to read (no poll waits)."""
+    if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return not poller.poll(0)
+    except (OSError, ValueError, AttributeError):  # no socket to look at: ping instead
+        return False
 
 
 @lru_cache(maxsize=4)
