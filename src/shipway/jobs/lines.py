@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from shipway.ids import utcnow
 from shipway.jobs.dispatch import Queued
@@ -24,18 +24,31 @@ def serial_key_for(deployment_id: str, environment: str) -> str:
 
 
 def earlier_in_line(*, job_id: str, serial_key: str | None, created_at: datetime) -> Any:
+    """Condition on ``Job``: a job that must run before this one (same line)."""
+    return _ahead(Job, job_id=job_id, serial_key=serial_key, created_at=created_at, now=utcnow())
+
+
+def ahead_of_row_in_line(now: Any) -> Any:
+    """Correlated condition: some job must run before the ``jobs`` row of the enclosing
+    statement (a claim's UPDATE), with ``now`` the claim's time (a bind parameter)."""
+    earlier = aliased(Job, name="earlier")
+    row = {"job_id": Job.id, "serial_key": Job.serial_key, "created_at": Job.created_at}
+    return exists().where(_ahead(earlier, now=now, **row))
+
+
+def _ahead(earlier: Any, *, job_id: Any, serial_key: Any, created_at: Any, now: Any) -> Any:
     return and_(
-        Job.serial_key == serial_key,
-        Job.id != job_id,
+        earlier.serial_key == serial_key,
+        earlier.id != job_id,
         or_(
-            Job.state == "running",
+            earlier.state == "running",
             and_(
-                Job.state == "queued",
+                earlier.state == "queued",
                 # a delayed job (retire after the scale-down delay) blocks no one until due
-                or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+                or_(earlier.not_before.is_(None), earlier.not_before <= now),
                 or_(
-                    Job.created_at < created_at,
-                    and_(Job.created_at == created_at, Job.id < job_id),
+                    earlier.created_at < created_at,
+                    and_(earlier.created_at == created_at, earlier.id < job_id),
                 ),
             ),
         ),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shipway.config import get_settings
 from shipway.db import session_factory
@@ -103,8 +103,11 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     """Claim and run ``job_id``; returns its final state, or None if not run here."""
     maker = session_factory()
     owner = owner or worker_identity()
-    with maker() as session, session.begin():
-        claim = lease.claim(session, job_id=job_id, owner=owner)
+    try:
+        with maker() as session, session.begin():
+            claim = lease.claim(session, job_id=job_id, owner=owner)
+    except IntegrityError:  # another job of its line was claimed at the same instant
+        return None
     if claim is None:
         return None
     lost = _leases.hold(job_id, owner, maker)

@@ -1,0 +1,153 @@
+"""The claim is one conditional UPDATE (shipway.jobs.lease.claim), on SQLite and PostgreSQL.
+
+What it must still refuse: a duplicate delivery, a job not due yet (which the relay then
+sends again), and a job behind another one of its (deployment, environment) line.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from shipway.auth.service import get_or_create_workspace
+from shipway.db import transaction
+from shipway.errors import InvalidTransition, NotFound
+from shipway.events.models import Event
+from shipway.ids import utcnow
+from shipway.jobs import lease, queueing, runner
+from shipway.jobs.models import Job
+
+pytestmark = pytest.mark.usefixtures("shipway_env")
+
+
+def _enqueue(**options: object) -> str:
+    with transaction() as session:
+        workspace_id = get_or_create_workspace(session, name="claims").id
+        job = queueing.enqueue(
+            session,
+            workspace_id=workspace_id,
+            kind="noop",
+            actor="test",
+            params={"seconds": 0},
+            **options,  # type: ignore[arg-type]
+        )
+        job.dispatched_at = utcnow()
+        return job.id
+
+
+def _claim(job_id: str, owner: str = "host/1/aa") -> lease.Claim | None:
+    with transaction() as session:
+        return lease.claim(session, job_id=job_id, owner=owner)
+
+
+def _job(job_id: str) -> Job:
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _claim_events(job_id: str) -> int:
+    with transaction() as session:
+        query = select(func.count()).where(
+            Event.job_id == job_id, Event.from_state == "queued", Event.to_state == "running"
+        )
+        return int(session.scalar(query) or 0)
+
+
+def test_a_queued_job_is_claimed_with_a_lease_and_one_event() -> None:
+    job_id = _enqueue()
+    claim = _claim(job_id)
+    assert claim is not None
+    assert (claim.kind, claim.attempt, claim.params) == ("noop", 1, {"seconds": 0})
+    job = _job(job_id)
+    assert job.state == "running" and job.lease_owner == "host/1/aa" and job.attempts == 1
+    assert job.started_at is not None and job.lease_expires_at is not None
+    assert job.lease_expires_at > job.started_at
+    assert _claim_events(job_id) == 1
+
+
+def test_a_duplicate_delivery_claims_nothing() -> None:
+    job_id = _enqueue()
+    assert _claim(job_id) is not None
+    assert _claim(job_id, owner="host/2/bb") is None
+    assert _job(job_id).lease_owner == "host/1/aa"
+    assert _claim_events(job_id) == 1
+
+
+def test_a_job_not_due_yet_is_left_for_the_relay() -> None:
+    job_id = _enqueue(not_before=utcnow() + timedelta(hours=1))
+    assert _job(job_id).dispatched_at is not None
+    assert _claim(job_id) is None
+    job = _job(job_id)
+    assert job.state == "queued" and job.dispatched_at is None  # the relay sends it when due
+
+
+def test_a_job_due_now_is_claimed() -> None:
+    job_id = _enqueue(not_before=utcnow() - timedelta(seconds=1))
+    assert _claim(job_id) is not None
+
+
+def test_a_line_runs_its_jobs_one_at_a_time_in_order() -> None:
+    first = _enqueue(serial_key="dep:prod")
+    second = _enqueue(serial_key="dep:prod")
+    other = _enqueue(serial_key="dep:staging")
+    assert _claim(second) is None  # queued behind the first
+    assert _claim(other) is not None  # another line
+    claim = _claim(first)
+    assert claim is not None and claim.serial_key == "dep:prod"
+    assert _claim(second) is None  # the first runs
+    with transaction() as session:
+        lease.finish(session, job_id=first, owner="host/1/aa", state="succeeded")
+    assert _claim(second) is not None
+    assert _job(second).dispatched_at is not None  # never reset: it was due
+
+
+def test_a_delayed_job_blocks_no_one_until_due() -> None:
+    _enqueue(serial_key="dep:prod", not_before=utcnow() + timedelta(hours=1))
+    later = _enqueue(serial_key="dep:prod")
+    assert _claim(later) is not None
+
+
+def test_run_job_runs_a_queued_noop_to_succeeded() -> None:
+    job_id = _enqueue()
+    assert runner.run_job(job_id) == "succeeded"
+    assert runner.run_job(job_id) is None  # a second delivery
+    assert _job(job_id).state == "succeeded"
+
+
+def test_finish_by_another_owner_is_refused_and_changes_nothing() -> None:
+    job_id = _enqueue()
+    assert _claim(job_id) is not None
+    with pytest.raises(InvalidTransition), transaction() as session:
+        lease.finish(session, job_id=job_id, owner="host/9/zz", state="succeeded")
+    job = _job(job_id)
+    assert job.state == "running" and job.finished_at is None
+    with pytest.raises(NotFound), transaction() as session:
+        lease.finish(session, job_id="job_missing", owner="host/1/aa", state="failed")
+
+
+def test_finish_records_the_outcome_and_one_event() -> None:
+    job_id = _enqueue()
+    assert _claim(job_id) is not None
+    with transaction() as session:
+        lease.finish(
+            session,
+            job_id=job_id,
+            owner="host/1/aa",
+            state="failed",
+            reason="build_failed",
+            failure_reason="build_failed",
+            failure_diagnostics={"title": "Build failed"},
+        )
+    job = _job(job_id)
+    assert (job.state, job.lease_owner, job.lease_expires_at) == ("failed", None, None)
+    assert job.failure_reason == "build_failed" and job.failure_diagnostics == {
+        "title": "Build failed"
+    }
+    assert job.finished_at is not None
+    with transaction() as session:
+        query = select(func.count()).where(Event.job_id == job_id, Event.to_state == "failed")
+        assert session.scalar(query) == 1
