@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,3 +163,30 @@ def test_sync_gives_new_routes_spares_and_hostnames_follow_them(
 
 def _line(info: str, name: str) -> str:
     return next(line for line in info.splitlines() if line.startswith(f"{name}: "))
+
+
+def test_a_spare_whose_port_was_taken_while_stopped_is_dropped_at_start(
+    make_router: Callable[[], HAProxyRouter],  # noqa: F811
+    backends: Callable[..., Backend],  # noqa: F811
+) -> None:
+    first = make_router()
+    first.start()
+    first.ensure_route(Route(KEY))
+    pool = json.loads((first.directory / "spares.json").read_text())["slots"]
+    first.stop()
+    slot, port = next(iter(pool.items()))
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        again = make_router()
+        again.start()  # HAProxy would refuse to start with that port in its config
+
+        left = json.loads((again.directory / "spares.json").read_text())["slots"]
+        assert slot not in left and set(left) == set(pool) - {slot}
+        route = again.ensure_route(Route("dep_y--staging"))
+        assert route.listen_port != port and status(again).reloads == 0
+        again.add_server(route.key, backends("y").server())
+        assert get(again.public_url(route.key)) == (200, "y")
+    finally:
+        holder.close()

@@ -39,8 +39,8 @@ def resolve_ports(
         port = route.listen_port or (kept.listen_port if kept else 0)
         if kept and port == kept.listen_port:
             new.routes[route.key] = RouteState(port, list(routes[route]), kept.slot)
-        elif spare := spares.take(new, route.key, port):
-            spare.servers = list(routes[route])
+        elif spare := spares.take(pool, port):
+            new.routes[route.key] = RouteState(spare.listen_port, list(routes[route]), spare.slot)
         else:
             new.routes[route.key] = RouteState(listen_port=port, servers=list(routes[route]))
     for route_state in new.routes.values():

@@ -44,8 +44,8 @@ from shipway.router.state import (
     DesiredState,
     RouteState,
     allocate_port,
-    bindable,
     load_route,
+    load_spares,
     load_state,
     locked,
     route_backend,
@@ -124,7 +124,8 @@ class HAProxyRouter:
             if self.process.is_running():
                 return
             state = load_state(self.directory)
-            self._drop_unbindable_spares(state)
+            if spares.drop_unbindable(state.spares, bind_host=self.bind_host):
+                save_spares(self.directory, state.spares)
             with self._config_in_place(state):
                 self.process.start()
             self._restore_runtime_only(state)
@@ -159,26 +160,25 @@ class HAProxyRouter:
         listen port."""
         with locked(self.directory):
             self._require_running()
-            with contextlib.suppress(RouterError):  # the common case: one file, no reload
-                saved = load_route(self.directory, route.key)
-                port = saved.listen_port
-                if route.listen_port in (0, port) and self._serves(saved.backend(route.key)):
-                    return Route(route.key, port)
-            state = load_state(self.directory)
-            if route.key not in state.routes and (
-                spare := spares.take(state, route.key, route.listen_port)
+            try:  # the common case: one file, no reload
+                saved: RouteState | None = load_route(self.directory, route.key)
+            except RouterError:
+                saved = None
+            if saved is None:
+                if made := self._from_spare(route):  # the first time: two files, no reload
+                    return made
+            elif route.listen_port in (0, saved.listen_port) and self._serves(
+                saved.backend(route.key)
             ):
-                if self._serves(spare.backend(route.key)):  # else one HAProxy started without
-                    self._save(state)
-                    self.hosts.repoint(route.key, spare.backend(route.key))
-                    return Route(route.key, spare.listen_port)
-                state = load_state(self.directory)
+                return Route(route.key, saved.listen_port)
+            state = load_state(self.directory)
             existing = state.routes.get(route.key)
             port = route.listen_port or (
                 existing.listen_port if existing else self._free_port(state, route.key)
             )
             servers = existing.servers if existing else []
-            state.routes[route.key] = RouteState(listen_port=port, servers=servers)
+            slot = existing.slot if existing and existing.listen_port == port else 0
+            state.routes[route.key] = RouteState(port, servers, slot)
             self._apply_config(state)
             return Route(route.key, port)
 
@@ -320,6 +320,19 @@ class HAProxyRouter:
             route_state.update(name, **changes)
             self._save_route(key, route_state)
 
+    def _from_spare(self, route: Route) -> Route | None:
+        """Route ``route`` through a spare the running worker has (O(1) in routes: the
+        pool's file and the route's); None if none fits."""
+        pool = load_spares(self.directory)
+        spare = spares.take(pool, route.listen_port)
+        if spare is None or not self._serves(spare.backend(route.key)):
+            return None  # not one HAProxy started from an older config has
+        save_spares(self.directory, pool)  # first: a crash never leaves a slot in two files
+        self.config_files.write_spares(pool)
+        self._save_route(route.key, spare)
+        self.hosts.repoint(route.key, spare.backend(route.key))
+        return Route(route.key, spare.listen_port)
+
     def _serves(self, backend: str) -> bool:
         """Whether the running worker has ``backend`` (asked by name: O(1) in routes)."""
         try:
@@ -379,14 +392,6 @@ class HAProxyRouter:
     def _free_port(self, state: DesiredState, key: str) -> int:
         del key  # a new route's: every port of the state is taken
         return allocate_port(self.bind_host, self.port_range, spares.ports_in_use(state))
-
-    def _drop_unbindable_spares(self, state: DesiredState) -> None:
-        """Before a start: spares whose port something else took meanwhile would stop
-        HAProxy from starting; they are forgotten (routes' ports are kept: they fail loudly)."""
-        held = {s for s, p in state.spares.slots.items() if not bindable(self.bind_host, p)}
-        if held:
-            state.spares.slots = {s: p for s, p in state.spares.slots.items() if s not in held}
-            save_spares(self.directory, state.spares)
 
 
 def _as_router(router: HAProxyRouter) -> Router:  # mypy proves it implements Router

@@ -14,7 +14,13 @@ way, so the running worker, the next one and old ones finishing requests agree o
 from __future__ import annotations
 
 from shipway.router.base import RouterError
-from shipway.router.state import DesiredState, RouteState, allocate_port
+from shipway.router.state import (
+    DesiredState,
+    RouteState,
+    SparePool,
+    allocate_port,
+    bindable,
+)
 
 SPARE_MIN = 4  # a small router's batch (few ports held for nothing)
 SPARE_SHARE = 8  # else one spare per 8 routes, up to the router's most (64 by default)
@@ -25,19 +31,16 @@ def batch_size(routes: int, most: int) -> int:
     return min(most, max(SPARE_MIN, routes // SPARE_SHARE))
 
 
-def take(state: DesiredState, key: str, port: int = 0) -> RouteState | None:
-    """Make a spare slot route ``key`` in ``state`` (the one on ``port`` if given, else the
-    oldest); None if no spare fits."""
-    pool = state.spares.slots
+def take(pool: SparePool, port: int = 0) -> RouteState | None:
+    """A route on a spare slot of ``pool``, removed from it (the one on ``port`` if given,
+    else the oldest); None if no spare fits."""
     if port:
-        slot = next((s for s, p in pool.items() if p == port), None)
+        slot = next((s for s, p in pool.slots.items() if p == port), None)
     else:
-        slot = min(pool, default=None)
+        slot = min(pool.slots, default=None)
     if slot is None:
         return None
-    route = RouteState(listen_port=pool.pop(slot), slot=slot)
-    state.routes[key] = route
-    return route
+    return RouteState(listen_port=pool.slots.pop(slot), slot=slot)
 
 
 def grow(state: DesiredState, count: int, *, bind_host: str, port_range: tuple[int, int]) -> None:
@@ -75,3 +78,12 @@ def backends(state: DesiredState) -> set[str]:
 def is_route_backend(name: str) -> bool:
     """Whether an HAProxy backend is a route's or a spare's (not the shared ones)."""
     return name.startswith(("be_", "be."))
+
+
+def drop_unbindable(pool: SparePool, *, bind_host: str) -> bool:
+    """Before a start: forget the spares whose port something else took while HAProxy was
+    down (HAProxy would not start); whether any was. Routes keep theirs: they fail loudly."""
+    held = {slot for slot, port in pool.slots.items() if not bindable(bind_host, port)}
+    for slot in held:
+        del pool.slots[slot]
+    return bool(held)

@@ -293,7 +293,7 @@ def load_state(directory: Path) -> DesiredState:
     """The whole saved state of ``directory`` (empty if none was saved); the caller's copy."""
     routes = {key: route.copy() for key, route in _saved_routes(directory).items()}
     spares = load_spares(directory)
-    for route in routes.values():  # held by a route: a crash between the two files' writes
+    for route in routes.values():  # held by a route (written by hand?): the route's
         spares.slots.pop(route.slot, None)
     return DesiredState(routes=routes, hosts=load_hosts(directory), spares=spares)
 
@@ -301,6 +301,7 @@ def load_state(directory: Path) -> DesiredState:
 def save_state(directory: Path, state: DesiredState) -> tuple[set[str], set[str]]:
     """Write the whole state: only the route files that changed, removing those of routes
     that are gone. Returns the keys of the routes written and of those removed."""
+    save_spares(directory, state.spares)  # first: a crash never leaves a slot in two files
     have = _saved_routes(directory)
     written = {key for key, route in state.routes.items() if have.get(key) != route}
     for key in written:
@@ -310,7 +311,6 @@ def save_state(directory: Path, state: DesiredState) -> tuple[set[str], set[str]
         _route_path(directory, key).unlink(missing_ok=True)
         _parsed.pop(_route_path(directory, key), None)
     save_hosts(directory, state.hosts)
-    save_spares(directory, state.spares)
     return written, removed
 
 
