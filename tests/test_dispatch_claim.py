@@ -1,4 +1,5 @@
-"""The claim is one conditional UPDATE (shipway.jobs.lease.claim), on SQLite and PostgreSQL.
+"""The claim is one conditional UPDATE (shipway.jobs.lease.claim), on SQLite and PostgreSQL;
+the mark after a send never waits for a claim (shipway.jobs.dispatch.mark_dispatched).
 
 What it must still refuse: a duplicate delivery, a job not due yet (which the relay then
 sends again), and a job behind another one of its (deployment, environment) line.
@@ -9,14 +10,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from shipway.auth.service import get_or_create_workspace
-from shipway.db import transaction
+from shipway.db import engine_for, transaction
 from shipway.errors import InvalidTransition, NotFound
 from shipway.events.models import Event
 from shipway.ids import utcnow
-from shipway.jobs import lease, queueing, runner
+from shipway.jobs import dispatch, lease, queueing, runner
 from shipway.jobs.models import Job
 
 pytestmark = pytest.mark.usefixtures("shipway_env")
@@ -151,3 +152,25 @@ def test_finish_records_the_outcome_and_one_event() -> None:
     with transaction() as session:
         query = select(func.count()).where(Event.job_id == job_id, Event.to_state == "failed")
         assert session.scalar(query) == 1
+
+
+def test_the_mark_after_a_send_counts_queued_jobs_only() -> None:
+    queued, running = _enqueue(), _enqueue()
+    assert _claim(running) is not None
+    with transaction() as session:
+        dispatch.mark_dispatched(session, job_ids=[queued, running], now=utcnow())
+    assert _job(queued).dispatch_count == 1
+    assert _job(running).dispatch_count == 0
+
+
+def test_the_mark_skips_a_job_being_claimed_instead_of_waiting(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite locks the whole database: no row is ever skipped")
+    job_id = _enqueue()
+    with engine_for(db_url).connect() as claimer:  # a claim in flight holds the row
+        claimer.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        with transaction() as session:
+            session.execute(text("SET LOCAL lock_timeout = '10s'"))  # a wait fails the test
+            dispatch.mark_dispatched(session, job_ids=[job_id], now=utcnow())
+        claimer.rollback()
+    assert _job(job_id).dispatch_count == 0

@@ -10,14 +10,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.db import session_factory
+from shipway.db import UTCDateTime, session_factory
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.storage import is_exhaustion, record
@@ -111,6 +111,7 @@ def dispatch(
     if sent:
         try:
             with maker() as session, session.begin():
+                _one_statement(session)
                 mark_dispatched(session, job_ids=sent, now=utcnow())
         except OperationalError:
             log.warning("could not mark %d job(s) dispatched", len(sent))
@@ -134,11 +135,38 @@ def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> li
 
 
 def mark_dispatched(session: Session, *, job_ids: Sequence[str], now: datetime) -> None:
-    """Remember that these jobs were handed to the broker."""
+    """Remember that these jobs were handed to the broker.
+
+    A job being claimed right now (its row locked by the claim's UPDATE) is skipped on
+    PostgreSQL rather than waited for: it no longer needs the mark, and the worker's
+    claim is on the job's clock while this is not.
+    """
     if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.state == "queued")
-            .values(dispatched_at=now, dispatch_count=Job.dispatch_count + 1)
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_MARK, {"ids": list(job_ids), "now": now})
+
+
+_JOBS = cast(Table, Job.__table__)
+_MARK = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id.in_(
+            select(_JOBS.c.id)
+            .where(_JOBS.c.id.in_(bindparam("ids", expanding=True)), _JOBS.c.state == "queued")
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        ),
+        _JOBS.c.state == "queued",
+    )
+    .values(
+        dispatched_at=bindparam("now", type_=UTCDateTime()),
+        dispatch_count=_JOBS.c.dispatch_count + 1,
+    )
+)
+"""Built once: the mark follows every API dispatch (see ``mark_dispatched``)."""
+
+
+def _one_statement(session: Session) -> None:
+    """Run this session's only statement in autocommit on PostgreSQL: no BEGIN and COMMIT
+    round trips, and row locks held for the statement alone."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
