@@ -42,6 +42,14 @@ def slot_of(router: HAProxyRouter, key: str) -> int:  # noqa: F811
     return int(json.loads((router.directory / "routes" / f"{key}.json").read_text())["slot"])
 
 
+def started_with_spares(make: Callable[[], HAProxyRouter]) -> HAProxyRouter:
+    """A started router with one route (a reload, which declared spares)."""
+    made = make()
+    made.start()
+    made.ensure_route(Route(KEY))
+    return made
+
+
 def test_a_new_route_takes_a_spare_without_a_reload(
     router: HAProxyRouter,  # noqa: F811
     backends: Callable[..., Backend],  # noqa: F811
@@ -73,9 +81,7 @@ def test_a_route_from_a_spare_survives_a_reload_and_a_restart(
     make_router: Callable[[], HAProxyRouter],  # noqa: F811
     backends: Callable[..., Backend],  # noqa: F811
 ) -> None:
-    first = make_router()
-    first.start()
-    first.ensure_route(Route(KEY))
+    first = started_with_spares(make_router)
     other = first.ensure_route(Route("dep_y--staging"))
     slot = slot_of(first, other.key)
     first.add_server(other.key, backends("y").server())
@@ -169,9 +175,7 @@ def test_a_spare_whose_port_was_taken_while_stopped_is_dropped_at_start(
     make_router: Callable[[], HAProxyRouter],  # noqa: F811
     backends: Callable[..., Backend],  # noqa: F811
 ) -> None:
-    first = make_router()
-    first.start()
-    first.ensure_route(Route(KEY))
+    first = started_with_spares(make_router)
     pool = json.loads((first.directory / "spares.json").read_text())["slots"]
     first.stop()
     slot, port = next(iter(pool.items()))
