@@ -58,6 +58,26 @@ def _claim_events(job_id: str) -> int:
         return int(session.scalar(query) or 0)
 
 
+def _events(job_id: str) -> list[tuple[object, ...]]:
+    """Every Event of a job, as (subject, from, to, reason, actor, data, workspace)."""
+    with transaction() as session:
+        rows = session.execute(
+            select(
+                Event.subject_type,
+                Event.from_state,
+                Event.to_state,
+                Event.reason,
+                Event.actor,
+                Event.data,
+                Event.subject_id,
+                Event.workspace_id.is_not(None),
+            )
+            .where(Event.job_id == job_id)
+            .order_by(Event.id)
+        )
+        return [tuple(row) for row in rows]
+
+
 def test_a_queued_job_is_claimed_with_a_lease_and_one_event() -> None:
     job_id = _enqueue()
     claim = _claim(job_id)
@@ -114,7 +134,21 @@ def test_a_delayed_job_blocks_no_one_until_due() -> None:
 
 def test_run_job_runs_a_queued_noop_to_succeeded() -> None:
     job_id = _enqueue()
-    assert runner.run_job(job_id) == "succeeded"
+    assert runner.run_job(job_id, owner="host/1/aa") == "succeeded"
+    assert _events(job_id) == [  # the same Events on both databases
+        ("job", None, "queued", "noop job accepted", "test", {}, job_id, True),
+        (
+            "job",
+            "queued",
+            "running",
+            "claimed by host/1/aa (attempt 1)",
+            "host/1/aa",
+            {},
+            job_id,
+            True,
+        ),
+        ("job", "running", "succeeded", "succeeded", "host/1/aa", {}, job_id, True),
+    ]
     assert runner.run_job(job_id) is None  # a second delivery
     assert _job(job_id).state == "succeeded"
 

@@ -151,6 +151,15 @@ def _session_factory_for(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def statement_at_a_time(session: Session) -> None:
+    """Commit each of this (new) session's statements on its own on PostgreSQL (autocommit):
+    for work that is one statement, it saves the BEGIN and COMMIT round trips and holds
+    row locks for the statement alone. SQLite keeps its transaction (and its database
+    lock taken at BEGIN)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 @contextmanager
 def transaction(engine: Engine | None = None) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.db import UTCDateTime, session_factory
+from shipway.db import UTCDateTime, session_factory, statement_at_a_time
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.storage import is_exhaustion, record
@@ -111,7 +111,7 @@ def dispatch(
     if sent:
         try:
             with maker() as session, session.begin():
-                _one_statement(session)
+                statement_at_a_time(session)
                 mark_dispatched(session, job_ids=sent, now=utcnow())
         except OperationalError:
             log.warning("could not mark %d job(s) dispatched", len(sent))
@@ -163,10 +163,3 @@ _MARK = (
     )
 )
 """Built once: the mark follows every API dispatch (see ``mark_dispatched``)."""
-
-
-def _one_statement(session: Session) -> None:
-    """Run this session's only statement in autocommit on PostgreSQL: no BEGIN and COMMIT
-    round trips, and row locks held for the statement alone."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.db import UTCDateTime
 from shipway.errors import Conflict, InvalidTransition, NotFound
 from shipway.ids import utcnow
-from shipway.jobs.lines import ahead_of_row_in_line
+from shipway.jobs import lease_sql as sql
 from shipway.jobs.machine import JOB, TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
 from shipway.states import record_event
@@ -31,68 +31,6 @@ class Claim:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-_JOBS = cast(Table, Job.__table__)
-_NOW = bindparam("now", type_=UTCDateTime())
-# Built once, with bind parameters: a claim is on every job's clock, and building a
-# statement and its cache key per call cost about 0.3 ms of CPU (py-spy, bench/README.md).
-_CLAIM = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.state == "queued",
-        or_(_JOBS.c.not_before.is_(None), _JOBS.c.not_before <= _NOW),
-        or_(_JOBS.c.serial_key.is_(None), ~ahead_of_row_in_line(_NOW)),
-    )
-    .values(
-        state="running",
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("expires", type_=UTCDateTime()),
-        heartbeat_at=_NOW,
-        attempts=_JOBS.c.attempts + 1,
-        started_at=func.coalesce(_JOBS.c.started_at, _NOW),
-        updated_at=_NOW,
-    )
-    .returning(
-        _JOBS.c.kind,
-        _JOBS.c.attempts,
-        _JOBS.c.params,
-        _JOBS.c.serial_key,
-        _JOBS.c.workspace_id,
-        _JOBS.c.deployment_id,
-    )
-)
-_TOO_EARLY = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.state == "queued",
-        _JOBS.c.not_before > _NOW,
-    )
-    .values(dispatched_at=None)
-)
-
-
-_FINISH = (
-    update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.state == "running",
-        _JOBS.c.lease_owner == bindparam("owner"),
-    )
-    .values(
-        state=bindparam("to_state"),
-        finished_at=_NOW,
-        updated_at=_NOW,
-        lease_owner=None,
-        lease_expires_at=None,
-        result=bindparam("to_result"),
-        failure_reason=bindparam("to_failure_reason"),
-        failure_diagnostics=bindparam("to_failure_diagnostics"),
-    )
-    .returning(_JOBS.c.workspace_id, _JOBS.c.deployment_id)
-)
-
-
 def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     """Take a queued job with a lease, or None if it is not ours to run now.
 
@@ -107,24 +45,17 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     """
     now = utcnow()
     expires = now + timedelta(seconds=get_settings().lease_seconds)
-    row = session.execute(
-        _CLAIM, {"job_id": job_id, "owner": owner, "now": now, "expires": expires}
-    ).first()
-    if row is None:
-        session.execute(_TOO_EARLY, {"job_id": job_id, "now": now})
-        return None
-    record_event(
+    values = {"job_id": job_id, "owner": owner, "now": now, "expires": expires}
+    row = _logged(
         session,
-        workspace_id=row.workspace_id,
-        subject_type=JOB.name,
-        subject_id=job_id,
-        from_state="queued",
-        to_state="running",
-        reason=f"claimed by {owner} (attempt {row.attempts})",
-        actor=owner,
-        deployment_id=row.deployment_id,
-        job_id=job_id,
+        sql.CLAIM,
+        sql.CLAIM_LOGGED,
+        values,
+        lambda row: ("queued", "running", f"claimed by {owner} (attempt {row.attempts})"),
     )
+    if row is None:
+        session.execute(sql.TOO_EARLY, {"job_id": job_id, "now": now})
+        return None
     return Claim(
         job_id=job_id,
         kind=row.kind,
@@ -133,6 +64,35 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
         serial_key=row.serial_key,
         params=dict(row.params or {}),
     )
+
+
+def _logged(
+    session: Session,
+    change: Any,
+    logged: Any,
+    values: dict[str, Any],
+    event: Callable[[Any], tuple[str, str, str]],
+) -> Any:
+    """A job's conditional UPDATE and its Event (from, to, reason): one statement on
+    PostgreSQL (``lease_sql.with_event``), two elsewhere. The UPDATE's row, or None."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(logged, values).first()
+    row = session.execute(change, values).first()
+    if row is not None:
+        from_state, to_state, reason = event(row)
+        record_event(
+            session,
+            workspace_id=row.workspace_id,
+            subject_type=JOB.name,
+            subject_id=values["job_id"],
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            actor=values["owner"],
+            deployment_id=row.deployment_id,
+            job_id=values["job_id"],
+        )
+    return row
 
 
 def heartbeat(session: Session, *, job_id: str, owner: str) -> bool:
@@ -234,8 +194,15 @@ def finish(
         "to_result": result,
         "to_failure_reason": failure_reason,
         "to_failure_diagnostics": failure_diagnostics,
+        "to_reason": reason or state,
     }
-    row = session.execute(_FINISH, values).first()
+    row = _logged(
+        session,
+        sql.FINISH,
+        sql.FINISH_LOGGED,
+        values,
+        lambda _: ("running", state, reason or state),
+    )
     if row is None:
         current = session.scalar(select(Job.state).where(Job.id == job_id))
         if current is None:
@@ -248,18 +215,6 @@ def finish(
             to_state=state,
             current_state=current,
         )
-    record_event(
-        session,
-        workspace_id=row.workspace_id,
-        subject_type=JOB.name,
-        subject_id=job_id,
-        from_state="running",
-        to_state=state,
-        reason=reason or state,
-        actor=owner,
-        deployment_id=row.deployment_id,
-        job_id=job_id,
-    )
     loaded = session.identity_map.get(session.identity_key(Job, job_id))
     if loaded is not None:  # keep an object already in the session in step
         session.refresh(loaded)

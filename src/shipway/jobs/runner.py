@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shipway.config import get_settings
-from shipway.db import session_factory
+from shipway.db import session_factory, statement_at_a_time
 from shipway.errors import Conflict
 from shipway.jobs import handlers, lease
 from shipway.jobs.cancel import cancelled_diagnostics
@@ -105,6 +105,7 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     owner = owner or worker_identity()
     try:
         with maker() as session, session.begin():
+            statement_at_a_time(session)  # the claim is one statement (with its Event)
             claim = lease.claim(session, job_id=job_id, owner=owner)
     except IntegrityError:  # another job of its line was claimed at the same instant
         return None
@@ -168,6 +169,8 @@ def _end(
 ) -> str | None:
     try:
         with maker() as session, session.begin():
+            if state == "succeeded":  # one statement; a failure compensates in the same transaction
+                statement_at_a_time(session)
             lease.finish(
                 session,
                 job_id=ctx.job_id,
