@@ -3,11 +3,12 @@ its smallest size (or to its raw floor), with one PNG chart per curve.
 
     .venv/bin/python -m bench.curves [--quick] [--only router,monitor,reads,busy] [--charts DIR]
 
-1. router: a traffic switch (``releases.traffic.switch_traffic``) on routers carrying 10,
-   100 and 1,000 environments and hostnames, switched in turn (as bench/hosts.py); and a
-   promote job run in-process (3 replicas, job created → ACTIVE) on one shipway whose
-   router carries 10, then 100, then 1,000 other environments: the first promote of an
-   environment (its route created: a config reload) and a replacing one.
+1. router: a traffic switch (``releases.traffic.switch_traffic``) and a new environment's
+   route (``ensure_route``) on routers carrying 10, 100 and 1,000 environments and
+   hostnames, taken in turn (as bench/hosts.py); and a promote job run in-process (3
+   replicas, job created → ACTIVE) on one shipway whose router carries 10, 100 or 1,000
+   other environments, the sizes in turn: the first promote of an environment (its route
+   created: a spare, or a reload when the pool is empty) and a replacing one.
 2. monitor: one health-monitor pass (``releases.monitor.monitor_once``, in-process) over
    10, 100 and 300 ACTIVE replicas (real busybox httpd containers, 5 per release, made by
    real promote jobs), beside the raw floor of the same work: one container listing and a
@@ -227,6 +228,20 @@ def promote_times(ship: Any, images: list[Any]) -> tuple[float, float, float]:
     return times[0], times[1], switch
 
 
+def new_route_times(routers: list[Any], rounds: int) -> list[list[float]]:
+    """Seconds to give a new environment its route (``ensure_route``: a spare, or a reload
+    when the pool is empty), one on each router in turn."""
+    from shipway.router import Route
+
+    times: list[list[float]] = [[] for _ in routers]
+    for n in range(rounds):
+        for router, measured in zip(routers, times, strict=True):
+            started = time.perf_counter()
+            router.ensure_route(Route(f"new_{n:04d}--production"))
+            measured.append(time.perf_counter() - started)
+    return times
+
+
 def router_curve(section: Section, quick: bool) -> list[Curve]:
     """Switch and promote time vs environments on the router."""
     import docker
@@ -237,7 +252,7 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
 
     sizes = [10, 20] if quick else [10, 100, 1000]
     rounds = 3 if quick else 40
-    promotes = 1 if quick else 3
+    promotes = 1 if quick else 4
     backends = PortServers(20)
     engine = docker.from_env()
     images: list[Image] = []
@@ -248,23 +263,26 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
                 for index, size in enumerate(sizes)
             ]
             switches = [median(times) for times in switch_times(routers, backends, rounds)]
+            before = [r.process.master.status().reloads for r in routers]
+            created = new_route_times(routers, 5 if quick else 20)
+            after = [r.process.master.status().reloads for r in routers]
+            reloads = [n - m for n, m in zip(after, before, strict=True)]
         engine.images.get(BASE_IMAGE)
         images = [site_image(engine, "curve-v1"), site_image(engine, "curve-v2")]
         low = 40000 + 100 * secrets.randbelow(50)
         os.environ["SHIPWAY_ROUTER_PORT_RANGE"] = f"{low}-{low + max(sizes) + 200}"
-        first: list[float] = []
-        replacing: list[float] = []
-        switch_phase: list[float] = []
         with scratch("swb-curves-router-") as folder, in_process_shipway(folder) as ship:
             with_others(sizes[0], backends.ports)
             if not quick:  # untimed: the first promote pays imports and first calls
                 promote_times(ship, images)
-            for size in sizes:  # the containers and HAProxy are removed at the end
-                with_others(size, backends.ports)
-                samples = [promote_times(ship, images) for _ in range(promotes)]
-                first.append(median([s[0] for s in samples]))
-                replacing.append(median([s[1] for s in samples]))
-                switch_phase.append(median([s[2] for s in samples]))
+            samples: list[list[tuple[float, float, float]]] = [[] for _ in sizes]
+            for _ in range(promotes):  # the containers and HAProxy are removed at the end
+                for index, size in enumerate(sizes):  # in turn: a busy moment hits each alike
+                    with_others(size, backends.ports)
+                    samples[index].append(promote_times(ship, images))
+            first = [median([s[0] for s in per_size]) for per_size in samples]
+            replacing = [median([s[1] for s in per_size]) for per_size in samples]
+            switch_phase = [median([s[2] for s in per_size]) for per_size in samples]
     finally:
         os.environ.pop("SHIPWAY_ROUTER_PORT_RANGE", None)
         backends.close()
@@ -279,6 +297,14 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
             f"traffic switch, {size} environments",
             switches[index],
             switches[0],
+            size=small,
+        )
+    for index, size in enumerate(sizes[1:], start=1):
+        add_point(
+            section,
+            f"route for a new environment (ensure_route), {size} environments",
+            median(created[index]),
+            median(created[0]),
             size=small,
         )
     for index, size in enumerate(sizes[1:], start=1):
@@ -307,12 +333,19 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
     section.notes.append(
         f"router: median of {rounds} switches per size, the routers switched in turn; "
         f"promotes: {promotes} per size (a new deployment each, 3 replicas, in-process "
-        "`run_job`), the router's other environments added before each size; promote per "
-        "size (ms): first "
+        "`run_job`), the sizes in turn (the router's other environments added or removed "
+        "before each promote); promote per size (ms): first "
         + "/".join(f"{v * 1000:.0f}" for v in first)
         + ", replacing "
         + "/".join(f"{v * 1000:.0f}" for v in replacing)
-        + f" for {'/'.join(map(str, sizes))} environments."
+        + f" for {'/'.join(map(str, sizes))} environments. New routes: {len(created[0])} per "
+        "size, in turn; median (ms) "
+        + "/".join(f"{median(t) * 1000:.1f}" for t in created)
+        + ", slowest "
+        + "/".join(f"{max(t) * 1000:.0f}" for t in created)
+        + ", HAProxy reloads among them "
+        + "/".join(map(str, reloads))
+        + "."
     )
     return [
         Curve(
@@ -331,6 +364,7 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
                 "first promote (route created)": [v * 1000 for v in first],
                 "replacing promote": [v * 1000 for v in replacing],
                 "replacing: switch phase": [v * 1000 for v in switch_phase],
+                "new route (ensure_route)": [median(t) * 1000 for t in created],
             },
         ),
     ]
