@@ -9,7 +9,7 @@ containers (tests/e2e/test_policies.py does it with real ones and HAProxy).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +73,9 @@ class FakeRuntime:
                 address="127.0.0.1",
             )
         ]
+
+    def replicas_by_label(self, key: str, values: Collection[str]) -> dict[str, list[Replica]]:
+        return {value: self.replicas({key: value}) for value in values}
 
 
 @pytest.fixture
@@ -229,34 +232,31 @@ def test_judge_counts_rounds_and_resets_on_a_new_activation() -> None:
 
 def test_find_replicas_looks_up_every_release_at_once_sorted_by_name() -> None:
     from shipway.deployments.policy import parse_policy
-    from shipway.releases.monitor import LOOKUPS_AT_ONCE, find_replicas
+    from shipway.releases.monitor import find_replicas
     from shipway.releases.monitor_rounds import Candidate
 
-    class Slow(FakeRuntime):
-        """Three replicas a release, listed out of order; counts lookups under way."""
+    class Listing(FakeRuntime):
+        """Three replicas a release, listed out of order; counts lookups."""
 
         def __init__(self) -> None:
             super().__init__(port=1)
-            self.lock, self.now, self.most = threading.Lock(), 0, 0
-            self.enough = threading.Barrier(LOOKUPS_AT_ONCE, timeout=10)
+            self.lookups: list[list[str]] = []
 
-        def replicas(self, selector: dict[str, str]) -> list[Replica]:
-            with self.lock:
-                self.now += 1
-                self.most = max(self.most, self.now)
-            self.enough.wait()  # returns only once LOOKUPS_AT_ONCE lookups are under way
-            with self.lock:
-                self.now -= 1
-            one = super().replicas(selector)[0]
-            return [replace(one, name=f"{one.name}-{n}") for n in (2, 0, 1)]
+        def replicas_by_label(self, key: str, values: Collection[str]) -> dict[str, list[Replica]]:
+            self.lookups.append(list(values))
+            found = super().replicas_by_label(key, values)
+            return {
+                value: [replace(one, name=f"{one.name}-{n}") for one in ones for n in (2, 0, 1)]
+                for value, ones in found.items()
+            }
 
-    engine = Slow()
+    engine = Listing()
     candidates = [
         Candidate(release_id=f"rel-{n}", status="ACTIVE", path="/", policy=parse_policy(None))
-        for n in range(LOOKUPS_AT_ONCE * 2)
+        for n in range(16)
     ]
     find_replicas(engine, candidates)  # type: ignore[arg-type]  # a stand-in runtime
-    assert engine.most == LOOKUPS_AT_ONCE
+    assert engine.lookups == [[c.release_id for c in candidates]]  # one lookup for all
     for candidate in candidates:
         names = [r.name for r in candidate.replicas]
         assert names == [f"sw-{candidate.release_id}-0-{n}" for n in (0, 1, 2)]

@@ -73,6 +73,11 @@ def test_replicas_spread_over_the_nodes_and_answer_at_their_endpoints(
     assert again.id == replicas[0].id and again.endpoint == replicas[0].endpoint
     listed = runtime.replicas({"shipway.release": run})
     assert sorted(r.name for r in listed) == [f"sw-{run}-{i}" for i in range(3)]
+    # The health monitor's lookup of many releases at once agrees with it.
+    by_label = runtime.replicas_by_label("shipway.release", [run, "none"])
+    assert by_label["none"] == [] and sorted(by_label[run], key=lambda r: r.name) == sorted(
+        listed, key=lambda r: r.name
+    )
     # Hardening the task template asked for: init, limits, labels, restart policy.
     service = runtime.client.api.inspect_service(replicas[0].id)
     template = service["Spec"]["TaskTemplate"]

@@ -107,6 +107,36 @@ def test_a_request_the_engine_refuses_fails_as_scheduling_failed_and_leaves_noth
     assert engine.containers() == []
 
 
+def test_replicas_by_label_lists_many_releases_at_once_as_an_inspect_would(
+    engine: Engine, static_image: str
+) -> None:
+    """The health monitor's lookup: one listing for every release asked. A running replica
+    read from the listing has the inspect's id, name, labels, status and endpoint; a
+    stopped one is inspected (its exit code); a value with nothing reads empty."""
+    group = f"shipway-test.group-{engine.run}"
+    for value, count in (("a", 2), ("b", 1), ("other", 1)):
+        for n in range(count):
+            labels = {LABEL: engine.run, group: value}
+            name = f"sw-test-{engine.run}-{value}-{n}"
+            engine.runtime.run_replica(
+                ReplicaSpec(image=static_image, name=name, labels=labels, container_port=8080)
+            )
+    stopped = engine.runtime.replicas({group: "b"})[0]
+    engine.runtime.stop_replica(stopped.id, timeout_seconds=0)
+
+    found = engine.runtime.replicas_by_label(group, ["a", "b", "none"])
+
+    assert set(found) == {"a", "b", "none"} and found["none"] == []
+    assert len(found["a"]) == 2 and all(r.running for r in found["a"])
+    for listed in found["a"]:
+        inspected = engine.runtime.inspect_replica(listed.id)
+        assert inspected is not None
+        for fact in ("id", "name", "labels", "status", "host_port", "address", "endpoint"):
+            assert getattr(listed, fact) == getattr(inspected, fact), fact
+    [exited] = found["b"]
+    assert exited.id == stopped.id and not exited.running and exited.exit_code is not None
+
+
 def _answers(port: int | None) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,11 +43,6 @@ from shipway.releases.replicas import RELEASE_LABEL
 from shipway.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
-
-
-# Releases whose replicas are looked up at once: below the Docker client's connection pool
-# (10), whose surplus connections would be dropped with a warning.
-LOOKUPS_AT_ONCE = 8
 
 
 @dataclass
@@ -106,18 +100,12 @@ def monitor_once(
 
 
 def find_replicas(engine: Runtime, candidates: list[Candidate]) -> None:
-    """Set each candidate's replicas (by name), several releases looked up at once.
+    """Set each candidate's replicas (by name) from one lookup of every release's.
 
-    Each lookup is a listing and an inspect per container: one release after another,
-    they took most of a pass (about 6 ms a container, 0.6 s of 0.8 s with 100 replicas
-    on a busy 2-CPU machine; bench/curves.py).
+    A listing and an inspect per container, release after release, took most of a pass
+    (about 6 ms a container on a busy 2-CPU machine; bench/curves.py): the engine now
+    lists every release's containers once and inspects only those not running.
     """
-
-    def find(candidate: Candidate) -> None:
-        found = engine.replicas({RELEASE_LABEL: candidate.release_id})
-        candidate.replicas = sorted(found, key=lambda r: r.name)
-
-    with ThreadPoolExecutor(
-        max_workers=max(1, min(LOOKUPS_AT_ONCE, len(candidates))), thread_name_prefix="replicas"
-    ) as pool:
-        list(pool.map(find, candidates))
+    found = engine.replicas_by_label(RELEASE_LABEL, [c.release_id for c in candidates])
+    for candidate in candidates:
+        candidate.replicas = sorted(found[candidate.release_id], key=lambda r: r.name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,6 +112,13 @@ class Runtime(Protocol):
         """Every container (running or not) whose labels include ``selector``."""
         ...
 
+    def replicas_by_label(self, key: str, values: Collection[str]) -> dict[str, list[Replica]]:
+        """The replicas of many label values in one lookup: ``{value: its replicas}`` for
+        every value asked (empty when none). A running replica may come from the engine's
+        listing alone: its ``restart_count`` and ``oom_killed`` then read 0 and False
+        (``inspect_replica`` has them)."""
+        ...
+
     def inspect_replica(self, container_id: str) -> Replica | None:
         """One container, or None if it is gone."""
         ...
@@ -201,3 +208,15 @@ class Replica:
         if self.address is None or not self.host_port:
             return None
         return Endpoint(address=self.address, port=self.host_port)
+
+
+def group_by_label(
+    replicas: Iterable[Replica], key: str, values: Collection[str]
+) -> dict[str, list[Replica]]:
+    """``{value: the replicas labelled key=value}`` for every value, the others left out."""
+    found: dict[str, list[Replica]] = {value: [] for value in values}
+    for replica in replicas:
+        value = replica.labels.get(key)
+        if value is not None and value in found:
+            found[value].append(replica)
+    return found

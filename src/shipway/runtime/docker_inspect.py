@@ -34,6 +34,44 @@ def replica_of(attrs: dict[str, Any]) -> Replica:
     )
 
 
+def running_replica_of_listing(summary: dict[str, Any]) -> Replica:
+    """The Replica of a running container from its entry in a listing (``docker ps``): no
+    inspect. A listing has no restart count nor OOM flag: they read 0 and False."""
+    ports = [p for p in summary.get("Ports") or [] if p.get("Type", "tcp") == "tcp"]
+    host_port, address = _listed_on_network(summary, ports) or _listed_published(ports)
+    return Replica(
+        id=summary["Id"],
+        name=str((summary.get("Names") or [""])[0]).lstrip("/"),
+        labels=dict(summary.get("Labels") or {}),
+        status="running",
+        exit_code=None,
+        restart_count=0,
+        host_port=host_port,
+        address=address,
+    )
+
+
+def _listed_published(ports: list[dict[str, Any]]) -> tuple[int | None, str | None]:
+    for port in ports:
+        if port.get("PublicPort"):
+            return int(port["PublicPort"]), _reachable(str(port.get("IP") or ""))
+    return None, None
+
+
+def _listed_on_network(
+    summary: dict[str, Any], ports: list[dict[str, Any]]
+) -> tuple[int | None, str | None] | None:
+    network = get_settings().replica_network
+    if not network:
+        return None
+    networks = ((summary.get("NetworkSettings") or {}).get("Networks")) or {}
+    address = str((networks.get(network) or {}).get("IPAddress") or "")
+    private = sorted(int(p["PrivatePort"]) for p in ports if p.get("PrivatePort"))
+    if not address or not private:
+        return None, None
+    return private[0], address
+
+
 def _published(attrs: dict[str, Any]) -> tuple[int | None, str | None]:
     ports = ((attrs.get("NetworkSettings") or {}).get("Ports")) or {}
     for bindings in ports.values():

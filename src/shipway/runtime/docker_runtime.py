@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from shipway.runtime.base import (
     Replica,
     ReplicaSpec,
     RuntimeFailure,
+    group_by_label,
 )
-from shipway.runtime.docker_inspect import replica_of
+from shipway.runtime.docker_inspect import replica_of, running_replica_of_listing
 from shipway.runtime.docker_push import push_image
 from shipway.runtime.hardening import docker_confinement
 
@@ -308,6 +309,20 @@ class DockerRuntime:
             if replica is not None:
                 found.append(replica)
         return found
+
+    def replicas_by_label(self, key: str, values: Collection[str]) -> dict[str, list[Replica]]:
+        """One listing of every container labelled ``key``; only those not running are
+        inspected (for their exit code and error)."""
+        wanted = set(values)
+        found: list[Replica] = []
+        for summary in self.client.api.containers(all=True, filters={"label": [key]}):
+            if (summary.get("Labels") or {}).get(key) not in wanted:
+                continue
+            if summary.get("State") == "running":
+                found.append(running_replica_of_listing(summary))
+            elif (replica := self.inspect_replica(summary["Id"])) is not None:
+                found.append(replica)
+        return group_by_label(found, key, wanted)
 
     def inspect_replica(self, container_id: str) -> Replica | None:
         """One container, or None if it is gone."""

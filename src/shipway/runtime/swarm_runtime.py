@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from shipway.runtime.base import (
     Replica,
     ReplicaSpec,
     RuntimeFailure,
+    group_by_label,
 )
 from shipway.runtime.docker_runtime import DockerRuntime
 from shipway.runtime.hardening import swarm_confinement
@@ -151,6 +152,13 @@ class SwarmRuntime:
         filters = {"label": [f"{key}={value}" for key, value in selector.items()]}
         services = self._call(lambda api: api.services(filters=filters), "list services")
         return [self._replica(s) for s in services]
+
+    def replicas_by_label(self, key: str, values: Collection[str]) -> dict[str, list[Replica]]:
+        """One listing of the services labelled ``key``; the tasks of those asked for."""
+        services = self._call(lambda api: api.services(filters={"label": [key]}), "list services")
+        wanted = set(values)
+        asked = [s for s in services if (s["Spec"].get("Labels") or {}).get(key) in wanted]
+        return group_by_label([self._replica(s) for s in asked], key, wanted)
 
     def inspect_replica(self, container_id: str) -> Replica | None:
         """One replica (by service id), or None if it is gone."""
