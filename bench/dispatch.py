@@ -53,6 +53,7 @@ from tests.support.processes import Service, Supervisor, child_env, executable
 from tests.support.services import start_postgres, start_redis
 
 TARGET = 1.5
+FLOOR_TARGET = 2.0  # issue 18 item 3: dispatch ≤ 2x the durable floor
 # Polling faster steals the CPU the worker and PostgreSQL need (2 shared cores here).
 POLL_SECONDS = 0.001
 BURST_POLL_SECONDS = 0.02
@@ -330,6 +331,18 @@ def sample(fn: Callable[[], float], count: int, warmup: int = 5) -> list[float]:
     return [fn() for _ in range(count)]
 
 
+def interleaved(fns: list[Callable[[], float]], count: int, warmup: int = 5) -> list[list[float]]:
+    """``count`` timings of each of ``fns``, taken in turn (after ``warmup`` rounds)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    timings: list[list[float]] = [[] for _ in fns]
+    for _ in range(count):
+        for fn, times in zip(fns, timings, strict=True):
+            times.append(fn())
+    return timings
+
+
 def run(quick: bool = False) -> Section:
     """Measure everything; the results as a Section."""
     samples = 15 if quick else 200
@@ -344,10 +357,11 @@ def run(quick: bool = False) -> Section:
             sys.modules.pop("bench.raw_celery", None)  # bind the raw app to this Redis
             raw_service = bench.raw_worker(1)
             ship_service = bench.worker(1)
-            raw = sample(raw_round_trip, samples)
-            ship = sample(bench.shipway_job, samples)
+            # In turn, job by job: each kind sees the same moments of a shared machine.
+            raw, ship, floor = interleaved(
+                [raw_round_trip, bench.shipway_job, bench.floor_job], samples
+            )
             steps = bench.phases(samples)
-            floor = sample(bench.floor_job, samples)
             ratio = median(ship) / median(raw)
             section.add(
                 "one job, p50: enqueue → succeeded (shipway) / apply_async().get() (raw)",
@@ -363,13 +377,15 @@ def run(quick: bool = False) -> Section:
                 baseline=ms(percentile(raw, 99)),
                 ratio=percentile(ship, 99) / percentile(raw, 99),
             )
+            floor_ratio = median(ship) / median(floor)
             section.add(
                 "one job, p50, against the durable floor (raw Celery + the same PostgreSQL "
                 "commits in plain SQL)",
                 ms(median(ship)),
                 baseline=ms(median(floor)),
-                ratio=median(ship) / median(floor),
-                target="for information",
+                ratio=floor_ratio,
+                target=f"≤ {FLOOR_TARGET:g}x",
+                met=floor_ratio <= FLOOR_TARGET,
             )
             section.add(
                 "one job, p50, from the job row's timestamps: created → finished",
@@ -378,7 +394,8 @@ def run(quick: bool = False) -> Section:
                 ratio=steps["created→finished"] / median(raw),
             )
             section.notes.append(
-                f"{samples} sequential jobs each (after 5 untimed), 1 worker process each; "
+                f"{samples} sequential jobs each (after 5 untimed), one of each kind in turn, "
+                "1 worker process each; "
                 "where a shipway job's time goes (median, job row timestamps): "
                 + ", ".join(f"{name} {ms(value)}" for name, value in steps.items())
                 + f"; the first row also counts the bench noticing the row changed (polled "
@@ -420,11 +437,13 @@ def run(quick: bool = False) -> Section:
             )
             section.notes += [
                 "Throughput ratio is time(shipway) / time(raw) for the same number of jobs. "
-                "A shipway job is three short PostgreSQL transactions (the outbox row with "
-                "its audit event, the conditional claim with its event, the conditional "
-                "finish with its event); a raw task touches only Redis. The durable floor "
-                "row shows what one row committed three times in plain SQL costs beside "
-                "the raw round trip.",
+                "A shipway job commits three times, as the floor does: the outbox row with "
+                "its audit event (one transaction), the conditional claim with its event "
+                "and the conditional finish with its event (one statement each on "
+                "PostgreSQL); the dispatcher's mark (one statement) runs beside the worker. "
+                "A raw task touches only Redis; the durable floor commits one row three "
+                "times in plain SQL (INSERT, then two conditional UPDATEs by the worker), "
+                "with no audit rows.",
                 "The API dispatches right after commit (the first rows); a job that only "
                 "the relay sends waits for the relay's next pass (the last row: about a "
                 "whole interval here, because each job is enqueued just after the pass "
