@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help provision images lint format test test-chaos test-fuzz test-cluster test-topology demo bench bench-quick bench-promote bench-cluster clean distclean
+.PHONY: help provision images lint format test test-busy test-chaos test-fuzz test-cluster test-topology demo bench bench-quick bench-promote bench-cluster clean distclean
 
 help:
 	@echo "make provision  install system packages, .venv, Docker engine and base image (idempotent)"
@@ -13,6 +13,8 @@ help:
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make format     apply ruff's fixes and formatting"
 	@echo "make test       provision, lint, then the whole test suite (PYTEST_ARGS=... to narrow)"
+	@echo "make test-busy  provision, then the suite RUNS=3 times in a row beside HOGS=2 CPU-bound"
+	@echo "                processes (stress-ng); stops at the first failure"
 	@echo "make test-chaos provision, then the full chaos suite (tests/chaos; restarts dockerd!)"
 	@echo "make test-fuzz  provision, then a long API fuzz run (SHIPWAY_FUZZ_EXAMPLES=200 per operation)"
 	@echo "make test-cluster  provision, then the multi-node suite: a 3-node Docker Swarm + registry (root)"
@@ -49,6 +51,10 @@ format: $(BIN)/ruff
 test: provision
 	@$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+# The suite on a busy machine (issue 18): RUNS runs in a row, HOGS CPU-bound processes beside.
+test-busy: provision
+	@RUNS=$${RUNS:-3} HOGS=$${HOGS:-2} PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test-busy.sh
 
 # The full-size chaos suite (docs/chaos.md). `make test` runs tests/chaos too, in smoke size.
 # SHIPWAY_CHAOS_DOCKER=1 restarts the Docker engine: every container on it is stopped.

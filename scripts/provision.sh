@@ -67,6 +67,7 @@ has_package() {
     util-linux) command -v nsenter >/dev/null && command -v unshare >/dev/null ;;
     pebble) command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null ;;
     prometheus) command -v promtool >/dev/null ;;
+    stress-ng) command -v stress-ng >/dev/null ;;
     *) pkg_installed "$1" ;;
   esac
 }
@@ -126,6 +127,8 @@ topology=(docker-compose debootstrap)
 tls=(pebble)
 # promtool checks and unit-tests the example alert rules (deploy/prometheus-alerts.yml).
 monitoring=(prometheus)
+# CPU-bound load beside the suite (make test-busy, scripts/test-busy.sh).
+busy=(stress-ng)
 # Debian's own interpreter needs python3.11-venv for `-m venv` (pyenv's does not).
 if [ ! -x "$VENV/bin/python" ] && ! { command -v "$PY" >/dev/null && "$PY" -c 'import ensurepip, venv' 2>/dev/null; }; then
   required+=(python3.11 python3.11-venv)
@@ -145,6 +148,7 @@ install_optional "the HTTPS tests will be skipped" "${tls[@]}"
 install_optional "the alert rule tests will be skipped" "${monitoring[@]}"
 install_optional "the cluster tests will be skipped" "${cluster[@]}"
 install_optional "make images / make test-topology need it" "${topology[@]}"
+install_optional "make test-busy will load the CPUs with Python loops instead" "${busy[@]}"
 
 # --- Python virtualenv -----------------------------------------------------
 
