@@ -116,11 +116,14 @@ def _switch(ctx: JobContext, replicas: list[Replica]) -> None:
     After a canary this is its final promotion: full weight to the canary's servers,
     the stable ones drained.
     """
-    ctx.phase("switch")
-    router = get_router()
     with ctx.session() as session:
         _, release, _, _ = load_rollout(session, ctx.job_id)
-    switch_traffic(router, route_of(release), to=servers_of(replicas))
+    # The release is read before the phase: between the phase's commit and the switch's own
+    # transaction only the router is touched. A crash there leaves a switch made but not
+    # recorded (switch_recovery settles it); on SQLite the switch's transaction is the
+    # first to wait for the database lock (tests/e2e/test_switch_recovery_sqlite.py).
+    ctx.phase("switch")
+    switch_traffic(get_router(), route_of(release), to=servers_of(replicas))
     record_switch(ctx)
 
 
