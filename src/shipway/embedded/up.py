@@ -16,6 +16,7 @@ killed the process there and left the worker running, reparented to init).
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Callable
@@ -64,6 +65,9 @@ def run_up(
         _serve(settings, supervisor, stops, host=host, port=port, on_start=on_start)
     finally:
         instance.release()
+        # What is alive now lives until the exit: frozen, the interpreter's last garbage
+        # collections skip it (they took 3-5 s of the stop on a busy machine).
+        gc.freeze()
 
 
 def _serve(
