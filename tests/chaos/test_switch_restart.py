@@ -14,6 +14,11 @@ ACTIVE); then a worker and a relay start again. Cycles alternate the two ways ba
 A probe requests the public URL every 20 ms from the restart to the end of the cycle;
 every answer must be a 200. The summary gives the recovery times (restart to
 agreement) per way back.
+
+The same on SQLite (``shipway up``'s default), again and again on one data directory: each
+cycle's promote is held between its router switch and its commit by the database's write
+lock, then ``shipway up`` and its workers are SIGKILLed and the next ``shipway up`` completes
+the switch (tests/e2e/test_switch_recovery_sqlite.py is one cycle).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from fastapi.testclient import TestClient
 
 from tests.chaos.support import FULL, LONG_SCENARIO
 from tests.chaos.test_haproxy_kill import Probe
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, embedded
+from tests.e2e.embedded_support import start_up
 from tests.e2e.rollout_support import SiteImage, rollout_stack, site_images
 from tests.e2e.test_switch_recovery import (
     RECOVERY_BOUND_SECONDS,
@@ -36,6 +42,7 @@ from tests.e2e.test_switch_recovery import (
     requeue,
     restart,
 )
+from tests.e2e.test_switch_recovery_sqlite import Cycle, kill_in_the_switch, sqlite_up
 
 pytestmark = [
     pytest.mark.chaos,
@@ -43,7 +50,8 @@ pytestmark = [
     LONG_SCENARIO,
     pytest.mark.timeout(1200 if FULL else 400),
 ]
-__all__ = ["api", "rollout_stack", "site_images"]  # fixtures, imported for pytest
+# fixtures, imported for pytest
+__all__ = ["api", "embedded", "rollout_stack", "site_images", "sqlite_up"]
 
 CYCLES = 6 if FULL else 2
 WAYS = {  # way back: (what agreement shows, phases of the resumed attempt)
@@ -89,6 +97,24 @@ def test_restarts_after_kills_in_the_switch_agree_within_seconds(
     )
     assert max(r.since_up for t in times.values() for r in t) < RECOVERY_BOUND_SECONDS, times
     assert set(answers) == {"200"}, answers
+
+
+def test_shipway_up_killed_in_the_switch_again_and_again_on_sqlite(
+    sqlite_up: Stack, site_images: dict[str, SiteImage], chaos_report: Any
+) -> None:
+    up, _ = start_up(sqlite_up, "up-0")
+    cycles: list[Cycle] = []
+    for cycle in range(CYCLES):
+        up, figures = kill_in_the_switch(sqlite_up, site_images, up, f"up-{cycle + 1}")
+        cycles.append(figures)
+    failed = [failure for c in cycles for failure in c.failed]
+    chaos_report(
+        f"chaos switch restart (shipway up, SQLite): {CYCLES} kills between the router switch "
+        f"and its commit; agreement {_span([c.total for c in cycles])} after the restart, "
+        f"{_span([c.since_api for c in cycles])} after its API answered; "
+        f"{sum(c.sent for c in cycles)} requests, {len(failed)} failed"
+    )
+    assert failed == [], failed
 
 
 def _span(values: list[float]) -> str:
