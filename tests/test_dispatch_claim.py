@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from shipway.auth.service import get_or_create_workspace
 from shipway.db import engine_for, transaction
@@ -208,3 +208,30 @@ def test_the_mark_skips_a_job_being_claimed_instead_of_waiting(db_url: str) -> N
             dispatch.mark_dispatched(session, job_ids=[job_id], now=utcnow())
         claimer.rollback()
     assert _job(job_id).dispatch_count == 0
+
+
+def test_enqueue_writes_the_row_the_returned_job_shows(db_url: str) -> None:
+    with transaction() as session:
+        workspace_id = get_or_create_workspace(session, name="claims").id
+        job = queueing.enqueue(
+            session, workspace_id=workspace_id, kind="noop", actor="test", serial_key="d:e"
+        )
+        statements: list[str] = []
+
+        def seen(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(engine_for(db_url), "before_cursor_execute", seen)
+        try:
+            shown = {column: getattr(job, column) for column in queueing.JOB_COLUMNS}
+        finally:
+            event.remove(engine_for(db_url), "before_cursor_execute", seen)
+    assert statements == []  # every column was loaded: no lazy SELECT
+    with transaction() as session:
+        stored = session.execute(select(Job.__table__).where(Job.id == job.id)).one()._asdict()
+        nulls = session.execute(
+            select(Job.result.is_(None), Job.failure_diagnostics.is_(None)).where(Job.id == job.id)
+        ).one()
+    assert stored == shown
+    assert tuple(nulls) == (True, True)  # SQL NULL, not JSON null
+    assert _events(job.id)[0][:5] == ("job", None, "queued", "noop job accepted", "test")

@@ -11,7 +11,7 @@ The machines themselves live with their records: VERSION and RELEASE in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import Table, insert, update
 from sqlalchemy.orm import Session
@@ -129,17 +129,7 @@ def transition(
     )
     row = result.first()
     if row is None:
-        current = session.get(model, subject_id, populate_existing=True)
-        if current is None:
-            raise NotFound(f"{machine.name} {subject_id} not found", subject_id=subject_id)
-        raise InvalidTransition(
-            f"{machine.name} {subject_id} is {getattr(current, machine.column)}, not {from_state}",
-            machine=machine.name,
-            subject_id=subject_id,
-            from_state=from_state,
-            to_state=to_state,
-            current_state=getattr(current, machine.column),
-        )
+        refuse(session, machine, subject_id=subject_id, from_state=from_state, to_state=to_state)
     workspace_id, deployment_id = row[0], row[1]
     record_event(
         session,
@@ -158,3 +148,21 @@ def transition(
     loaded = session.identity_map.get(session.identity_key(model, subject_id))
     if loaded is not None:
         session.refresh(loaded)
+
+
+def refuse(
+    session: Session, machine: Machine, *, subject_id: str, from_state: str, to_state: str
+) -> NoReturn:
+    """Say why a conditional UPDATE moved nothing: :class:`NotFound`, or
+    :class:`InvalidTransition` naming the row's current state."""
+    current = session.get(machine.model, subject_id, populate_existing=True)
+    if current is None:
+        raise NotFound(f"{machine.name} {subject_id} not found", subject_id=subject_id)
+    raise InvalidTransition(
+        f"{machine.name} {subject_id} is {getattr(current, machine.column)}, not {from_state}",
+        machine=machine.name,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        current_state=getattr(current, machine.column),
+    )

@@ -11,12 +11,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.errors import Conflict, InvalidTransition, NotFound
+from shipway.errors import Conflict
 from shipway.ids import utcnow
 from shipway.jobs import lease_sql as sql
 from shipway.jobs.machine import JOB, TERMINAL_JOB_STATES
 from shipway.jobs.models import Job
-from shipway.states import record_event
+from shipway.states import record_event, refuse
 
 
 @dataclass(frozen=True)
@@ -203,18 +203,8 @@ def finish(
         values,
         lambda _: ("running", state, reason or state),
     )
-    if row is None:
-        current = session.scalar(select(Job.state).where(Job.id == job_id))
-        if current is None:
-            raise NotFound(f"job {job_id} not found", subject_id=job_id)
-        raise InvalidTransition(
-            f"job {job_id} is {current} (lease owner checked), not running by {owner}",
-            machine=JOB.name,
-            subject_id=job_id,
-            from_state="running",
-            to_state=state,
-            current_state=current,
-        )
+    if row is None:  # not running, or no longer held by this owner
+        refuse(session, JOB, subject_id=job_id, from_state="running", to_state=state)
     loaded = session.identity_map.get(session.identity_key(Job, job_id))
     if loaded is not None:  # keep an object already in the session in step
         session.refresh(loaded)

@@ -11,7 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Update, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.sql.expression import CTE
 
 from shipway.db import UTCDateTime
@@ -82,11 +95,18 @@ FINISH = (
 
 
 def with_event(
-    change: Update, *, from_state: str, to_state: Any, reason: Callable[[CTE], Any]
+    change: Update | Insert,
+    *,
+    from_state: Any,
+    to_state: Any,
+    reason: Callable[[CTE], Any],
+    subject: Callable[[CTE], Any] = lambda _moved: bindparam("job_id"),
+    actor: Any = None,
 ) -> Select[Any]:
-    """PostgreSQL: ``change`` (a job's conditional UPDATE … RETURNING workspace_id,
-    deployment_id) and the job's Event, as ``record_event`` writes it, in one statement;
-    its rows are the UPDATE's RETURNING (none: nothing changed, no Event)."""
+    """PostgreSQL: ``change`` (a job's INSERT or conditional UPDATE … RETURNING
+    workspace_id, deployment_id) and the job's Event, as ``record_event`` writes it, in
+    one statement; its rows are the change's RETURNING (none: nothing changed, no
+    Event). The actor is the ``owner`` parameter unless given."""
     moved = change.cte("moved")
     event = insert(_EVENTS).from_select(
         [
@@ -106,12 +126,12 @@ def with_event(
             moved.c.workspace_id,
             moved.c.deployment_id,
             literal(JOB.name),
-            bindparam("job_id"),
-            literal(from_state),
+            subject(moved),
+            from_state,
             to_state,
             reason(moved),
-            bindparam("owner"),
-            bindparam("job_id"),
+            bindparam("owner") if actor is None else actor,
+            subject(moved),
             literal({}, _EVENTS.c.data.type),
             _NOW,
         ),
@@ -121,7 +141,7 @@ def with_event(
 
 CLAIM_LOGGED = with_event(
     CLAIM,
-    from_state="queued",
+    from_state=literal("queued"),
     to_state=literal("running"),
     reason=lambda moved: func.concat(
         "claimed by ", bindparam("owner"), " (attempt ", moved.c.attempts, ")"
@@ -129,7 +149,26 @@ CLAIM_LOGGED = with_event(
 )
 FINISH_LOGGED = with_event(
     FINISH,
-    from_state="running",
+    from_state=literal("running"),
     to_state=bindparam("to_state"),
     reason=lambda _moved: bindparam("to_reason"),
+)
+NULL_AT_ENQUEUE = frozenset({"result", "failure_diagnostics"})
+"""JSON columns a new job leaves NULL: left out of its INSERT (a None parameter of a JSON
+column would store JSON ``null``, not SQL NULL)."""
+ENQUEUE = insert(_JOBS).values(
+    {
+        column.name: bindparam(f"v_{column.name}", type_=column.type)
+        for column in _JOBS.c
+        if column.name not in NULL_AT_ENQUEUE
+    }
+)
+"""A new job's other columns, from ``v_<column>`` parameters (``queueing.enqueue``)."""
+ENQUEUE_LOGGED = with_event(
+    ENQUEUE.returning(_JOBS.c.id, _JOBS.c.workspace_id, _JOBS.c.deployment_id),
+    from_state=null(),
+    to_state=literal("queued"),
+    reason=lambda _moved: bindparam("event_reason"),
+    subject=lambda moved: moved.c.id,
+    actor=bindparam("v_actor"),
 )

@@ -7,14 +7,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shipway.config import get_settings
 from shipway.errors import NotFound
 from shipway.ids import new_id, utcnow
+from shipway.jobs import lease_sql as sql
 from shipway.jobs.handlers import queue_of
 from shipway.jobs.models import Job
 from shipway.states import record_event
+
+JOB_COLUMNS = tuple(column.name for column in Job.__table__.columns)
 
 
 def enqueue(
@@ -43,8 +47,10 @@ def enqueue(
         kind=kind,
         queue=queue or queue_of(kind),
         state="queued",
+        phase=None,
         params=params or {},
         progress={},
+        failure_reason=None,
         actor=actor,
         deployment_id=deployment_id,
         environment=environment,
@@ -53,13 +59,25 @@ def enqueue(
         serial_key=serial_key,
         attempts=0,
         max_attempts=max_attempts or settings.max_attempts,
+        lease_owner=None,
+        lease_expires_at=None,
+        heartbeat_at=None,
         deadline_at=now + timedelta(seconds=deadline_seconds or settings.job_deadline_seconds),
+        dispatched_at=None,
         dispatch_count=0,
         not_before=not_before,
         cancel_requested=False,
+        paused=False,
+        control_request=None,
         created_at=now,
+        started_at=None,
+        finished_at=None,
         updated_at=now,
     )
+    reason = f"{kind} job accepted"
+    if session.get_bind().dialect.name == "postgresql":
+        _insert_with_event(session, job, reason=reason)
+        return job
     session.add(job)
     session.flush()
     record_event(
@@ -69,12 +87,28 @@ def enqueue(
         subject_id=job.id,
         from_state=None,
         to_state="queued",
-        reason=f"{kind} job accepted",
+        reason=reason,
         actor=actor,
         deployment_id=deployment_id,
         job_id=job.id,
     )
     return job
+
+
+def _insert_with_event(session: Session, job: Job, *, reason: str) -> None:
+    """PostgreSQL: the job's INSERT and its Event in one statement (``lease_sql``), then
+    ``job`` joins the session as the row it is, with no SQL (every column is set)."""
+    session.flush()  # rows the job refers to (a new workspace) go first
+    values = {
+        f"v_{column}": getattr(job, column)
+        for column in JOB_COLUMNS
+        if column not in sql.NULL_AT_ENQUEUE
+    }
+    session.execute(sql.ENQUEUE_LOGGED, {**values, "event_reason": reason, "now": job.created_at})
+    make_transient_to_detached(job)
+    for column in sql.NULL_AT_ENQUEUE:  # left out of the INSERT: NULL there, None here
+        set_committed_value(job, column, None)
+    session.add(job)
 
 
 def get_job(session: Session, *, job_id: str, workspace_id: str | None = None) -> Job:
