@@ -1,11 +1,14 @@
 """``shipway up``'s workers: one per queue, restarted with backoff when one dies.
 
 Builds and rollouts each get a worker of their own, so a rollback never waits behind a
-build. A worker runs in a session of its own (a signal to ``up``'s process group reaches it
-only through ``up``) and gets SIGTERM from the kernel if ``up`` dies without stopping it.
-When a worker exits, what is left of its session (pool children) is killed, its running
-jobs are taken back at once (``recovery``), and it is started again after 1 s, 2 s, 4 s ...
-at most 30 s (back to 1 s after a run of a minute or more).
+build; the builds worker (and its pool child, which runs the build) has a lower CPU
+priority (``nice`` +10), so that on a busy machine the API and the rollouts worker get the
+CPU first (a build's RUN steps have low CPU shares too: ``docker_runtime``). A worker runs
+in a session of its own (a signal to ``up``'s process group reaches it only through
+``up``) and gets SIGTERM from the kernel if ``up`` dies without stopping it. When a worker
+exits, what is left of its session (pool children) is killed, its running jobs are taken
+back at once (``recovery``), and it is started again after 1 s, 2 s, 4 s ... at most 30 s
+(back to 1 s after a run of a minute or more).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUPS: tuple[tuple[str, ...], ...] = (("builds",), ("rollouts",))
 """One worker per group: a long build never holds up a promote or a rollback."""
+NICENESS = {"builds": 10}
+"""How much lower than ``up`` a group's worker runs (its highest-priority queue counts)."""
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_RUN_SECONDS = 60.0
@@ -144,8 +149,9 @@ class WorkerSupervisor:
         }
         command = [sys.executable, "-m", "shipway.cli", "worker"]
         command += ["--queues", ",".join(slot.queues), "--hostname", slot.node]
+        niceness = min(NICENESS.get(queue, 0) for queue in slot.queues)
         process = subprocess.Popen(
-            command, env=env, start_new_session=True, preexec_fn=die_with_parent()
+            command, env=env, start_new_session=True, preexec_fn=_preexec(niceness)
         )
         with self._lock:
             slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
@@ -174,6 +180,20 @@ class WorkerSupervisor:
             self.on_exit([slot.node])
         except Exception:  # the database may be down: the lease reaper is the safety net
             log.exception("could not take back the jobs of %s", slot.node)
+
+
+def _preexec(niceness: int) -> Callable[[], None] | None:
+    """In the child before it runs: die with the starting thread, and lower its priority."""
+    die = die_with_parent()
+    if not niceness:
+        return die
+
+    def preexec() -> None:
+        if die is not None:
+            die()
+        os.nice(niceness)
+
+    return preexec
 
 
 def _exit_text(code: int) -> str:

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 STEP = re.compile(r"^Step \d+/\d+ : ")
 RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})")
 TAIL_LINES = 30
+BUILD_CPU_SHARES = 256
+"""CPU weight of a build's RUN steps (Docker's default is 1024): a build that burns CPU
+leaves it to the replicas, the API and the rollouts first (issue 19: a rollback during
+a build)."""
 
 
 class _CancellableAPIClient(docker.APIClient):
@@ -119,6 +123,7 @@ class DockerRuntime:
                 forcerm=True,
                 pull=False,
                 decode=True,
+                container_limits={"cpushares": BUILD_CPU_SHARES},
             ):
                 self._consume(chunk, outcome, tail, on_line)
         except (
