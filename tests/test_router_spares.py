@@ -194,3 +194,39 @@ def test_a_spare_whose_port_was_taken_while_stopped_is_dropped_at_start(
         assert get(again.public_url(route.key)) == (200, "y")
     finally:
         holder.close()
+
+
+def test_a_spare_port_taken_before_haproxy_binds_it_costs_no_route(
+    router: HAProxyRouter,  # noqa: F811
+    backends: Callable[..., Backend],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another router sharing the range binds a new spare's port between the probe and the
+    reload: the reload is tried again without the new spares, the route is made."""
+    holders: list[socket.socket] = []
+    check = router.process.check
+
+    def taken_meanwhile(paths: list[Path]) -> None:  # haproxy -c: after the probe, before the bind
+        check(paths)
+        spare_file = paths[-1] / "-spares.cfg"
+        if not holders and spare_file.exists():
+            port = int(spare_file.read_text().split("bind 127.0.0.1:")[1].split()[0])
+            holders.append(socket.create_server(("127.0.0.1", port)))
+
+    monkeypatch.setattr(router.process, "check", taken_meanwhile)
+    try:
+        route = router.ensure_route(Route(KEY))  # the first route: a reload declaring spares
+        router.add_server(KEY, backends("a").server())
+
+        assert get(router.public_url(KEY)) == (200, "a")
+        held = holders[0].getsockname()[1]
+        assert route.listen_port != held
+        pool = json.loads((router.directory / "spares.json").read_text())["slots"]
+        assert held not in pool.values()
+        assert status(router).failed_reloads == 0
+        other = router.ensure_route(Route("dep_y--staging"))  # the pool grows at this reload
+        router.add_server(other.key, backends("y").server())
+        assert get(router.public_url(other.key)) == (200, "y")
+    finally:
+        for holder in holders:
+            holder.close()

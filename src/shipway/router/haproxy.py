@@ -344,11 +344,12 @@ class HAProxyRouter:
         return True
 
     def _apply_config(self, state: DesiredState) -> None:
-        """Write the config of ``state`` and reload; on failure the previous config stays.
-        An empty spare pool gets a batch: this reload is paid for anyway."""
-        if not state.spares.slots and self.spare_routes > 0:
-            size = spares.batch_size(len(state.routes), self.spare_routes)
-            spares.grow(state, size, bind_host=self.bind_host, port_range=self.port_range)
+        """Write the config of ``state`` and reload (an empty spare pool gets a batch)."""
+        spares.apply_with_spares(
+            state, self._reload_with, self.spare_routes, self.bind_host, self.port_range
+        )
+
+    def _reload_with(self, state: DesiredState) -> None:  # on failure the old config stays
         if not self.process.reads_route_files():
             # Started before conf.d existed: a reload would miss it. Once, a restart.
             self.process.stop(graceful=True, timeout=self.process.timeout)

@@ -13,6 +13,9 @@ way, so the running worker, the next one and old ones finishing requests agree o
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from shipway.router.base import RouterError
 from shipway.router.state import (
     DesiredState,
@@ -21,6 +24,8 @@ from shipway.router.state import (
     allocate_port,
     bindable,
 )
+
+log = logging.getLogger(__name__)
 
 SPARE_MIN = 4  # a small router's batch (few ports held for nothing)
 SPARE_SHARE = 8  # else one spare per 8 routes, up to the router's most (64 by default)
@@ -43,17 +48,54 @@ def take(pool: SparePool, port: int = 0) -> RouteState | None:
     return RouteState(listen_port=pool.slots.pop(slot), slot=slot)
 
 
-def grow(state: DesiredState, count: int, *, bind_host: str, port_range: tuple[int, int]) -> None:
-    """Declare up to ``count`` new spares on free ports (fewer if the range runs out)."""
-    taken = ports_in_use(state)
+def grow(
+    state: DesiredState, count: int, *, bind_host: str, port_range: tuple[int, int]
+) -> list[int]:
+    """Declare up to ``count`` new spares on free ports (fewer if the range runs out); the
+    new slots."""
+    taken, added = ports_in_use(state), []
     for _ in range(count):
         try:
             port = allocate_port(bind_host, port_range, taken)
         except RouterError:
-            return  # a full range: routes still get ports one reload at a time
+            break  # a full range: routes still get ports one reload at a time
+        added.append(state.spares.next_slot)
         state.spares.slots[state.spares.next_slot] = port
         state.spares.next_slot += 1
         taken.add(port)
+    return added
+
+
+def apply_with_spares(
+    state: DesiredState,
+    apply: Callable[[DesiredState], None],
+    most: int,
+    bind_host: str,
+    port_range: tuple[int, int],
+) -> None:
+    """``apply`` (a reload) ``state``, its pool given a batch (of ``most`` spares at most)
+    first if it is empty.
+
+    A spare's port is only probed free: another router sharing the range (or anything
+    else) may bind it before HAProxy does, and the reload fails. A spare is optional, so
+    the reload is tried once more without the new ones (the pool grows at the next
+    reload); a failure then is not theirs and is raised.
+    """
+    added: list[int] = []
+    if not state.spares.slots and most > 0:
+        size = batch_size(len(state.routes), most)
+        added = grow(state, size, bind_host=bind_host, port_range=port_range)
+    try:
+        apply(state)
+    except RouterError as exc:
+        if not added:
+            raise
+        log.warning(
+            "router: reload with %d new spares failed, again without them: %s", len(added), exc
+        )
+        for slot in added:
+            del state.spares.slots[slot]
+        apply(state)
 
 
 def ports_in_use(state: DesiredState) -> set[int]:
