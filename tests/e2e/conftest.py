@@ -180,7 +180,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     """The ``stack`` fixture's body: also for a stack shared by a module's tests."""
     from shipway.db import engine_for
-    from tests.conftest import clean_up_rollouts, new_postgres_database
+    from tests.conftest import clean_up_rollouts, drop_postgres_database, new_postgres_database
 
     database_url = new_postgres_database(postgres_server)
     redis = start_redis(tmp_path / "redis")
@@ -207,6 +207,7 @@ def running_stack(
             print(_haproxy_log(router_dir))
         clean_up_rollouts(database_url, router_dir)  # HAProxy and replica containers
         engine_for(database_url).dispose()
+        drop_postgres_database(postgres_server, database_url)
         get_settings.cache_clear()
 
 
