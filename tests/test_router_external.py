@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ def fetch(url: str) -> str:
         return str(answer.read().decode())
 
 
+def answers(url: str, body: str) -> bool:
+    """Whether ``url`` answers ``body`` now (False while it refuses or fails)."""
+    try:
+        return fetch(url) == body
+    except OSError:
+        return False
+
+
 def test_an_external_router_is_driven_through_its_sockets_and_never_started_here(
     owner: Callable[[], Owner],
     router_dir: Path,
@@ -131,3 +140,34 @@ def test_a_replica_on_the_replica_network_is_reached_at_its_own_address(
     attrs["NetworkSettings"]["Ports"] = published
     endpoint = replica_of(attrs).endpoint
     assert endpoint is not None and (endpoint.address, endpoint.port) == ("127.0.0.1", 32768)
+
+
+def test_an_external_router_gives_a_new_route_a_spare_and_keeps_it_across_restarts(
+    owner: Callable[[], Owner],
+    router_dir: Path,
+    port_range: tuple[int, int],
+    backends: Callable[..., Backend],
+) -> None:
+    worker = client(router_dir, port_range)
+    first = owner()
+    wait_until(worker.is_running, timeout=15, message="the owner's HAProxy never answered")
+    worker.ensure_route(Route(KEY))  # a reload through the master socket: spares declared
+    worker.add_server(KEY, backends("a").server())
+    reloads = worker.process.master.status().reloads
+
+    other = worker.ensure_route(Route("dep_y--staging"))  # a spare of the owner's HAProxy
+    worker.add_server(other.key, backends("y").server())
+    assert worker.process.master.status().reloads == reloads
+    assert fetch(worker.public_url(other.key)) == "y"
+
+    assert first.end()
+    second = owner()  # the router container restarted: the spare's route under its names
+    wait_until(worker.is_running, timeout=15, message="the second owner never answered")
+    for key, name in ((KEY, "a"), (other.key, "y")):
+        url = worker.public_url(key)
+        wait_until(partial(answers, url, name), timeout=10, message=f"{key} not restored")
+    third = worker.ensure_route(Route("dep_w--staging"))  # the spares came back too
+    worker.add_server(third.key, backends("w").server())
+    assert worker.process.master.status().reloads == 0
+    assert fetch(worker.public_url(third.key)) == "w"
+    assert second.end()
