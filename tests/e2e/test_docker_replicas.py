@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -142,3 +142,35 @@ def _answers(port: int | None) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_replicas_by_label_on_the_replica_network_as_an_inspect_would(
+    engine: Engine, static_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker-compose.yml's way (SHIPWAY_REPLICA_NETWORK): replicas are reached at their
+    address on that network and their container port, nothing published. The listing has
+    both as the inspect does."""
+    from shipway.config import get_settings
+
+    network = engine.runtime.client.networks.create(f"sw-test-{engine.run}")
+    monkeypatch.setenv("SHIPWAY_REPLICA_NETWORK", network.name)
+    get_settings.cache_clear()
+    try:
+        for n in range(2):
+            name = f"sw-test-{engine.run}-net{n}"
+            engine.runtime.run_replica(replace(engine.spec(static_image), name=name))
+
+        [listed] = engine.runtime.replicas_by_label(LABEL, [engine.run]).values()
+
+        assert len(listed) == 2
+        for replica in listed:
+            inspected = engine.runtime.inspect_replica(replica.id)
+            assert inspected is not None and inspected.endpoint is not None
+            assert inspected.endpoint.port == 8080
+            assert replica.endpoint == inspected.endpoint
+    finally:
+        for container_id in engine.containers():
+            engine.runtime.remove_replica(container_id)
+        network.remove()
+        monkeypatch.delenv("SHIPWAY_REPLICA_NETWORK")
+        get_settings.cache_clear()
