@@ -106,6 +106,45 @@ def test_an_idle_consumer_is_woken_by_a_new_message_not_by_its_timer(broker: Pat
     assert list((broker / WAKE_FOLDER).iterdir()) == []  # the consumer removed its socket
 
 
+def test_a_signal_hands_an_idle_consumer_back_to_its_loop(broker: Path) -> None:
+    """In the main thread (a worker's consumer), a signal with a Python handler (SIGTERM:
+    Celery's warm shutdown) ends the wait: ``drain_events`` returns with nothing received,
+    so the worker's loop sees the stop. Without it this waits for its 60 s interval."""
+    import signal
+
+    handled: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, _frame: handled.append(signum))
+    consumer = _connection(broker, polling_interval=60.0)
+    queue = consumer.SimpleQueue("builds")
+    queue.consumer.consume()  # what Celery's consumer does, without a message buffer
+    returned = threading.Event()
+    timer = threading.Thread(
+        target=_signal_until, args=(broker, signal.SIGUSR1, returned), daemon=True
+    )
+    try:
+        timer.start()
+        consumer.drain_events(timeout=None)  # returns only when something woke it
+        returned.set()
+        assert handled and set(handled) == {signal.SIGUSR1}
+        assert queue.qsize() == 0
+    finally:
+        returned.set()
+        timer.join(30)
+        queue.close()
+        consumer.release()
+        signal.signal(signal.SIGUSR1, previous)
+    assert signal.set_wakeup_fd(-1) == -1  # the consumer gave the wake-up fd back
+
+
+def _signal_until(broker: Path, signum: int, returned: threading.Event) -> None:
+    """Signal this process once the consumer listens, again until it returned (a signal
+    between binding the socket and handing it to Python would not wake it)."""
+    _wait_for_socket(broker)
+    while not returned.is_set():
+        os.kill(os.getpid(), signum)
+        returned.wait(0.2)
+
+
 def _wait_for_socket(broker: Path) -> None:
     from tests.support.processes import wait_until
 

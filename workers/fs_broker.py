@@ -21,6 +21,11 @@ mends, without changing the folder layout or the message format:
   consumer goes on with the next one. The job it stood for is still queued in the
   database, which stays the source of truth: the relay sends it again
   (``SHIPWAY_REDISPATCH_AFTER_SECONDS``).
+
+A signal with a Python handler (SIGTERM: Celery's warm shutdown) wakes an idle consumer in
+the main thread too (``signal.set_wakeup_fd`` on its wake socket), and ``drain_events``
+returns after any wake-up (kombu allows an early return), so the worker's loop sees the stop
+at once rather than after its 2 s ``drain_events`` timeout.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
+import threading
 import uuid
 from pathlib import Path
 from queue import Empty
@@ -177,6 +184,7 @@ class Transport(filesystem.Transport):
         self.state = virtual.BrokerState()
         self._wake: socket.socket | None = None
         self._wake_path: Path | None = None
+        self._signals: socket.socket | None = None  # what Python writes a signal's number to
 
     def _wake_socket(self) -> socket.socket:
         if self._wake is None:
@@ -188,10 +196,12 @@ class Transport(filesystem.Transport):
             wake.bind(str(path))
             wake.setblocking(False)
             self._wake, self._wake_path = wake, path
+            self._signals = _wake_on_signals(path)
         return self._wake
 
-    def _wait(self, seconds: float) -> None:
-        """Until a producer wakes us or ``seconds`` pass; then empty the socket."""
+    def _wait(self, seconds: float) -> bool:
+        """Until a producer (or a signal) wakes us or ``seconds`` pass; then empty the
+        socket. Whether something woke us."""
         wake = self._wake_socket()
         busy = any(not channel.qos.can_consume() for channel in self.channels)
         ready, _, _ = select.select(
@@ -204,6 +214,7 @@ class Transport(filesystem.Transport):
                 if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     break
                 raise
+        return bool(ready)
 
     def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> None:
         started = monotonic()
@@ -217,13 +228,45 @@ class Transport(filesystem.Transport):
                 waited = monotonic() - started
                 if timeout is not None and waited >= timeout:
                     raise TimeoutError() from None
-                self._wait(interval if timeout is None else min(interval, timeout - waited))
+                if self._wait(interval if timeout is None else min(interval, timeout - waited)):
+                    # a message, or a signal (or a message for another queue): back to the
+                    # caller's loop, which looks at its state (a stop) and calls again
+                    with contextlib.suppress(Empty):
+                        self.cycle.get(self._deliver, timeout=timeout)
+                    return
 
     def close_connection(self, connection: Any) -> None:
         super().close_connection(connection)
+        if self._signals is not None:
+            with contextlib.suppress(ValueError):  # not the main thread
+                current = signal.set_wakeup_fd(-1)
+                if current != self._signals.fileno():  # not ours any more: theirs stays
+                    signal.set_wakeup_fd(current)
+            self._signals.close()
+            self._signals = None
         if self._wake is not None:
             self._wake.close()
             with contextlib.suppress(OSError):
                 if self._wake_path is not None:
                     self._wake_path.unlink()
             self._wake = self._wake_path = None
+
+
+def _wake_on_signals(path: Path) -> socket.socket | None:
+    """Have Python write each signal's number to the wake socket at ``path`` (the main thread
+    only, and only if nothing else uses the wake-up fd); the sending socket, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sender.connect(str(path))
+        sender.setblocking(False)
+        previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        sender.close()
+        return None
+    if previous != -1:  # someone else's (an event loop): theirs stays
+        signal.set_wakeup_fd(previous)
+        sender.close()
+        return None
+    return sender
