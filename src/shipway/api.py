@@ -350,7 +350,6 @@ def create_app() -> FastAPI:
         description="Build-and-promote control plane. Errors: "
         '`{"error": {"code", "message", "details"}}`.',
     )
-    api = APIRouter(prefix="/api/v1")
     for router in (
         deployments,
         domains,
@@ -366,8 +365,7 @@ def create_app() -> FastAPI:
         tokens,
         webhooks,
     ):
-        api.include_router(router)
-    app.include_router(api)
+        app.include_router(router, prefix="/api/v1")  # once: no router of routers
     app.include_router(metrics)
     app.include_router(_health_router())
     mount_dashboard(app)
