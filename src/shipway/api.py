@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -321,6 +323,15 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """At start, the broker sender warms up in the background (never delays readiness)."""
+    from workers.celery_app import warm_sender_in_background
+
+    warm_sender_in_background()
+    yield
+
+
 def create_app() -> FastAPI:
     """Build the API application (and wire the features into the job engine)."""
     from shipway.auth.routes import router as tokens
@@ -347,6 +358,7 @@ def create_app() -> FastAPI:
         title="shipway",
         version=__version__,
         generate_unique_id_function=_operation_id,
+        lifespan=_lifespan,
         description="Build-and-promote control plane. Errors: "
         '`{"error": {"code", "message", "details"}}`.',
     )
