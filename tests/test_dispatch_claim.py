@@ -235,3 +235,43 @@ def test_enqueue_writes_the_row_the_returned_job_shows(db_url: str) -> None:
     assert stored == shown
     assert tuple(nulls) == (True, True)  # SQL NULL, not JSON null
     assert _events(job.id)[0][:5] == ("job", None, "queued", "noop job accepted", "test")
+
+
+def test_run_job_leaves_a_job_not_due_yet_to_the_relay() -> None:
+    """The runner's claim (one statement on a Core connection on PostgreSQL) forgets the
+    dispatch of a job not due yet, as lease.claim does."""
+    job_id = _enqueue(not_before=utcnow() + timedelta(hours=1))
+    assert runner.run_job(job_id, owner="host/1/aa") is None
+    job = _job(job_id)
+    assert job.state == "queued" and job.dispatched_at is None and job.attempts == 0
+
+
+def test_a_success_after_the_lease_was_lost_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = _enqueue()
+
+    def reaped_meanwhile(_ctx: object) -> None:  # the reaper gave the job to another worker
+        with transaction() as session:
+            session.execute(
+                text("UPDATE jobs SET lease_owner = 'host/2/bb' WHERE id = :id"), {"id": job_id}
+            )
+
+    monkeypatch.setattr(runner.handlers, "handler_for", lambda _kind: reaped_meanwhile)
+    assert runner.run_job(job_id, owner="host/1/aa") is None
+    job = _job(job_id)
+    assert (job.state, job.lease_owner, job.finished_at) == ("running", "host/2/bb", None)
+    assert [event[2] for event in _events(job_id)] == ["queued", "running"]
+    assert "could not record succeeded" in caplog.text
+
+
+def test_dispatch_sends_and_marks_queued_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark after the sends: one statement on a Core connection (db.one_statement)."""
+    queued, running = _enqueue(), _enqueue()
+    assert _claim(running) is not None
+    sent: list[str] = []
+    monkeypatch.setattr(dispatch, "_sender", lambda job_id, _queue, _kind: sent.append(job_id))
+    jobs = [dispatch.Queued(queued, "rollouts"), dispatch.Queued(running, "rollouts")]
+    assert dispatch.dispatch(jobs) == 2
+    assert sent == [queued, running]
+    assert (_job(queued).dispatch_count, _job(running).dispatch_count) == (1, 0)

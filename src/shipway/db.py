@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, create_engine, event
+from sqlalchemy import JSON, Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidatePoolError
@@ -158,6 +158,22 @@ def statement_at_a_time(session: Session) -> None:
     lock taken at BEGIN)."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+@contextmanager
+def one_statement(engine: Engine | None = None) -> Iterator[Connection]:
+    """A Core connection for work that is one statement, with no ORM session: on PostgreSQL
+    in autocommit (no BEGIN and COMMIT round trips, row locks held for the statement
+    alone), on SQLite in a transaction (its database lock taken at BEGIN). A session, its
+    transaction and the pooled connection's switch to autocommit cost a job's runner
+    about as much CPU as its statements (bench/README.md, dispatch)."""
+    engine = engine or get_engine()
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextmanager

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
-from shipway.db import UTCDateTime, session_factory, statement_at_a_time
+from shipway.db import UTCDateTime, one_statement, statement_at_a_time
 from shipway.ids import utcnow
 from shipway.jobs.models import Job
 from shipway.storage import is_exhaustion, record
@@ -91,9 +91,9 @@ def dispatch(
     *,
     session_maker: Callable[[], Session] | None = None,
 ) -> int:
-    """Send queued jobs to the broker; marks those sent. Never raises."""
+    """Send queued jobs to the broker; marks those sent (one statement, on a Core
+    connection unless ``session_maker`` is given). Never raises."""
     global _broker_down_until
-    maker = session_maker or session_factory()
     sent: list[str] = []
     for job_id, queue, kind in (Queued(*job) for job in jobs):  # (id, queue) pairs too
         try:
@@ -110,9 +110,13 @@ def dispatch(
         sent.append(job_id)
     if sent:
         try:
-            with maker() as session, session.begin():
-                statement_at_a_time(session)
-                mark_dispatched(session, job_ids=sent, now=utcnow())
+            if session_maker is None:
+                with one_statement() as conn:
+                    mark_dispatched(conn, job_ids=sent, now=utcnow())
+            else:
+                with session_maker() as session, session.begin():
+                    statement_at_a_time(session)
+                    mark_dispatched(session, job_ids=sent, now=utcnow())
         except OperationalError:
             log.warning("could not mark %d job(s) dispatched", len(sent))
     return len(sent)
@@ -134,7 +138,9 @@ def due_for_dispatch(session: Session, *, now: datetime, limit: int = 500) -> li
     return [Queued(row.id, row.queue, row.kind) for row in rows]
 
 
-def mark_dispatched(session: Session, *, job_ids: Sequence[str], now: datetime) -> None:
+def mark_dispatched(
+    session: Session | Connection, *, job_ids: Sequence[str], now: datetime
+) -> None:
     """Remember that these jobs were handed to the broker.
 
     A job being claimed right now (its row locked by the claim's UPDATE) is skipped on

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from shipway.config import get_settings
@@ -43,9 +43,7 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
     instant (the one-running-per-line unique index): the caller's transaction is then
     void, and the job waits its turn (``runner.run_job`` returns None).
     """
-    now = utcnow()
-    expires = now + timedelta(seconds=get_settings().lease_seconds)
-    values = {"job_id": job_id, "owner": owner, "now": now, "expires": expires}
+    values = _claim_values(job_id, owner)
     row = _logged(
         session,
         sql.CLAIM,
@@ -53,14 +51,33 @@ def claim(session: Session, *, job_id: str, owner: str) -> Claim | None:
         values,
         lambda row: ("queued", "running", f"claimed by {owner} (attempt {row.attempts})"),
     )
+    return _claimed(session, row, values)
+
+
+def claim_logged(conn: Connection, *, job_id: str, owner: str) -> Claim | None:
+    """PostgreSQL: ``claim`` as one statement (``lease_sql.CLAIM_LOGGED``) on a Core
+    connection in autocommit (``db.one_statement``): the runner's path, no ORM session."""
+    values = _claim_values(job_id, owner)
+    return _claimed(conn, conn.execute(sql.CLAIM_LOGGED, values).first(), values)
+
+
+def _claim_values(job_id: str, owner: str) -> dict[str, Any]:
+    now = utcnow()
+    expires = now + timedelta(seconds=get_settings().lease_seconds)
+    return {"job_id": job_id, "owner": owner, "now": now, "expires": expires}
+
+
+def _claimed(db: Session | Connection, row: Any, values: dict[str, Any]) -> Claim | None:
+    """The Claim of a claim's row; no row: the job is left as it is (not due yet: its
+    dispatch is forgotten, so the relay sends it again once due)."""
     if row is None:
-        session.execute(sql.TOO_EARLY, {"job_id": job_id, "now": now})
+        db.execute(sql.TOO_EARLY, {"job_id": values["job_id"], "now": values["now"]})
         return None
     return Claim(
-        job_id=job_id,
+        job_id=values["job_id"],
         kind=row.kind,
         attempt=row.attempts,
-        owner=owner,
+        owner=values["owner"],
         serial_key=row.serial_key,
         params=dict(row.params or {}),
     )
@@ -184,18 +201,9 @@ def finish(
     failure_diagnostics: dict[str, Any] | None = None,
 ) -> None:
     """End a running job held by ``owner`` in a terminal state (one UPDATE, one Event)."""
-    if state not in TERMINAL_JOB_STATES:
-        raise ValueError(f"{state} is not terminal")
-    values = {
-        "job_id": job_id,
-        "owner": owner,
-        "now": utcnow(),
-        "to_state": state,
-        "to_result": result,
-        "to_failure_reason": failure_reason,
-        "to_failure_diagnostics": failure_diagnostics,
-        "to_reason": reason or state,
-    }
+    values = _finish_values(
+        job_id, owner, state, reason, result, failure_reason, failure_diagnostics
+    )
     row = _logged(
         session,
         sql.FINISH,
@@ -208,3 +216,42 @@ def finish(
     loaded = session.identity_map.get(session.identity_key(Job, job_id))
     if loaded is not None:  # keep an object already in the session in step
         session.refresh(loaded)
+
+
+def finish_logged(
+    conn: Connection,
+    *,
+    job_id: str,
+    owner: str,
+    state: str,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """PostgreSQL: ``finish`` as one statement (``lease_sql.FINISH_LOGGED``) on a Core
+    connection in autocommit, for an end that needs nothing else (a success: no
+    compensation). False when the job was not running under ``owner`` (nothing written:
+    ``finish`` says why)."""
+    values = _finish_values(job_id, owner, state, "", result, None, None)
+    return conn.execute(sql.FINISH_LOGGED, values).first() is not None
+
+
+def _finish_values(
+    job_id: str,
+    owner: str,
+    state: str,
+    reason: str,
+    result: dict[str, Any] | None,
+    failure_reason: str | None,
+    failure_diagnostics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    if state not in TERMINAL_JOB_STATES:
+        raise ValueError(f"{state} is not terminal")
+    return {
+        "job_id": job_id,
+        "owner": owner,
+        "now": utcnow(),
+        "to_state": state,
+        "to_result": result,
+        "to_failure_reason": failure_reason,
+        "to_failure_diagnostics": failure_diagnostics,
+        "to_reason": reason or state,
+    }

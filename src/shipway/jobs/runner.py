@@ -16,14 +16,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shipway.config import get_settings
-from shipway.db import session_factory, statement_at_a_time
+from shipway.db import get_engine, one_statement, session_factory
 from shipway.errors import Conflict
 from shipway.jobs import handlers, lease
 from shipway.jobs.cancel import cancelled_diagnostics
 from shipway.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from shipway.jobs.dispatch import dispatch
 from shipway.jobs.lines import next_in_line
+from shipway.jobs.machine import JOB
 from shipway.jobs.models import Job
+from shipway.states import refuse
 from shipway.storage import is_exhaustion, record, storage_diagnostics
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,7 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     maker = session_factory()
     owner = owner or worker_identity()
     try:
-        with maker() as session, session.begin():
-            statement_at_a_time(session)  # the claim is one statement (with its Event)
-            claim = lease.claim(session, job_id=job_id, owner=owner)
+        claim = _claim(maker, job_id, owner)
     except IntegrityError:  # another job of its line was claimed at the same instant
         return None
     if claim is None:
@@ -129,6 +129,20 @@ def run_job(job_id: str, *, owner: str | None = None) -> str | None:
     if claim.serial_key is not None:  # only a job in a serial line has a next one
         _dispatch_next(maker, job_id)
     return state
+
+
+def _postgresql() -> bool:
+    return get_engine().dialect.name == "postgresql"
+
+
+def _claim(maker: Any, job_id: str, owner: str) -> lease.Claim | None:
+    """The claim: one statement with its Event on a Core connection in autocommit on
+    PostgreSQL (no ORM session); the UPDATE and the Event in a session elsewhere."""
+    if _postgresql():
+        with one_statement() as conn:
+            return lease.claim_logged(conn, job_id=job_id, owner=owner)
+    with maker() as session, session.begin():
+        return lease.claim(session, job_id=job_id, owner=owner)
 
 
 def _execute(ctx: JobContext, kind: str, maker: Any) -> str | None:
@@ -167,10 +181,10 @@ def _end(
     diagnostics: dict[str, Any] | None,
     result: dict[str, Any] | None = None,
 ) -> str | None:
+    if state == "succeeded" and _postgresql():  # one statement; a failure compensates
+        return _succeeded(maker, ctx, result)
     try:
         with maker() as session, session.begin():
-            if state == "succeeded":  # one statement; a failure compensates in the same transaction
-                statement_at_a_time(session)
             lease.finish(
                 session,
                 job_id=ctx.job_id,
@@ -189,6 +203,22 @@ def _end(
         log.warning("job %s: could not record %s, lease no longer held", ctx.job_id, state)
         return None
     return state
+
+
+def _succeeded(maker: Any, ctx: JobContext, result: dict[str, Any] | None) -> str | None:
+    """PostgreSQL: a success recorded in one statement on a Core connection in autocommit."""
+    with one_statement() as conn:
+        done = lease.finish_logged(
+            conn, job_id=ctx.job_id, owner=ctx.owner, state="succeeded", result=result
+        )
+    if done:
+        return "succeeded"
+    try:  # nothing written: say why, as lease.finish does
+        with maker() as session:
+            refuse(session, JOB, subject_id=ctx.job_id, from_state="running", to_state="succeeded")
+    except Conflict:
+        log.warning("job %s: could not record succeeded, lease no longer held", ctx.job_id)
+    return None
 
 
 def _internal_error(error: Exception) -> dict[str, Any]:
