@@ -57,10 +57,12 @@ test-busy: provision
 	@RUNS=$${RUNS:-3} HOGS=$${HOGS:-2} PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test-busy.sh
 
 # The full-size chaos suite (docs/chaos.md). `make test` runs tests/chaos too, in smoke size.
+# Then the e2e cases make test leaves out (marked long: tests/support/variants.py).
 # SHIPWAY_CHAOS_DOCKER=1 restarts the Docker engine: every container on it is stopped.
 test-chaos: provision
 	SHIPWAY_CHAOS_SCALE=full SHIPWAY_CHAOS_DOCKER=$${SHIPWAY_CHAOS_DOCKER:-1} \
 		$(BIN)/pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
+	SHIPWAY_CHAOS_SCALE=full $(BIN)/pytest -q -p no:cacheprovider -m long tests/e2e $(PYTEST_ARGS)
 
 # `make test` fuzzes every API operation with 25 fixed examples; this explores 200 new ones.
 test-fuzz: provision

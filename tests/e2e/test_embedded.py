@@ -13,6 +13,7 @@ from tests.e2e.conftest import Stack
 from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
 from tests.e2e.helpers import owner_pid, seed_ready_version
 from tests.support.processes import wait_until
+from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
 
@@ -90,8 +91,8 @@ def _session_members(session_id: int) -> list[int]:
     ("signum", "to_group"),
     [
         (signal.SIGTERM, False),
-        (signal.SIGINT, False),
-        (signal.SIGHUP, False),
+        long_variant(signal.SIGINT, False),
+        long_variant(signal.SIGHUP, False),
         (signal.SIGKILL, False),
         (signal.SIGTERM, True),
     ],

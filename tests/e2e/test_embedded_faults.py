@@ -29,6 +29,7 @@ from tests.e2e.embedded_support import (
 from tests.e2e.helpers import seed_ready_version
 from tests.e2e.rollout_support import BASE_IMAGE, SiteImage, site_images
 from tests.support.processes import executable, wait_until
+from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
 __all__ = ["site_images"]  # the fixture, imported for pytest
@@ -309,7 +310,7 @@ def _instance_processes(data_dir: Path) -> list[int]:
     return [pid for pid in found if _alive(pid)]
 
 
-@pytest.mark.parametrize("stop_timeout", ["unit", "2"])
+@pytest.mark.parametrize("stop_timeout", ["unit", long_variant("2")])
 def test_the_systemd_unit_stops_cleanly(
     embedded: Stack, static_image: str, stop_timeout: str
 ) -> None:

@@ -48,6 +48,7 @@ from tests.e2e.rollout_support import (
     site_version,
 )
 from tests.support.processes import Service, wait_until
+from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
 __all__ = ["rollout_stack", "site_images"]  # fixtures, imported for pytest
@@ -161,7 +162,15 @@ def kill_when(
     return row
 
 
-PHASES = ["scale", "health_check", "switch", "drain", "retire", "retire_job"]
+# make test: a kill before, during and after the router switch; the rest in make test-chaos.
+PHASES = [
+    "scale",
+    long_variant("health_check"),
+    "switch",
+    "drain",
+    long_variant("retire"),
+    long_variant("retire_job"),
+]
 
 
 @pytest.mark.parametrize("phase", PHASES)
