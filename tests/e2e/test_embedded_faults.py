@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -252,10 +253,13 @@ def _start_slow_build(client: httpx.Client, *, seconds: int) -> str:
     """Publish a version whose build sleeps ``seconds``; its job's id once it builds."""
     from tests.e2e.test_builds import dockerfile_source
 
-    step = f"sleep {seconds}"
+    # A step of its own each time: the engine's build cache would end a build it ran before
+    # at once (a second run of the suite on one machine).
+    step = f"echo {secrets.token_hex(8)} && sleep {seconds}"
     if os.environ.get("SHIPWAY_TEST_BUSY_BUILD"):  # two CPUs' worth of a compiler's work
         step = (
-            f"sh -c 'while :; do :; done & while :; do :; done & sleep {seconds}; kill $(jobs -p)'"
+            f"sh -c 'echo {secrets.token_hex(8)}; while :; do :; done & while :; do :; done & "
+            f"sleep {seconds}; kill $(jobs -p)'"
         )
     source = dockerfile_source(f'FROM {BASE_IMAGE}\nRUN {step}\nCMD ["sleep", "1"]\n')
     builder = client.post("/deployments", json={"name": "slow", "kind": "container"}).json()
