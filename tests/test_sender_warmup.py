@@ -98,3 +98,17 @@ def test_a_broker_that_is_down_neither_delays_nor_fails_the_api_start(
         # The connection attempt (about 2 s) runs beside the API, not before it.
         wait_until(lambda: not started[0].is_alive(), timeout=30, message="warm-up never ended")
     assert "broker sender warm-up failed" in caplog.text
+
+
+def test_an_app_that_cannot_be_built_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unbuildable() -> None:
+        raise OSError("broker folder not writable")
+
+    monkeypatch.setattr(celery_app, "current_celery", unbuildable)
+
+    thread = celery_app.warm_sender_in_background()  # does not raise
+
+    wait_until(lambda: not thread.is_alive(), timeout=30, message="warm-up never ended")
+    assert "broker sender warm-up failed" in caplog.text

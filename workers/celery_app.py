@@ -109,9 +109,11 @@ def warm_sender(app: Celery | None = None) -> None:
 def warm_sender_in_background() -> threading.Thread:
     """``warm_sender`` of the current settings' app on a daemon thread: never delays a
     start, never fails it (the API's lifespan); the thread is returned for tests."""
-    thread = threading.Thread(
-        target=warm_sender, args=(current_celery(),), name="warm-sender", daemon=True
-    )
+    try:
+        app: Celery | None = current_celery()  # here: the settings of this start
+    except Exception:  # the thread meets it again, and logs it
+        app = None
+    thread = threading.Thread(target=warm_sender, args=(app,), name="warm-sender", daemon=True)
     thread.start()
     return thread
 
