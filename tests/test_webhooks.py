@@ -213,8 +213,13 @@ def test_version_transitions_are_delivered_signed(
     assert ready_data["data"]["version_number"] == 1
     assert ready_data["timestamp"].endswith("Z")
     assert json.loads(bodies["version.failed"].body)["data"]["version_id"] == failed
-    log = deliveries(client, admin, made["id"])
-    assert {row["state"] for row in log} == {"succeeded"}
+
+    # The receiver has the requests before their sender records the answers: wait for both.
+    def recorded() -> list[dict[str, Any]] | None:
+        log = deliveries(client, admin, made["id"])
+        return log if {row["state"] for row in log} == {"succeeded"} else None
+
+    log = pump_until(recorded, message="both deliveries recorded as succeeded")
     assert all(row["attempt_log"][0]["status_code"] == 200 for row in log)
     assert {row["id"] for row in log} == {r.headers["webhook-id"] for r in receiver.received}
     assert len(receiver.received) == 2  # nothing for globex's endpoint
