@@ -61,15 +61,8 @@ def _listed_published(ports: list[dict[str, Any]]) -> tuple[int | None, str | No
 def _listed_on_network(
     summary: dict[str, Any], ports: list[dict[str, Any]]
 ) -> tuple[int | None, str | None] | None:
-    network = get_settings().replica_network
-    if not network:
-        return None
-    networks = ((summary.get("NetworkSettings") or {}).get("Networks")) or {}
-    address = str((networks.get(network) or {}).get("IPAddress") or "")
     private = sorted(int(p["PrivatePort"]) for p in ports if p.get("PrivatePort"))
-    if not address or not private:
-        return None, None
-    return private[0], address
+    return _network_endpoint(summary, private)
 
 
 def _published(attrs: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -83,13 +76,23 @@ def _published(attrs: dict[str, Any]) -> tuple[int | None, str | None]:
 
 def _on_network(attrs: dict[str, Any]) -> tuple[int | None, str | None] | None:
     """(container port, address on the replica network), or None without that network."""
+    exposed = sorted(((attrs.get("Config") or {}).get("ExposedPorts") or {}).keys())
+    return _network_endpoint(
+        attrs, [int(key.split("/")[0]) for key in exposed if key.endswith("/tcp")]
+    )
+
+
+def _network_endpoint(
+    container: dict[str, Any], ports: list[int]
+) -> tuple[int | None, str | None] | None:
+    """(the first of ``ports``, the container's address on the replica network) from an
+    inspect or a listing entry (both have ``NetworkSettings.Networks``); None without that
+    network setting."""
     network = get_settings().replica_network
     if not network:
         return None
-    networks = ((attrs.get("NetworkSettings") or {}).get("Networks")) or {}
+    networks = ((container.get("NetworkSettings") or {}).get("Networks")) or {}
     address = str((networks.get(network) or {}).get("IPAddress") or "")
-    exposed = sorted(((attrs.get("Config") or {}).get("ExposedPorts") or {}).keys())
-    ports = [int(key.split("/")[0]) for key in exposed if key.endswith("/tcp")]
     if not address or not ports:
         return None, None  # stopped (no address) or nothing to reach
     return ports[0], address
