@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         *([args.note, ""] if args.note else []),
         "Each figure is measured beside its baseline in the same run; ratio = shipway / "
         "baseline (lower is better). Benchmarks never assert times: `met` only compares "
-        "with the targets of issue 8. On a shared machine expect ±20 % between runs; "
+        "with the targets of issues 8 and 18. On a shared machine expect ±20 % between runs; "
         "compare ratios within one run. See bench/README.md for what each figure means.",
         "",
         "## Summary",
