@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,8 +17,12 @@ from shipway.errors import RateLimited
 bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer shw_…`")
 
 
-def get_session() -> Iterator[Session]:
-    """A session per request; routes open their own transaction with ``session.begin()``."""
+async def get_session() -> AsyncIterator[Session]:
+    """A session per request; routes open their own transaction with ``session.begin()``.
+
+    Made and closed on the event loop, not in the thread pool: neither does I/O (the session
+    connects at its first statement; its transactions end in the routes), and each thread
+    pool hop is a thread wake-up that waits its turn for a CPU on a busy machine."""
     session = session_factory()()
     try:
         yield session
@@ -56,10 +60,10 @@ def current_principal(
     return principal
 
 
-def requires(scope: str) -> Callable[[Principal], Principal]:
+def requires(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits only principals holding ``scope`` (else 403)."""
 
-    def check(principal: Principal = Depends(current_principal)) -> Principal:
+    async def check(principal: Principal = Depends(current_principal)) -> Principal:
         principal.require(scope)
         return principal
 
