@@ -9,28 +9,17 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from shipway.cli import app
-from tests.support.processes import Supervisor, child_env, executable, wait_until
+from tests.support.processes import Supervisor, child_env, executable, proc_stats, wait_until
 
 
 def niceness(pid: int) -> int:
-    """The nice value of ``pid`` (field 19 of /proc/PID/stat, after the command's parens)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
+    """The nice value of ``pid``."""
+    return next(int(fields[16]) for found, fields in proc_stats() if found == pid)
 
 
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [found for found, fields in proc_stats() if int(fields[1]) == pid]
 
 
 def test_a_niced_worker_and_its_pool_children_run_at_lower_priority(

@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import Stack
 from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
 from tests.e2e.helpers import owner_pid, seed_ready_version
-from tests.support.processes import wait_until
+from tests.support.processes import proc_stats, wait_until
 from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
@@ -73,18 +73,11 @@ def _ancestors(pid: int) -> list[int]:
 
 def _session_members(session_id: int) -> list[int]:
     """Live (not zombie) processes of a session: the worker and its pool children."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])
-        if session == session_id and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    return [
+        pid
+        for pid, fields in proc_stats()
+        if int(fields[3]) == session_id and fields[0] not in ("Z", "X")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -212,3 +212,16 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     env.update(PYTHONUNBUFFERED="1", SHIPWAY_TOKEN_RATE_LIMIT_PER_MINUTE="0")
     env.update(settings)
     return env
+
+
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Each process's pid and its /proc/PID/stat fields after the command name (``[0]`` the
+    state, ``[1]`` the parent, ``[3]`` the session, ``[16]`` the nice value); a process gone
+    while being read is skipped."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            yield int(entry.name), (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
