@@ -60,9 +60,6 @@ from bench.common import (
 CHARTS_ENV = "BENCH_CHARTS"  # where the PNGs go (python -m bench: beside the results file)
 FLAT_TARGET = 1.2  # "≈ 1x": within the noise of a shared machine
 BUSY_TARGET = 2.0
-WORKER_NICENESS = 10
-"""The busy curve's second run: workers as ``shipway worker --nice 10`` leaves them."""
-BUSY_MODES = ("idle", "busy", "niced")
 PER_RELEASE = 5  # replicas per release in the monitor curve
 PARTS = ("router", "monitor", "reads", "busy")
 FEEDER = "bench-feeder"  # the actor of the busy curve's jobs
@@ -707,7 +704,8 @@ def busy_curve(section: Section, quick: bool) -> list[Curve]:
         bench = Bench(folder)
         feeder = None
         try:
-            pool = [bench.worker(1) for _ in range(workers)]
+            for _ in range(workers):
+                bench.worker(1)
             port = free_port()
             api = bench.supervisor.spawn(
                 "api",
@@ -734,17 +732,14 @@ def busy_curve(section: Section, quick: bool) -> list[Curve]:
                     "queue view": "/api/v1/queue",
                 }
                 times: dict[tuple[str, str], list[float]] = {
-                    (case, mode): [] for case in paths for mode in BUSY_MODES
+                    (case, mode): [] for case in paths for mode in ("idle", "busy")
                 }
-                busy_seconds, busy_jobs = {"busy": 0.0, "niced": 0.0}, {"busy": 0, "niced": 0}
+                busy_seconds, busy_jobs = 0.0, 0
                 for case in paths:  # warm-up, untimed
                     http.get(paths[case], headers=headers).raise_for_status()
                 for _ in range(blocks):
-                    for mode in BUSY_MODES:
-                        # The niceness `shipway worker --nice` sets at start, given to the
-                        # running workers' process groups (pool children included).
-                        renice(pool, WORKER_NICENESS if mode == "niced" else 0)
-                        if mode != "idle":
+                    for mode in ("idle", "busy"):
+                        if mode == "busy":
                             go.set()
                             flowing = finished_jobs() + 4 * workers
                             wait_until(
@@ -762,9 +757,9 @@ def busy_curve(section: Section, quick: bool) -> list[Curve]:
                                 began = time.perf_counter()
                                 http.get(path, headers=headers).raise_for_status()
                                 times[(case, mode)].append(time.perf_counter() - began)
-                        if mode != "idle":
-                            busy_seconds[mode] += time.perf_counter() - started
-                            busy_jobs[mode] += finished_jobs() - done_at
+                        if mode == "busy":
+                            busy_seconds += time.perf_counter() - started
+                            busy_jobs += finished_jobs() - done_at
                 go.clear()
         finally:
             stop.set()
@@ -773,49 +768,36 @@ def busy_curve(section: Section, quick: bool) -> list[Curve]:
                 if feeder.is_alive():
                     feeder.kill()
             bench.close()
-    rate = {mode: busy_jobs[mode] / busy_seconds[mode] for mode in busy_seconds}
     series: dict[str, list[float]] = {}
-    for mode, how in (("busy", ""), ("niced", f" at nice {WORKER_NICENESS}")):
-        for case in paths:
-            idle, busy = times[(case, "idle")], times[(case, mode)]
-            ratio = percentile(busy, 99) / percentile(idle, 99)
-            section.add(
-                f"API {case} while {workers} workers{how} run jobs flat out, p50 / p99",
-                f"{ms(median(busy))} / {ms(percentile(busy, 99))}",
-                baseline=f"{ms(median(idle))} / {ms(percentile(idle, 99))} (workers idle)",
-                ratio=ratio,
-                target=f"p99 ≤ {BUSY_TARGET:g}x",
-                met=ratio <= BUSY_TARGET,
-            )
-            if mode == "busy":
-                series[f"{case} p99"] = [percentile(idle, 99) * 1000, percentile(busy, 99) * 1000]
+    for case in paths:
+        idle, busy = times[(case, "idle")], times[(case, "busy")]
+        ratio = percentile(busy, 99) / percentile(idle, 99)
+        section.add(
+            f"API {case} while {workers} workers run jobs flat out, p50 / p99",
+            f"{ms(median(busy))} / {ms(percentile(busy, 99))}",
+            baseline=f"{ms(median(idle))} / {ms(percentile(idle, 99))} (workers idle)",
+            ratio=ratio,
+            target=f"p99 ≤ {BUSY_TARGET:g}x",
+            met=ratio <= BUSY_TARGET,
+        )
+        series[f"{case} p99"] = [percentile(idle, 99) * 1000, percentile(busy, 99) * 1000]
     section.notes.append(
         f"busy: a real `shipway api` process (PostgreSQL, Redis) and {workers} `shipway worker` "
         "processes (--concurrency 1 each); a feeder process keeps "
-        f"{8 * workers} no-op jobs queued or running while busy ({rate['busy']:.0f} jobs/s "
-        f"done while measuring; {rate['niced']:.0f} jobs/s with the workers at nice "
-        f"{WORKER_NICENESS}, as `shipway worker --nice {WORKER_NICENESS}` runs, here set on "
-        f"the running workers between blocks); {blocks} blocks of each mode (idle, busy, busy "
-        f"niced) in turn, {per_block} requests of each kind per block; ratio = p99 busy / p99 "
-        "idle."
+        f"{8 * workers} no-op jobs queued or running while busy ({busy_jobs / busy_seconds:.0f} "
+        f"jobs/s done while measuring); {blocks} idle and {blocks} busy blocks in turn, "
+        f"{per_block} requests of each kind per block; ratio = p99 busy / p99 idle."
     )
     return [
         Curve(
             "busy",
             f"API p99 with {workers} workers idle (0 jobs/s) and flat out",
             "jobs/s done by the workers",
-            [0, round(rate["busy"])],
+            [0, round(busy_jobs / busy_seconds)],
             series,
             log_x=False,
         )
     ]
-
-
-def renice(workers: list[Any], niceness: int) -> None:
-    """Set each worker's process group (its pool children too) to ``niceness`` (back to 0
-    needs root, as the bench's Docker engine does)."""
-    for worker in workers:
-        os.setpriority(os.PRIO_PGRP, worker.pid, niceness)
 
 
 # ------------------------------------------------------------------- run

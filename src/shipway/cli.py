@@ -135,22 +135,10 @@ def worker(
             "job, named after its kind: shipway.publish, shipway.promote, ...)",
         ),
     ] = False,
-    nice: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=19,
-            help="Lower this worker's CPU priority by N (0-19; its pool children too), so "
-            "that an API or a router on the same host gets the CPU first while jobs run "
-            "flat out (bench/RESULTS.md: the busy curve)",
-        ),
-    ] = 0,
 ) -> None:
     """Run a Celery worker (thin: tasks call shipway's job runner)."""
     from workers.celery_app import celery_app
 
-    if nice:
-        os.nice(nice)
     args = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
     if events:
         args.append("--task-events")
