@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import Stack
 from tests.e2e.embedded_support import start_up, token_client, worker_pids_of
 from tests.e2e.helpers import owner_pid, seed_ready_version
-from tests.support.processes import proc_stats, wait_until
+from tests.support.processes import proc_stat, proc_stats, wait_until
 from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,7 @@ def _ancestors(pid: int) -> list[int]:
     """The parent, grandparent, ... of ``pid`` (from /proc)."""
     found = []
     while pid > 1:
-        pid = int((Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[1])
+        pid = int(proc_stat(pid)[1])
         found.append(pid)
     return found
 

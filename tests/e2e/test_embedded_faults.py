@@ -29,7 +29,7 @@ from tests.e2e.embedded_support import (
 )
 from tests.e2e.helpers import seed_ready_version
 from tests.e2e.rollout_support import BASE_IMAGE, SiteImage, site_images
-from tests.support.processes import executable, wait_until
+from tests.support.processes import executable, proc_stat, wait_until
 from tests.support.variants import long_variant
 
 pytestmark = pytest.mark.e2e
@@ -165,7 +165,7 @@ def test_jobs_of_a_killed_instance_are_taken_back_at_once_by_the_next(
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        state = proc_stat(pid)[0]
     except OSError:
         return False
     return state not in ("Z", "X")

@@ -214,14 +214,19 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The /proc/PID/stat fields of ``pid`` after its command name (``[0]`` the state, ``[1]``
+    the parent, ``[3]`` the session); OSError when the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def proc_stats() -> Iterator[tuple[int, list[str]]]:
-    """Each process's pid and its /proc/PID/stat fields after the command name (``[0]`` the
-    state, ``[1]`` the parent, ``[3]`` the session, ``[16]`` the nice value); a process gone
-    while being read is skipped."""
+    """Each process's pid and its ``proc_stat`` fields; a process gone while being read is
+    skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            yield int(entry.name), (entry / "stat").read_text().rpartition(")")[2].split()
+            yield int(entry.name), proc_stat(int(entry.name))
         except OSError:
             continue

@@ -20,9 +20,10 @@ bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Be
 async def get_session() -> AsyncIterator[Session]:
     """A session per request; routes open their own transaction with ``session.begin()``.
 
-    Made and closed on the event loop, not in the thread pool: neither does I/O (the session
-    connects at its first statement; its transactions end in the routes), and each thread
-    pool hop is a thread wake-up that waits its turn for a CPU on a busy machine."""
+    Made and closed on the event loop, not in the thread pool: making one does no I/O (it
+    connects at its first statement), closing one whose route left a read open is one short
+    ROLLBACK, and each thread pool hop is a thread wake-up that waits its turn for a CPU on
+    a busy machine."""
     session = session_factory()()
     try:
         yield session
