@@ -109,8 +109,9 @@ class Bench:
         self.redis.stop()
         self.postgres.stop("immediate")
 
-    def worker(self, concurrency: int) -> Service:
-        """``shipway worker`` on the rollouts queue, ready to consume."""
+    def worker(self, concurrency: int, *, cpus: str | None = None) -> Service:
+        """``shipway worker`` on the rollouts queue, ready to consume (on ``cpus`` only, if
+        given)."""
         name = f"shipway{concurrency}-{len(self.supervisor.services)}"
         service = self.supervisor.spawn(
             name,
@@ -123,6 +124,7 @@ class Bench:
                 str(concurrency),
                 "--hostname",
                 f"{name}@bench",
+                *(["--cpus", cpus] if cpus else []),
             ],
             env=child_env(self.settings),
         )

@@ -135,10 +135,25 @@ def worker(
             "job, named after its kind: shipway.publish, shipway.promote, ...)",
         ),
     ] = False,
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHIPWAY_WORKER_CPUS",
+            help="Run this worker and its pool children on these CPUs only (as taskset -c: "
+            "1, 1-3, 0,2-3), so that an API on the same host keeps the others while jobs "
+            "run flat out (bench/README.md: the busy curve)",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker (thin: tasks call shipway's job runner)."""
     from workers.celery_app import celery_app
+    from workers.cpus import CpuListError, parse_cpu_list, run_on
 
+    if cpus is not None:
+        try:
+            run_on(parse_cpu_list(cpus))
+        except CpuListError as error:
+            raise typer.BadParameter(str(error), param_hint="--cpus") from None
     args = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-P", "prefork"]
     if events:
         args.append("--task-events")
