@@ -800,11 +800,12 @@ def busy_curve(section: Section, quick: bool) -> list[Curve]:
                     "queue view": "/api/v1/queue",
                 }
                 anywhere = os.sched_getaffinity(0)
+                assert feeder.pid is not None  # started: never pin this process instead
                 for placement in placements:
                     # The feeder is the load tool: it goes with the workers, as wrk would be
                     # kept off the CPUs of what it measures.
                     os.sched_setaffinity(
-                        feeder.pid or 0, parse_cpu_list(placement) if placement else anywhere
+                        feeder.pid, parse_cpu_list(placement) if placement else anywhere
                     )
                     started = [bench.worker(1, cpus=placement) for _ in range(workers)]
                     results[placement] = busy_blocks(
