@@ -22,7 +22,9 @@ def test_a_cpu_list_is_numbers_and_ranges(text: str, cpus: set[int]) -> None:
     assert parse_cpu_list(text) == cpus
 
 
-@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "1,,2", "3-1", "1.5", "0x1"])
+@pytest.mark.parametrize(
+    "text", ["", "a", "1-", "-1", "1,,2", "3-1", "1.5", "0x1", "\u00b2", "0-99999999999", "8192"]
+)
 def test_anything_else_is_refused(text: str) -> None:
     with pytest.raises(CpuListError):
         parse_cpu_list(text)

@@ -11,10 +11,17 @@ list is the same text as ``taskset -c``, Docker's ``--cpuset-cpus`` and systemd'
 from __future__ import annotations
 
 import os
+import re
 
 
 class CpuListError(ValueError):
     """A CPU list that cannot be parsed or names a CPU this process may not use."""
+
+
+MAX_CPU = 8191
+"""The highest CPU number Linux builds for (``CONFIG_NR_CPUS`` is at most 8192)."""
+
+_PART = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -22,12 +29,15 @@ def parse_cpu_list(text: str) -> frozenset[int]:
     such a list."""
     cpus: set[int] = set()
     for part in text.replace(" ", "").split(","):
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
+        match = _PART.fullmatch(part)
+        if match is None:
             raise CpuListError(f"{text!r} is not a CPU list such as 1, 1-3 or 0,2-3")
-        first, last = int(low), int(high) if dash else int(low)
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
         if last < first:
             raise CpuListError(f"{part!r} is a range whose end is before its start")
+        if last > MAX_CPU:
+            raise CpuListError(f"CPU {last} is beyond the highest CPU number, {MAX_CPU}")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 
