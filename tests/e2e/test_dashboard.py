@@ -447,7 +447,8 @@ def test_job_page_timeline_updates_live_and_cancel_button_cancels(
 
     open_dashboard(browser, api, token, f"/jobs/{job_id}")
     wait_for(browser, lambda: by_testid(browser, "phase-health_check"), what="timeline")
-    assert by_testid(browser, "phase-scale").is_displayed()
+    # A live update may replace the rows between a lookup and a read: looked up again.
+    wait_for(browser, lambda: by_testid(browser, "phase-scale").is_displayed(), what="scale row")
     assert text_of(browser, "job-state") == "running"
     assert text_of(browser, "job-phase") == "health_check"
     wait_for(
@@ -463,7 +464,7 @@ def test_job_page_timeline_updates_live_and_cancel_button_cancels(
     seed.phase(job_id, owner, "switch", weight=100)
     wait_for(browser, lambda: by_testid(browser, "phase-switch"), what="new phase row")
     wait_for(browser, lambda: text_of(browser, "job-phase") == "switch", what="phase text")
-    assert "(now)" in text_of(browser, "phase-switch")
+    wait_for(browser, lambda: "(now)" in text_of(browser, "phase-switch"), what="current phase")
     seed.finish(job_id, owner, "succeeded")
     wait_for(browser, lambda: text_of(browser, "job-state") == "succeeded", what="end state")
     wait_for(
