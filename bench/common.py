@@ -99,6 +99,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def in_turn(count: int, round_number: int) -> list[int]:
+    """The indexes ``0..count-1`` rotated by ``round_number``: measured in this order round
+    after round, each subject is first, second, ... equally often, so whatever a position
+    costs (the previous subject's writes still being flushed, a cache warmed by it) is
+    shared out rather than charged to the one measured last."""
+    start = round_number % count
+    return [*range(start, count), *range(start)]
+
+
 def machine() -> str:
     """One line describing this machine."""
     cpu = platform.processor() or platform.machine()

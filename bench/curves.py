@@ -48,6 +48,7 @@ from bench.common import (
     ROOT,
     Section,
     arguments,
+    in_turn,
     median,
     migrate,
     ms,
@@ -230,12 +231,13 @@ def promote_times(ship: Any, images: list[Any]) -> tuple[float, float, float]:
 
 def new_route_times(routers: list[Any], rounds: int) -> list[list[float]]:
     """Seconds to give a new environment its route (``ensure_route``: a spare, or a reload
-    when the pool is empty), one on each router in turn."""
+    when the pool is empty), one on each router in turn (the order rotated every round)."""
     from shipway.router import Route
 
     times: list[list[float]] = [[] for _ in routers]
     for n in range(rounds):
-        for router, measured in zip(routers, times, strict=True):
+        for index in in_turn(len(routers), n):
+            router, measured = routers[index], times[index]
             started = time.perf_counter()
             router.ensure_route(Route(f"new_{n:04d}--production"))
             measured.append(time.perf_counter() - started)
@@ -251,7 +253,7 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
     from tests.support.port_servers import PortServers
 
     sizes = [10, 20] if quick else [10, 100, 1000]
-    rounds = 3 if quick else 40
+    rounds = 3 if quick else 90  # a multiple of the sizes: each is first equally often
     promotes = 1 if quick else 4
     backends = PortServers(20)
     engine = docker.from_env()
@@ -264,7 +266,7 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
             ]
             switches = [median(times) for times in switch_times(routers, backends, rounds)]
             before = [r.process.master.status().reloads for r in routers]
-            created = new_route_times(routers, 5 if quick else 20)
+            created = new_route_times(routers, 6 if quick else 30)
             after = [r.process.master.status().reloads for r in routers]
             reloads = [n - m for n, m in zip(after, before, strict=True)]
         engine.images.get(BASE_IMAGE)
@@ -331,7 +333,8 @@ def router_curve(section: Section, quick: bool) -> list[Curve]:
             target=None,
         )
     section.notes.append(
-        f"router: median of {rounds} switches per size, the routers switched in turn; "
+        f"router: median of {rounds} switches per size, the routers switched in turn (the order "
+        "rotated every round); "
         f"promotes: {promotes} per size (a new deployment each, 3 replicas, in-process "
         "`run_job`), the sizes in turn (the router's other environments added or removed "
         "before each promote); promote per size (ms): first "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Section, arguments, median, ms, print_section
+from bench.common import Section, arguments, in_turn, median, ms, print_section
 from shipway.releases.traffic import switch_traffic
 from shipway.router import HAProxyRouter, Route, Server
 from shipway.router.hosts import WantedHosts
@@ -74,12 +74,14 @@ def switch_times(
     routers: list[HAProxyRouter], backends: PortServers, rounds: int
 ) -> list[list[float]]:
     """Seconds per switch of one route between two servers, alternating, on each router:
-    one switch on each in turn, so that a busy moment of the machine hits both alike."""
+    one switch on each in turn (the order rotated every round), so that a busy moment of
+    the machine hits each alike."""
     key = "dep_0000--production"
     times: list[list[float]] = [[] for _ in routers]
     for n in range(rounds):
         server = Server(f"r{n + 1}", "127.0.0.1", backends.ports[(n + 1) % len(backends.ports)])
-        for router, measured in zip(routers, times, strict=True):
+        for index in in_turn(len(routers), n):
+            router, measured = routers[index], times[index]
             started = time.perf_counter()
             switch_traffic(router, key, to=[server])
             measured.append(time.perf_counter() - started)
