@@ -606,7 +606,7 @@ def run(
     """In-process rounds, then end-to-end rounds in each mode; the results as a Section."""
     from bench.endtoend import MODES, measure
 
-    count = rounds or (1 if quick else 5)
+    count = rounds or (1 if quick else 9)
     # quick (the smoke in make test): one end-to-end mode, the one `shipway up` runs
     chosen = (MODES[:1] if quick else MODES) if modes is None else modes
     engine = docker.from_env()
@@ -635,7 +635,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
-    parser.add_argument("--rounds", type=int, default=None, help="default 5 (quick: 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 9 (quick: 1)")
     parser.add_argument(
         "--health-interval",
         type=float,
