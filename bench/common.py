@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from shipway.config import get_settings
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,13 +102,13 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def in_turn(count: int, round_number: int) -> list[int]:
-    """The indexes ``0..count-1`` rotated by ``round_number``: measured in this order round
-    after round, each subject is first, second, ... equally often, so whatever a position
-    costs (the previous subject's writes still being flushed, a cache warmed by it) is
-    shared out rather than charged to the one measured last."""
-    start = round_number % count
-    return [*range(start, count), *range(start)]
+def in_turn(items: Sequence[T], round_number: int) -> list[T]:
+    """``items`` rotated by ``round_number``: measured in this order round after round,
+    each is first, second, ... equally often, so whatever a position costs (the previous
+    subject's writes still being flushed, a cache warmed by it) is shared out rather than
+    charged to the one measured last."""
+    start = round_number % len(items)
+    return [*items[start:], *items[:start]]
 
 
 def machine() -> str:

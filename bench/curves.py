@@ -236,8 +236,7 @@ def new_route_times(routers: list[Any], rounds: int) -> list[list[float]]:
 
     times: list[list[float]] = [[] for _ in routers]
     for n in range(rounds):
-        for index in in_turn(len(routers), n):
-            router, measured = routers[index], times[index]
+        for router, measured in in_turn(list(zip(routers, times, strict=True)), n):
             started = time.perf_counter()
             router.ensure_route(Route(f"new_{n:04d}--production"))
             measured.append(time.perf_counter() - started)

@@ -80,8 +80,7 @@ def switch_times(
     times: list[list[float]] = [[] for _ in routers]
     for n in range(rounds):
         server = Server(f"r{n + 1}", "127.0.0.1", backends.ports[(n + 1) % len(backends.ports)])
-        for index in in_turn(len(routers), n):
-            router, measured = routers[index], times[index]
+        for router, measured in in_turn(list(zip(routers, times, strict=True)), n):
             started = time.perf_counter()
             switch_traffic(router, key, to=[server])
             measured.append(time.perf_counter() - started)

@@ -94,7 +94,7 @@ def test_curves_draw_a_chart_and_rows_against_the_smallest_size(tmp_path: Path) 
 def test_in_turn_puts_each_subject_in_each_position_equally_often() -> None:
     from bench.common import in_turn
 
-    orders = [in_turn(3, n) for n in range(6)]
-    assert orders[:3] == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    orders = [in_turn("abc", n) for n in range(6)]
+    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     for position in range(3):
-        assert sorted(order[position] for order in orders) == [0, 0, 1, 1, 2, 2]
+        assert sorted(order[position] for order in orders) == ["a", "a", "b", "b", "c", "c"]
